@@ -1,0 +1,181 @@
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::Digest as _;
+
+/// A content digest such as `sha256:9f86…`.
+///
+/// Only registered algorithms with lower-case hex encodings are accepted, so the textual
+/// form is canonical and safe to use as a file name.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    algorithm: Algorithm,
+    hex: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+
+    fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("digest has no algorithm prefix")]
+    MissingAlgorithm,
+    #[error("unsupported digest algorithm")]
+    UnsupportedAlgorithm,
+    #[error("digest encoding must be {expected} lower-case hex characters")]
+    BadEncoding { expected: usize },
+}
+
+impl Digest {
+    pub fn parse(s: &str) -> Result<Self, DigestError> {
+        let (alg, hex) = s.split_once(':').ok_or(DigestError::MissingAlgorithm)?;
+        let algorithm = match alg {
+            "sha256" => Algorithm::Sha256,
+            "sha512" => Algorithm::Sha512,
+            _ => return Err(DigestError::UnsupportedAlgorithm),
+        };
+        let expected = algorithm.hex_len();
+        if hex.len() != expected || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(DigestError::BadEncoding { expected });
+        }
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_owned(),
+        })
+    }
+
+    /// The sha256 digest of `bytes`.
+    pub fn sha256_of(bytes: &[u8]) -> Self {
+        let mut h = Hasher::new(Algorithm::Sha256);
+        h.update(bytes);
+        h.finish()
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The hex encoding, without the algorithm prefix.
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+
+    /// Whether `bytes` hash to this digest.
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        let mut h = Hasher::new(self.algorithm);
+        h.update(bytes);
+        h.finish() == *self
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm.as_str(), self.hex)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Digest {
+    type Err = DigestError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Digest::parse(s)
+    }
+}
+
+/// Incremental hashing for any supported [`Algorithm`]; `sha2` picks SHA-NI at run time.
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    pub fn new(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    pub fn finish(self) -> Digest {
+        let (algorithm, hex) = match self {
+            Hasher::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
+            Hasher::Sha512(h) => (Algorithm::Sha512, hex::encode(h.finalize())),
+        };
+        Digest { algorithm, hex }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn table() {
+        let ok = format!("sha256:{}", "a".repeat(64));
+        let cases: &[(&str, Result<(), DigestError>)] = &[
+            (&ok, Ok(())),
+            ("sha256:abc", Err(DigestError::BadEncoding { expected: 64 })),
+            (&format!("sha256:{}", "A".repeat(64)), Err(DigestError::BadEncoding { expected: 64 })),
+            (&format!("sha512:{}", "0".repeat(128)), Ok(())),
+            (&format!("md5:{}", "0".repeat(32)), Err(DigestError::UnsupportedAlgorithm)),
+            ("nocolon", Err(DigestError::MissingAlgorithm)),
+            ("sha256:../../../../etc/passwd", Err(DigestError::BadEncoding { expected: 64 })),
+            ("", Err(DigestError::MissingAlgorithm)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(Digest::parse(input).map(|_| ()), *want, "{input}");
+        }
+    }
+
+    #[test]
+    fn hashes_known_value() {
+        let d = Digest::sha256_of(b"test");
+        assert_eq!(
+            d.to_string(),
+            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+        assert!(d.matches(b"test"));
+        assert!(!d.matches(b"tesT"));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_round_trips(s in ".{0,200}") {
+            if let Ok(d) = Digest::parse(&s) {
+                prop_assert_eq!(d.to_string(), s);
+            }
+        }
+    }
+}

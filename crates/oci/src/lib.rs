@@ -1,0 +1,29 @@
+//! The vocabulary every other pullgate crate speaks: the OCI distribution types, parsed once
+//! at the edge and passed around as types, never as `&str`.
+//!
+//! What it is: [`Digest`], [`RepoName`], [`Tag`], [`Reference`], media types and the merged
+//! client [`AcceptList`], the spec's [`ErrorCode`] table and its JSON [`ErrorBody`],
+//! [`Challenge`] (`WWW-Authenticate` parsing), [`ByteRange`] (single-range `Range` headers),
+//! and [`ManifestInfo`] (what a manifest is and which descriptors it names).
+//!
+//! What it is not: no I/O, no async, no HTTP library. Parsers here are total: any input
+//! yields a value or a typed error, never a panic (proptests beside each parser hold that).
+
+mod challenge;
+mod digest;
+mod error;
+mod manifest;
+mod media;
+mod name;
+mod range;
+
+pub use challenge::{Challenge, ChallengeError};
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use error::{ErrorBody, ErrorCode, ErrorEntry};
+pub use manifest::{Descriptor, ManifestError, ManifestInfo, Platform};
+pub use media::{media_types, AcceptList};
+pub use name::{NameError, Reference, RepoName, Tag};
+pub use range::{ByteRange, RangeError, RangeSpec};
+
+/// Largest manifest the mirror fetches or serves. Matches Distribution's limit.
+pub const MANIFEST_SIZE_LIMIT: usize = 4 * 1024 * 1024;

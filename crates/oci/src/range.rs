@@ -1,0 +1,129 @@
+/// A single `Range: bytes=…` request, before the blob's size is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// `bytes=a-b`
+    FromTo(u64, u64),
+    /// `bytes=a-`
+    From(u64),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+/// A satisfiable range, resolved against a size: `start..=end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// Syntax we do not serve (multiple ranges, other units): serve the whole blob.
+    #[error("range header ignored")]
+    Ignored,
+    #[error("range not satisfiable")]
+    Unsatisfiable,
+}
+
+impl RangeSpec {
+    /// Parse a `Range` header. Multi-range and non-byte units are [`RangeError::Ignored`]
+    /// (RFC 9110 lets a server answer those with the whole representation).
+    pub fn parse(header: &str) -> Result<Self, RangeError> {
+        let spec = header
+            .trim()
+            .strip_prefix("bytes=")
+            .ok_or(RangeError::Ignored)?
+            .trim();
+        if spec.contains(',') {
+            return Err(RangeError::Ignored);
+        }
+        let (a, b) = spec.split_once('-').ok_or(RangeError::Ignored)?;
+        let num = |s: &str| -> Result<u64, RangeError> {
+            if s.is_empty() || s.len() > 19 || !s.bytes().all(|x| x.is_ascii_digit()) {
+                return Err(RangeError::Ignored);
+            }
+            s.parse().map_err(|_| RangeError::Ignored)
+        };
+        let (a, b) = (a.trim(), b.trim());
+        match (a.is_empty(), b.is_empty()) {
+            (true, true) => Err(RangeError::Ignored),
+            (true, false) => Ok(RangeSpec::Suffix(num(b)?)),
+            (false, true) => Ok(RangeSpec::From(num(a)?)),
+            (false, false) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if b < a {
+                    return Err(RangeError::Ignored);
+                }
+                Ok(RangeSpec::FromTo(a, b))
+            }
+        }
+    }
+
+    /// Resolve against the blob's size.
+    pub fn resolve(self, size: u64) -> Result<ByteRange, RangeError> {
+        let r = match self {
+            RangeSpec::FromTo(a, b) if a < size => ByteRange {
+                start: a,
+                end: b.min(size - 1),
+            },
+            RangeSpec::From(a) if a < size => ByteRange {
+                start: a,
+                end: size - 1,
+            },
+            RangeSpec::Suffix(n) if n > 0 && size > 0 => ByteRange {
+                start: size.saturating_sub(n),
+                end: size - 1,
+            },
+            _ => return Err(RangeError::Unsatisfiable),
+        };
+        Ok(r)
+    }
+}
+
+impl ByteRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// `bytes start-end/size`
+    pub fn content_range(&self, size: u64) -> String {
+        format!("bytes {}-{}/{}", self.start, self.end, size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn table() {
+        let r = |s: &str, size| RangeSpec::parse(s).and_then(|x| x.resolve(size));
+        assert_eq!(r("bytes=0-9", 100), Ok(ByteRange { start: 0, end: 9 }));
+        assert_eq!(r("bytes=90-200", 100), Ok(ByteRange { start: 90, end: 99 }));
+        assert_eq!(r("bytes=50-", 100), Ok(ByteRange { start: 50, end: 99 }));
+        assert_eq!(r("bytes=-10", 100), Ok(ByteRange { start: 90, end: 99 }));
+        assert_eq!(r("bytes=-1000", 100), Ok(ByteRange { start: 0, end: 99 }));
+        assert_eq!(r("bytes=100-", 100), Err(RangeError::Unsatisfiable));
+        assert_eq!(r("bytes=-0", 100), Err(RangeError::Unsatisfiable));
+        assert_eq!(r("bytes=0-0", 0), Err(RangeError::Unsatisfiable));
+        assert_eq!(r("bytes=0-1,5-6", 100), Err(RangeError::Ignored));
+        assert_eq!(r("items=0-1", 100), Err(RangeError::Ignored));
+        assert_eq!(r("bytes=5-1", 100), Err(RangeError::Ignored));
+        assert_eq!(r("bytes=99999999999999999999-", 100), Err(RangeError::Ignored));
+        assert_eq!(ByteRange { start: 0, end: 9 }.content_range(100), "bytes 0-9/100");
+    }
+
+    proptest! {
+        #[test]
+        fn resolved_ranges_fit(s in "bytes=[0-9]{0,4}-[0-9]{0,4}", size in 0u64..5000) {
+            if let Ok(r) = RangeSpec::parse(&s).and_then(|x| x.resolve(size)) {
+                prop_assert!(r.start <= r.end && r.end < size);
+            }
+        }
+    }
+}
