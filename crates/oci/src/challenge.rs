@@ -130,7 +130,9 @@ mod tests {
             assert_eq!(Challenge::parse(input).is_ok(), *ok, "{input}");
         }
         assert_eq!(
-            Challenge::parse(r#"Bearer service="a\"b""#).unwrap().param("service"),
+            Challenge::parse(r#"Bearer service="a\"b""#)
+                .unwrap()
+                .param("service"),
             Some("a\"b")
         );
     }

@@ -147,11 +147,20 @@ mod tests {
         let cases: &[(&str, Result<(), DigestError>)] = &[
             (&ok, Ok(())),
             ("sha256:abc", Err(DigestError::BadEncoding { expected: 64 })),
-            (&format!("sha256:{}", "A".repeat(64)), Err(DigestError::BadEncoding { expected: 64 })),
+            (
+                &format!("sha256:{}", "A".repeat(64)),
+                Err(DigestError::BadEncoding { expected: 64 }),
+            ),
             (&format!("sha512:{}", "0".repeat(128)), Ok(())),
-            (&format!("md5:{}", "0".repeat(32)), Err(DigestError::UnsupportedAlgorithm)),
+            (
+                &format!("md5:{}", "0".repeat(32)),
+                Err(DigestError::UnsupportedAlgorithm),
+            ),
             ("nocolon", Err(DigestError::MissingAlgorithm)),
-            ("sha256:../../../../etc/passwd", Err(DigestError::BadEncoding { expected: 64 })),
+            (
+                "sha256:../../../../etc/passwd",
+                Err(DigestError::BadEncoding { expected: 64 }),
+            ),
             ("", Err(DigestError::MissingAlgorithm)),
         ];
         for (input, want) in cases {

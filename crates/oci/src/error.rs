@@ -79,7 +79,9 @@ impl ErrorCode {
             ErrorCode::BlobUploadInvalid => "blob upload invalid",
             ErrorCode::BlobUploadUnknown => "blob upload unknown to registry",
             ErrorCode::DigestInvalid => "provided digest did not match uploaded content",
-            ErrorCode::ManifestBlobUnknown => "manifest references a manifest or blob unknown to registry",
+            ErrorCode::ManifestBlobUnknown => {
+                "manifest references a manifest or blob unknown to registry"
+            }
             ErrorCode::ManifestInvalid => "manifest invalid",
             ErrorCode::ManifestUnknown => "manifest unknown",
             ErrorCode::NameInvalid => "invalid repository name",
@@ -125,8 +127,9 @@ impl ErrorBody {
 
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing plain strings cannot fail; fall back to a fixed body if it ever did.
-        serde_json::to_vec(self)
-            .unwrap_or_else(|_| br#"{"errors":[{"code":"UNKNOWN","message":"unknown error"}]}"#.to_vec())
+        serde_json::to_vec(self).unwrap_or_else(|_| {
+            br#"{"errors":[{"code":"UNKNOWN","message":"unknown error"}]}"#.to_vec()
+        })
     }
 }
 

@@ -161,8 +161,14 @@ mod tests {
 
     #[test]
     fn rejects() {
-        assert_eq!(ManifestInfo::parse(b"nope", None), Err(ManifestError::NotJson));
-        let bad = format!(r#"{{"schemaVersion":2,"mediaType":"{}"}}"#, media_types::OCI_MANIFEST);
+        assert_eq!(
+            ManifestInfo::parse(b"nope", None),
+            Err(ManifestError::NotJson)
+        );
+        let bad = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}"}}"#,
+            media_types::OCI_MANIFEST
+        );
         assert!(matches!(
             ManifestInfo::parse(bad.as_bytes(), None),
             Err(ManifestError::Shape(_))

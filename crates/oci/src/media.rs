@@ -66,7 +66,9 @@ impl AcceptList {
         if self.wildcard || !self.names_manifest_types() {
             return true;
         }
-        self.types.iter().any(|t| t.eq_ignore_ascii_case(media_type))
+        self.types
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(media_type))
     }
 
     fn names_manifest_types(&self) -> bool {

@@ -114,8 +114,14 @@ mod tests {
         assert_eq!(r("bytes=0-1,5-6", 100), Err(RangeError::Ignored));
         assert_eq!(r("items=0-1", 100), Err(RangeError::Ignored));
         assert_eq!(r("bytes=5-1", 100), Err(RangeError::Ignored));
-        assert_eq!(r("bytes=99999999999999999999-", 100), Err(RangeError::Ignored));
-        assert_eq!(ByteRange { start: 0, end: 9 }.content_range(100), "bytes 0-9/100");
+        assert_eq!(
+            r("bytes=99999999999999999999-", 100),
+            Err(RangeError::Ignored)
+        );
+        assert_eq!(
+            ByteRange { start: 0, end: 9 }.content_range(100),
+            "bytes 0-9/100"
+        );
     }
 
     proptest! {

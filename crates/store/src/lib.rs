@@ -1,1 +1,258 @@
-//! placeholder
+//! The cache: content-addressed blob files with verified streaming ingest and atomic
+//! commit, and the sled index beside them.
+//!
+//! On disk, under the cache directory:
+//! - `blobs/<algorithm>/<2 hex>/<hex>`: committed content, manifests included. A file
+//!   exists there only if its bytes hashed to its name; it is never modified afterwards.
+//! - `tmp/`: ingests in progress; emptied at start-up.
+//! - `index/`: sled (tags, repository→digest links, sizes, media types, access times).
+//!
+//! Main types: [`Store`], [`Ingest`] (writes one blob), [`Follower`] (reads a blob while it
+//! is being written), [`BlobReader`], [`BlobStream`], [`StoreError`].
+
+mod blob;
+mod error;
+mod index;
+mod ingest;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pullgate_oci::{Digest, RepoName};
+
+pub use blob::{BlobReader, BlobStream};
+pub use error::StoreError;
+pub use index::{BlobRecord, TagKey, TagRecord};
+pub use ingest::{Follower, Ingest};
+
+use index::Index;
+
+/// Handle to the cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    index: Index,
+    tmp_seq: AtomicU64,
+}
+
+impl Store {
+    /// Open (creating if needed) the cache at `dir`. Leftovers of ingests interrupted by a
+    /// crash are deleted: they were never verified.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let blobs = dir.join("blobs");
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&blobs).map_err(StoreError::io("creating blobs/"))?;
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(StoreError::io("emptying tmp/"))?;
+        }
+        fs::create_dir_all(&tmp).map_err(StoreError::io("creating tmp/"))?;
+        let index = Index::open(&dir.join("index"))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                blobs,
+                tmp,
+                index,
+                tmp_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Where a committed blob lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.inner.blob_path(digest)
+    }
+
+    /// The size of a committed blob, if present.
+    pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                op: "stat blob",
+                source: e,
+            }),
+        }
+    }
+
+    /// Open a committed blob for reading.
+    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<BlobReader>, StoreError> {
+        let path = self.blob_path(digest);
+        tokio::task::spawn_blocking(move || BlobReader::open(&path)).await?
+    }
+
+    /// Read a small committed blob (a manifest) whole. Larger than `limit` is an error.
+    pub async fn read_small(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let path = self.blob_path(digest);
+        tokio::task::spawn_blocking(move || {
+            let Some(reader) = BlobReader::open(&path)? else {
+                return Ok(None);
+            };
+            if reader.size() > limit as u64 {
+                return Err(StoreError::TooLarge {
+                    size: reader.size(),
+                    limit: limit as u64,
+                });
+            }
+            reader.read_all().map(Some)
+        })
+        .await?
+    }
+
+    /// Commit content already held whole in memory (manifests). The bytes are checked
+    /// against `digest` here too: nothing unverified is ever committed.
+    pub async fn put_verified(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError> {
+        if !digest.matches(&bytes) {
+            let mut h = pullgate_oci::Hasher::new(digest.algorithm());
+            h.update(&bytes);
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual: h.finish(),
+            });
+        }
+        let inner = Arc::clone(&self.inner);
+        let d = digest.clone();
+        let size = bytes.len() as u64;
+        tokio::task::spawn_blocking(move || {
+            let dest = inner.blob_path(&d);
+            if dest.exists() {
+                return Ok(());
+            }
+            let tmp = inner.tmp_path(&d);
+            let result = (|| {
+                let mut f = fs::File::create(&tmp).map_err(StoreError::io("creating tmp file"))?;
+                f.write_all(&bytes)
+                    .map_err(StoreError::io("writing tmp file"))?;
+                inner.commit_file(&f, &tmp, &d)
+            })();
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            result
+        })
+        .await??;
+        self.inner.index.put_blob(digest, size)
+    }
+
+    /// Start writing a blob. Bytes go to `tmp/` as they arrive, are hashed once, and are
+    /// renamed into `blobs/` by [`Ingest::commit`] only if size and digest match.
+    pub fn begin_ingest(
+        &self,
+        digest: Digest,
+        expected_size: Option<u64>,
+    ) -> Result<Ingest, StoreError> {
+        Ingest::begin(Arc::clone(&self.inner), digest, expected_size)
+    }
+
+    /// Delete a committed blob and its record.
+    pub async fn remove(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let removed = match tokio::fs::remove_file(self.blob_path(digest)).await {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(StoreError::Io {
+                    op: "removing blob",
+                    source: e,
+                })
+            }
+        };
+        self.inner.index.remove_blob(digest)?;
+        Ok(removed)
+    }
+
+    pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, StoreError> {
+        self.inner.index.tag(key)
+    }
+
+    pub fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<(), StoreError> {
+        self.inner.index.put_tag(key, record)
+    }
+
+    /// Record that `repo` on `upstream` may see `digest`.
+    pub fn link(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
+        self.inner.index.link(upstream, repo, digest)
+    }
+
+    pub fn is_linked(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, StoreError> {
+        self.inner.index.is_linked(upstream, repo, digest)
+    }
+
+    /// Remember a committed manifest's media type (its bytes alone do not always say).
+    pub fn put_manifest_meta(&self, digest: &Digest, media_type: &str) -> Result<(), StoreError> {
+        let size = fs::metadata(self.blob_path(digest)).map_or(0, |m| m.len());
+        self.inner.index.put_media_type(digest, size, media_type)
+    }
+
+    pub fn manifest_media_type(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
+        Ok(self.inner.index.blob(digest)?.and_then(|r| r.media_type))
+    }
+
+    pub fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>, StoreError> {
+        self.inner.index.blob(digest)
+    }
+
+    /// Note an access (for eviction). Best effort: a failure is logged, never fatal.
+    pub fn touch(&self, digest: &Digest) {
+        let size = fs::metadata(self.blob_path(digest)).map_or(0, |m| m.len());
+        if let Err(e) = self.inner.index.touch(digest, size) {
+            tracing::warn!(%digest, error = %e, "could not record a blob access");
+        }
+    }
+
+    /// Write the index to disk (shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.index.flush()
+    }
+}
+
+impl Inner {
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.blobs
+            .join(d.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn tmp_path(&self, d: &Digest) -> PathBuf {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        self.tmp
+            .join(format!("{}-{}-{n}", &d.hex()[..16], std::process::id()))
+    }
+
+    /// fsync the file, rename it into place, fsync the directory: after this returns, the
+    /// blob survives a crash, and before it no reader can see it under its digest.
+    fn commit_file(&self, f: &fs::File, tmp: &Path, d: &Digest) -> Result<(), StoreError> {
+        f.sync_all().map_err(StoreError::io("fsync tmp file"))?;
+        let dest = self.blob_path(d);
+        let dir = dest
+            .parent()
+            .ok_or_else(|| StoreError::Index("blob path has no parent".into()))?;
+        fs::create_dir_all(dir).map_err(StoreError::io("creating blob directory"))?;
+        fs::rename(tmp, &dest).map_err(StoreError::io("renaming into blobs/"))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(StoreError::io("fsync blob directory"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,53 @@
+use pullgate_oci::Digest;
+
+/// Why the store could not do something. Paths appear here for the log; the mirror never
+/// shows these messages to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("content does not match {expected}: it hashes to {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("content size {actual} does not match the announced {expected}")]
+    SizeMismatch { expected: u64, actual: u64 },
+    #[error("blob of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("index: {0}")]
+    Index(String),
+    /// The ingest a reader was following failed or was aborted.
+    #[error("ingest failed: {0}")]
+    IngestFailed(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+        move |source| StoreError::Io { op, source }
+    }
+
+    /// Whether the content itself was wrong (the source's fault), rather than the store.
+    pub fn is_bad_content(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. }
+        )
+    }
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Index(e.to_string())
+    }
+}
+
+impl From<tokio::task::JoinError> for StoreError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        StoreError::Io {
+            op: "blocking task",
+            source: std::io::Error::other(e.to_string()),
+        }
+    }
+}
