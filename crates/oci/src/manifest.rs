@@ -71,7 +71,7 @@ impl ManifestInfo {
                     .map(|d| {
                         Ok(Descriptor {
                             media_type: d.media_type().to_string(),
-                            digest: Digest::parse(&d.digest().to_string())
+                            digest: Digest::parse(d.digest().as_ref())
                                 .map_err(|_| ManifestError::BadDigest)?,
                             size: d.size(),
                             platform: d.platform().as_ref().map(|p| Platform {
@@ -91,7 +91,7 @@ impl ManifestInfo {
                     .map(|d| {
                         Ok(Descriptor {
                             media_type: d.media_type().to_string(),
-                            digest: Digest::parse(&d.digest().to_string())
+                            digest: Digest::parse(d.digest().as_ref())
                                 .map_err(|_| ManifestError::BadDigest)?,
                             size: d.size(),
                             platform: None,
