@@ -1,0 +1,741 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use crate::CredentialsError;
+
+/// Largest credentials file accepted. Real ones are a few KiB; the limit keeps a wrong mount
+/// (say, a disk image) from being read into memory.
+pub const MAX_CONFIG_SIZE: usize = 1024 * 1024;
+
+/// The key every Docker Hub alias normalizes to.
+const DOCKER_HUB: &str = "docker.io";
+
+/// Docker writes Hub's key as `https://index.docker.io/v1/`, pulls go to
+/// `registry-1.docker.io`, and users write `docker.io`: all are one registry.
+const DOCKER_HUB_ALIASES: &[&str] = &[
+    "index.docker.io",
+    "docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+
+/// Secret file names inside a mounted `kubernetes.io/dockerconfigjson` or
+/// `kubernetes.io/dockercfg` secret, in order of preference.
+const SECRET_FILE_NAMES: &[&str] = &[".dockerconfigjson", ".dockercfg"];
+
+/// Docker's own tools write `auth` padded, but hand-made secrets often drop the padding.
+const AUTH_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// A username/password pair.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A parsed docker config: normalized registry host (with port, if any) to [`Credential`].
+///
+/// Keys are normalized as kubelet does: scheme and path dropped, host lowercased, port kept,
+/// Docker Hub aliases folded into `docker.io`. A key may start with `*.` to match any single
+/// label in that place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DockerConfig {
+    entries: BTreeMap<String, Credential>,
+}
+
+impl DockerConfig {
+    /// Parses a `.dockerconfigjson` (`{"auths": {...}}`) or a legacy `.dockercfg` (the map of
+    /// registries at the top level).
+    ///
+    /// Entries holding only an `identitytoken` or `registrytoken` are skipped: tokens are not
+    /// supported yet, and failing the whole file over them would lock out every other
+    /// registry. When two keys normalize to the same registry, the first in key order wins.
+    pub fn parse(bytes: &[u8]) -> Result<DockerConfig, CredentialsError> {
+        if bytes.len() > MAX_CONFIG_SIZE {
+            return Err(CredentialsError::TooLarge { path: None });
+        }
+        // Untyped first: serde's type errors quote the offending value, which may be a secret.
+        let document: Value = serde_json::from_slice(bytes).map_err(CredentialsError::Json)?;
+        let Value::Object(top) = document else {
+            return Err(CredentialsError::Malformed(
+                "the top level is not a JSON object",
+            ));
+        };
+        let registries = match top.get("auths") {
+            Some(Value::Object(auths)) => auths,
+            Some(_) => return Err(CredentialsError::Malformed("\"auths\" is not an object")),
+            None => &top,
+        };
+
+        // Sorted here rather than trusting the map: serde_json keeps document order when any
+        // crate in the build enables its `preserve_order` feature.
+        let mut registries: Vec<(&String, &Value)> = registries.iter().collect();
+        registries.sort_by(|a, b| a.0.cmp(b.0));
+
+        let mut entries = BTreeMap::new();
+        for (key, entry) in registries {
+            let normalized = normalize_key(key)?;
+            let Some(credential) = parse_entry(key, entry)? else {
+                tracing::debug!(registry = %key, "skipping token-only credentials entry");
+                continue;
+            };
+            if entries.contains_key(&normalized) {
+                tracing::debug!(
+                    registry = %key,
+                    normalized = %normalized,
+                    "ignoring credentials entry for a registry already configured"
+                );
+                continue;
+            }
+            entries.insert(normalized, credential);
+        }
+        Ok(DockerConfig { entries })
+    }
+
+    /// Reads a credentials file, or a mounted secret directory: then `<dir>/.dockerconfigjson`,
+    /// falling back to `<dir>/.dockercfg`.
+    pub fn load(path: &Path) -> Result<DockerConfig, CredentialsError> {
+        let file = config_file(path)?;
+        let (bytes, _) = read_bounded(&file)?;
+        DockerConfig::parse(&bytes)
+    }
+
+    /// The credential for a registry host such as `ghcr.io` or `127.0.0.1:5000`. An exact
+    /// key beats a wildcard key.
+    pub fn for_host(&self, host: &str) -> Option<&Credential> {
+        let host = normalize_host(host);
+        if let Some(credential) = self.entries.get(host.as_str()) {
+            return Some(credential);
+        }
+        // One label only, as kubelet's glob does: `*.example.com` covers `a.example.com` but
+        // neither `example.com` nor `a.b.example.com`.
+        let (label, rest) = host.split_once('.')?;
+        if label.is_empty() || label == "*" || rest.is_empty() {
+            return None;
+        }
+        self.entries.get(format!("*.{rest}").as_str())
+    }
+
+    /// Every entry, by normalized key, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &Credential)> {
+        self.entries
+            .iter()
+            .map(|(key, credential)| (key.as_str(), credential))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Scheme and path dropped, lowercased, port kept, Hub aliases folded. Total: any input gives
+/// some string, so lookups can normalize whatever they are handed.
+fn normalize_host(raw: &str) -> String {
+    let raw = raw.trim();
+    let without_scheme = strip_prefix_ignore_case(raw, "https://")
+        .or_else(|| strip_prefix_ignore_case(raw, "http://"))
+        .unwrap_or(raw);
+    let host = without_scheme
+        .split_once('/')
+        .map_or(without_scheme, |(host, _)| host)
+        .to_ascii_lowercase();
+    if DOCKER_HUB_ALIASES.contains(&host.as_str()) {
+        DOCKER_HUB.to_owned()
+    } else {
+        host
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    if head.eq_ignore_ascii_case(prefix) {
+        s.get(prefix.len()..)
+    } else {
+        None
+    }
+}
+
+/// Like [`normalize_host`], but refuses keys that could never match, so that a typo fails at
+/// load time instead of as a puzzling 401 later.
+fn normalize_key(raw: &str) -> Result<String, CredentialsError> {
+    let bad = |reason| CredentialsError::BadEntry {
+        registry: raw.to_owned(),
+        reason,
+    };
+    let host = normalize_host(raw);
+    if host.is_empty() {
+        return Err(bad("the registry key has no host"));
+    }
+    let plain = host.strip_prefix("*.").unwrap_or(&host);
+    if plain.contains('*') {
+        return Err(bad("only a leading \"*.\" wildcard is supported"));
+    }
+    if plain.is_empty() || plain.starts_with('.') || plain.starts_with(':') {
+        return Err(bad("the wildcard has no domain after it"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("the registry key contains whitespace"));
+    }
+    Ok(host)
+}
+
+/// `Ok(None)` for an entry that only holds tokens.
+fn parse_entry(registry: &str, entry: &Value) -> Result<Option<Credential>, CredentialsError> {
+    let bad = |reason| CredentialsError::BadEntry {
+        registry: registry.to_owned(),
+        reason,
+    };
+    let Value::Object(entry) = entry else {
+        return Err(bad("the entry is not an object"));
+    };
+
+    // Docker and kubelet both let a non-empty `auth` override `username`/`password`.
+    let credential = match string_field(entry, "auth").map_err(bad)? {
+        Some(auth) => decode_auth(auth).map_err(bad)?,
+        None => {
+            let username = string_field(entry, "username").map_err(bad)?;
+            let password = string_field(entry, "password").map_err(bad)?;
+            match (username, password) {
+                (Some(username), Some(password)) => Credential {
+                    username: username.to_owned(),
+                    password: password.to_owned(),
+                },
+                (Some(_), None) => return Err(bad("\"username\" without \"password\"")),
+                (None, Some(_)) => return Err(bad("\"password\" without \"username\"")),
+                (None, None) => {
+                    let has_token = ["identitytoken", "registrytoken"].iter().any(
+                        |name| matches!(entry.get(*name), Some(Value::String(s)) if !s.is_empty()),
+                    );
+                    if has_token {
+                        return Ok(None);
+                    }
+                    return Err(bad("neither \"auth\" nor \"username\" and \"password\""));
+                }
+            }
+        }
+    };
+
+    if credential.username.is_empty() {
+        return Err(bad("the username is empty"));
+    }
+    // An empty password would let anyone who knows the username in.
+    if credential.password.is_empty() {
+        return Err(bad("the password is empty"));
+    }
+    Ok(Some(credential))
+}
+
+/// A present, non-empty string field. Docker writes absent fields as `""`, so empty counts as
+/// absent.
+fn string_field<'a>(
+    entry: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'a str>, &'static str> {
+    match entry.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(match name {
+            "auth" => "\"auth\" is not a string",
+            "username" => "\"username\" is not a string",
+            "password" => "\"password\" is not a string",
+            _ => "a field is not a string",
+        }),
+    }
+}
+
+fn decode_auth(auth: &str) -> Result<Credential, &'static str> {
+    let decoded = AUTH_BASE64
+        .decode(auth.trim())
+        .map_err(|_| "\"auth\" is not valid base64")?;
+    let decoded = String::from_utf8(decoded).map_err(|_| "\"auth\" is not UTF-8")?;
+    let (username, password) = decoded
+        .split_once(':')
+        .ok_or("\"auth\" is not of the form user:password")?;
+    Ok(Credential {
+        username: username.to_owned(),
+        password: password.to_owned(),
+    })
+}
+
+/// The file to read for `path`: `path` itself, or the secret file inside a mounted secret
+/// directory.
+pub(crate) fn config_file(path: &Path) -> Result<PathBuf, CredentialsError> {
+    let meta = fs::metadata(path).map_err(|e| CredentialsError::io(path, e))?;
+    if !meta.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    for name in SECRET_FILE_NAMES {
+        let candidate = path.join(name);
+        match fs::metadata(&candidate) {
+            Ok(_) => return Ok(candidate),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(CredentialsError::io(&candidate, e)),
+        }
+    }
+    Err(CredentialsError::NotFound(path.to_path_buf()))
+}
+
+/// Reads at most [`MAX_CONFIG_SIZE`] bytes, and returns the metadata of the very file read, so
+/// a caller can tell later whether what it read has changed.
+pub(crate) fn read_bounded(path: &Path) -> Result<(Vec<u8>, fs::Metadata), CredentialsError> {
+    let too_large = || CredentialsError::TooLarge {
+        path: Some(path.to_path_buf()),
+    };
+    let file = File::open(path).map_err(|e| CredentialsError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| CredentialsError::io(path, e))?;
+    let limit = MAX_CONFIG_SIZE as u64;
+    if meta.len() > limit {
+        return Err(too_large());
+    }
+    // The length check above is only a shortcut: the file may grow, or not report a size.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CredentialsError::io(path, e))?;
+    if bytes.len() > MAX_CONFIG_SIZE {
+        return Err(too_large());
+    }
+    Ok((bytes, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use proptest::prelude::*;
+
+    fn cred(username: &str, password: &str) -> Credential {
+        Credential {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        }
+    }
+
+    fn auth(username: &str, password: &str) -> String {
+        STANDARD.encode(format!("{username}:{password}"))
+    }
+
+    fn parse(json: &str) -> Result<DockerConfig, CredentialsError> {
+        DockerConfig::parse(json.as_bytes())
+    }
+
+    #[test]
+    fn dockerconfigjson_with_auth() {
+        let json = format!(
+            r#"{{"auths":{{"ghcr.io":{{"auth":"{}","email":"x@example.com"}}}}}}"#,
+            auth("alice", "s3cret:with:colons")
+        );
+        let config = parse(&json).unwrap();
+        assert_eq!(config.len(), 1);
+        assert_eq!(
+            config.for_host("ghcr.io"),
+            Some(&cred("alice", "s3cret:with:colons"))
+        );
+        assert_eq!(config.for_host("quay.io"), None);
+    }
+
+    #[test]
+    fn auth_without_padding() {
+        // "a:bc" encodes to 6 characters plus "==" when padded.
+        let unpadded = STANDARD_NO_PAD.encode("a:bc");
+        assert!(!unpadded.ends_with('='));
+        let json = format!(r#"{{"auths":{{"ghcr.io":{{"auth":"{unpadded}"}}}}}}"#);
+        assert_eq!(
+            parse(&json).unwrap().for_host("ghcr.io"),
+            Some(&cred("a", "bc"))
+        );
+    }
+
+    #[test]
+    fn dockerconfigjson_with_username_and_password() {
+        let json = r#"{"auths":{"quay.io":{"username":"bob","password":"hunter2"}}}"#;
+        let config = parse(json).unwrap();
+        assert_eq!(config.for_host("quay.io"), Some(&cred("bob", "hunter2")));
+    }
+
+    #[test]
+    fn auth_overrides_username_and_password() {
+        let json = format!(
+            r#"{{"auths":{{"quay.io":{{"auth":"{}","username":"x","password":"y"}}}}}}"#,
+            auth("bob", "pw")
+        );
+        assert_eq!(
+            parse(&json).unwrap().for_host("quay.io"),
+            Some(&cred("bob", "pw"))
+        );
+    }
+
+    #[test]
+    fn legacy_dockercfg() {
+        let json = format!(
+            r#"{{"https://index.docker.io/v1/":{{"auth":"{}","email":"a@b.c"}},
+                 "registry.example.com":{{"username":"u","password":"p"}}}}"#,
+            auth("hubuser", "hubpass")
+        );
+        let config = parse(&json).unwrap();
+        assert_eq!(config.len(), 2);
+        assert_eq!(
+            config.for_host("docker.io"),
+            Some(&cred("hubuser", "hubpass"))
+        );
+        assert_eq!(
+            config.for_host("registry.example.com"),
+            Some(&cred("u", "p"))
+        );
+    }
+
+    #[test]
+    fn docker_hub_aliases_all_match_each_other() {
+        let keys = [
+            "https://index.docker.io/v1/",
+            "index.docker.io",
+            "docker.io",
+            "registry-1.docker.io",
+            "registry.hub.docker.com",
+            "HTTPS://Index.Docker.IO/v1/",
+        ];
+        for key in keys {
+            let json = format!(r#"{{"auths":{{"{key}":{{"auth":"{}"}}}}}}"#, auth("u", "p"));
+            let config = parse(&json).unwrap();
+            assert_eq!(
+                config.entries().map(|(k, _)| k).collect::<Vec<_>>(),
+                ["docker.io"]
+            );
+            for host in keys {
+                assert_eq!(
+                    config.for_host(host),
+                    Some(&cred("u", "p")),
+                    "{key} vs {host}"
+                );
+            }
+            assert_eq!(config.for_host("docker.io.evil.com"), None);
+        }
+    }
+
+    #[test]
+    fn key_normalization() {
+        let cases = [
+            ("https://Registry.Example.com/v2/", "registry.example.com"),
+            ("http://127.0.0.1:5000", "127.0.0.1:5000"),
+            ("localhost:5000/v1/", "localhost:5000"),
+            ("  ghcr.io  ", "ghcr.io"),
+            ("registry.example.com/some/path", "registry.example.com"),
+            ("*.Example.com", "*.example.com"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_key(raw).unwrap(), want, "{raw}");
+        }
+        for bad in [
+            "",
+            "https://",
+            "/v1/",
+            "a*.example.com",
+            "*.*.example.com",
+            "*.",
+            "a b.com",
+        ] {
+            assert!(
+                matches!(normalize_key(bad), Err(CredentialsError::BadEntry { .. })),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_with_ports() {
+        let json = format!(
+            r#"{{"auths":{{"http://127.0.0.1:5000/v2/":{{"auth":"{}"}},"127.0.0.1":{{"auth":"{}"}}}}}}"#,
+            auth("withport", "p1"),
+            auth("noport", "p2")
+        );
+        let config = parse(&json).unwrap();
+        assert_eq!(
+            config.for_host("127.0.0.1:5000"),
+            Some(&cred("withport", "p1"))
+        );
+        assert_eq!(config.for_host("127.0.0.1"), Some(&cred("noport", "p2")));
+        assert_eq!(config.for_host("127.0.0.1:5001"), None);
+    }
+
+    #[test]
+    fn wildcard_matches_one_label_and_exact_wins() {
+        let json = format!(
+            r#"{{"auths":{{"*.example.com":{{"auth":"{}"}},"special.example.com":{{"auth":"{}"}},
+                "*.ports.test:5000":{{"auth":"{}"}}}}}}"#,
+            auth("wild", "p1"),
+            auth("exact", "p2"),
+            auth("wildport", "p3")
+        );
+        let config = parse(&json).unwrap();
+        assert_eq!(config.for_host("a.example.com"), Some(&cred("wild", "p1")));
+        assert_eq!(config.for_host("A.Example.COM"), Some(&cred("wild", "p1")));
+        assert_eq!(
+            config.for_host("special.example.com"),
+            Some(&cred("exact", "p2"))
+        );
+        assert_eq!(config.for_host("example.com"), None);
+        assert_eq!(config.for_host("a.b.example.com"), None);
+        assert_eq!(config.for_host(".example.com"), None);
+        assert_eq!(config.for_host("a.example.com:443"), None);
+        assert_eq!(
+            config.for_host("r.ports.test:5000"),
+            Some(&cred("wildport", "p3"))
+        );
+        assert_eq!(config.for_host("r.ports.test"), None);
+    }
+
+    #[test]
+    fn duplicate_normalized_keys_first_in_key_order_wins() {
+        let json = format!(
+            r#"{{"auths":{{"registry-1.docker.io":{{"auth":"{}"}},"https://index.docker.io/v1/":{{"auth":"{}"}}}}}}"#,
+            auth("second", "p"),
+            auth("first", "p")
+        );
+        let config = parse(&json).unwrap();
+        assert_eq!(config.len(), 1);
+        assert_eq!(config.for_host("docker.io"), Some(&cred("first", "p")));
+    }
+
+    #[test]
+    fn token_only_entries_are_skipped_and_tokens_ignored() {
+        let json = format!(
+            r#"{{"auths":{{"a.io":{{"identitytoken":"tok"}},"b.io":{{"registrytoken":"tok"}},
+                "c.io":{{"auth":"{}","identitytoken":"tok"}}}}}}"#,
+            auth("u", "p")
+        );
+        let config = parse(&json).unwrap();
+        assert_eq!(
+            config.entries().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["c.io"]
+        );
+        assert_eq!(config.for_host("c.io"), Some(&cred("u", "p")));
+    }
+
+    #[test]
+    fn empty_config_and_other_docker_cli_fields() {
+        assert!(parse(r#"{"auths":{}}"#).unwrap().is_empty());
+        assert!(parse("{}").unwrap().is_empty());
+        let json = r#"{"auths":{},"credsStore":"desktop","HttpHeaders":{"User-Agent":"x"}}"#;
+        assert!(parse(json).unwrap().is_empty());
+    }
+
+    /// Every bad entry names the registry and its reason, and never the secret it was given.
+    #[test]
+    fn bad_entries_are_errors_without_secrets() {
+        const SECRET: &str = "TOPSECRETVALUE";
+        let no_colon = STANDARD.encode(SECRET);
+        let cases = [
+            (format!(r#"{{"auth":"{SECRET}!!"}}"#), "base64"),
+            (format!(r#"{{"auth":"{no_colon}"}}"#), "user:password"),
+            (
+                format!(r#"{{"auth":"{}"}}"#, STANDARD.encode(b"\xff\xfe:x")),
+                "UTF-8",
+            ),
+            (
+                format!(r#"{{"auth":"{}"}}"#, auth("", SECRET)),
+                "username is empty",
+            ),
+            (
+                format!(r#"{{"auth":"{}"}}"#, auth(SECRET, "")),
+                "password is empty",
+            ),
+            (
+                format!(r#"{{"auth":["{SECRET}"]}}"#),
+                "\"auth\" is not a string",
+            ),
+            (
+                r#"{"username":"u","password":7}"#.to_owned(),
+                "\"password\" is not a string",
+            ),
+            (
+                format!(r#"{{"username":"{SECRET}"}}"#),
+                "without \"password\"",
+            ),
+            (
+                format!(r#"{{"password":"{SECRET}"}}"#),
+                "without \"username\"",
+            ),
+            (r#"{"email":"a@b.c"}"#.to_owned(), "neither"),
+            (format!(r#""{SECRET}""#), "not an object"),
+        ];
+        for (entry, reason_part) in cases {
+            let json = format!(r#"{{"auths":{{"ghcr.io":{entry}}}}}"#);
+            let error = parse(&json).unwrap_err();
+            let CredentialsError::BadEntry { registry, reason } = &error else {
+                panic!("{entry}: expected BadEntry, got {error:?}");
+            };
+            assert_eq!(registry, "ghcr.io");
+            assert!(reason.contains(reason_part), "{entry}: {reason}");
+            let shown = format!("{error} {error:?}");
+            assert!(shown.contains("ghcr.io"), "{shown}");
+            assert!(!shown.contains(SECRET), "secret leaked: {shown}");
+            assert!(!shown.contains(&no_colon), "secret leaked: {shown}");
+        }
+    }
+
+    #[test]
+    fn malformed_documents() {
+        assert!(matches!(parse("not json"), Err(CredentialsError::Json(_))));
+        assert!(matches!(parse("[]"), Err(CredentialsError::Malformed(_))));
+        assert!(matches!(
+            parse(r#"{"auths":[]}"#),
+            Err(CredentialsError::Malformed(_))
+        ));
+        // A JSON syntax error must not echo the document either.
+        let error = parse(r#"{"auths":{"ghcr.io":{"auth":"TOPSECRET"#).unwrap_err();
+        assert!(!format!("{error} {error:?}").contains("TOPSECRET"));
+    }
+
+    #[test]
+    fn debug_redacts_the_password() {
+        let credential = cred("alice", "hunter2");
+        let shown = format!("{credential:?} {credential:#?}");
+        assert!(shown.contains("alice"));
+        assert!(shown.contains("<redacted>"));
+        assert!(!shown.contains("hunter2"));
+
+        let json = format!(
+            r#"{{"auths":{{"ghcr.io":{{"auth":"{}"}}}}}}"#,
+            auth("alice", "hunter2")
+        );
+        let config = parse(&json).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn size_limit() {
+        let mut big = format!(
+            r#"{{"auths":{{"ghcr.io":{{"auth":"{}"}}}},"pad":""#,
+            auth("u", "p")
+        );
+        let close = "\"}";
+        big.push_str(&"x".repeat(MAX_CONFIG_SIZE - big.len() - close.len()));
+        big.push_str(close);
+        assert_eq!(big.len(), MAX_CONFIG_SIZE);
+        assert_eq!(parse(&big).unwrap().len(), 1);
+
+        big.insert(big.len() - close.len(), 'x');
+        assert!(matches!(
+            parse(&big),
+            Err(CredentialsError::TooLarge { path: None })
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        fs::write(&path, &big).unwrap();
+        match DockerConfig::load(&path) {
+            Err(CredentialsError::TooLarge { path: Some(p) }) => assert_eq!(p, path),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn load_file_and_secret_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = |user: &str| {
+            format!(
+                r#"{{"auths":{{"ghcr.io":{{"auth":"{}"}}}}}}"#,
+                auth(user, "p")
+            )
+        };
+
+        let file = dir.path().join("config.json");
+        fs::write(&file, json("file")).unwrap();
+        assert_eq!(
+            DockerConfig::load(&file).unwrap().for_host("ghcr.io"),
+            Some(&cred("file", "p"))
+        );
+
+        let secret = dir.path().join("secret");
+        fs::create_dir(&secret).unwrap();
+        assert!(
+            matches!(DockerConfig::load(&secret), Err(CredentialsError::NotFound(p)) if p == secret)
+        );
+
+        // Legacy secret type: only .dockercfg, which is a bare map.
+        let legacy = format!(r#"{{"ghcr.io":{{"auth":"{}"}}}}"#, auth("legacy", "p"));
+        fs::write(secret.join(".dockercfg"), legacy).unwrap();
+        assert_eq!(
+            DockerConfig::load(&secret).unwrap().for_host("ghcr.io"),
+            Some(&cred("legacy", "p"))
+        );
+
+        // .dockerconfigjson is preferred when both are present.
+        fs::write(secret.join(".dockerconfigjson"), json("modern")).unwrap();
+        assert_eq!(
+            DockerConfig::load(&secret).unwrap().for_host("ghcr.io"),
+            Some(&cred("modern", "p"))
+        );
+
+        let missing = dir.path().join("missing");
+        assert!(
+            matches!(DockerConfig::load(&missing), Err(CredentialsError::NotFound(p)) if p == missing)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = DockerConfig::parse(&bytes);
+        }
+
+        #[test]
+        fn parse_never_panics_on_config_shaped_input(
+            key in "\\PC{0,24}",
+            field in prop_oneof![Just("auth"), Just("username"), Just("password"), Just("identitytoken")],
+            value in "\\PC{0,32}",
+        ) {
+            let json = serde_json::json!({ "auths": { key.clone(): { field: value.clone() } } });
+            let _ = DockerConfig::parse(json.to_string().as_bytes());
+            let legacy = serde_json::json!({ key: { "auth": value } });
+            let _ = DockerConfig::parse(legacy.to_string().as_bytes());
+        }
+
+        #[test]
+        fn auth_round_trips(
+            username in "[^:\\x00]{1,20}",
+            password in "\\PC{1,40}",
+            padded in any::<bool>(),
+        ) {
+            let raw = format!("{username}:{password}");
+            let encoded = if padded { STANDARD.encode(&raw) } else { STANDARD_NO_PAD.encode(&raw) };
+            let json = serde_json::json!({ "auths": { "ghcr.io": { "auth": encoded } } });
+            let config = DockerConfig::parse(json.to_string().as_bytes()).unwrap();
+            prop_assert_eq!(config.for_host("ghcr.io"), Some(&cred(&username, &password)));
+        }
+
+        #[test]
+        fn errors_never_show_the_password(password in "[A-Za-z0-9]{12,40}") {
+            // A password-only entry is refused; its message must not echo the password.
+            let json = serde_json::json!({ "auths": { "ghcr.io": { "password": password.clone() } } });
+            let error = DockerConfig::parse(json.to_string().as_bytes()).unwrap_err();
+            let shown = format!("{error} {error:?}");
+            prop_assert!(!shown.contains(&password));
+        }
+    }
+}
