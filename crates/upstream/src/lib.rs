@@ -1,1 +1,497 @@
-//! placeholder
+//! Talking to one upstream registry over HTTP, as the mirror needs it.
+//!
+//! What it is: [`Upstream`], built from an [`UpstreamConfig`], with `HEAD`/`GET` of
+//! manifests ([`ManifestHead`], [`FetchedManifest`]), blobs (size, or a [`BlobDownload`]
+//! streamed chunk by chunk, never buffered) and bounded pass-through of small listings
+//! ([`Passthrough`]: tags, referrers). Behind those calls:
+//!
+//! - authentication: the first request goes anonymous (or with a cached token); a 401's
+//!   challenge is answered once, by the Bearer token handshake (tokens cached per scope
+//!   until shortly before they expire) or by Basic, with the upstream's credentials looked
+//!   up on every use from a [`SecretSource`](pullgate_credentials::SecretSource) so secret
+//!   rotation takes effect without a restart;
+//! - redirects followed by hand, so `Authorization` never leaves the upstream's origin
+//!   (blob redirects to a CDN get none);
+//! - retries of connect failures and 502/503/504 before any byte reaches the caller;
+//! - decoding of upstream answers into [`UpstreamError`], whose messages never contain
+//!   credentials, tokens or signed query strings.
+//!
+//! What it is not: no caching of content, no digest verification (the store verifies as it
+//! writes), no knowledge of clients. reqwest lives here and nowhere else in the workspace.
+
+mod auth;
+mod error;
+mod transport;
+
+pub use error::UpstreamError;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http::header::{CONTENT_TYPE, LINK};
+use http::Method;
+use pullgate_credentials::SecretSource;
+use pullgate_oci::{media_types, Digest, Reference, RepoName};
+use reqwest::Url;
+
+use crate::transport::{content_length, header_text, host_of, read_bounded};
+
+/// Largest tags list or referrers index passed through.
+const PASSTHROUGH_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Longest media type we believe; real ones are under 100 bytes.
+const MAX_MEDIA_TYPE_LEN: usize = 256;
+
+/// Longest `Link` header passed on. Pagination links are short; a longer one is refused
+/// rather than truncated, since a cut link would silently end a client's listing.
+const MAX_LINK_LEN: usize = 8 * 1024;
+
+/// Upper bound for the token handshake as a whole. The configured timeouts bound each
+/// connect and read; this one keeps a trickling token server from holding a pull forever.
+const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Host names that all mean Docker Hub.
+const DOCKER_HUB_HOSTS: &[&str] = &[
+    "registry-1.docker.io",
+    "index.docker.io",
+    "docker.io",
+    "registry.hub.docker.com",
+];
+
+/// Where an upstream is and how to talk to it.
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// The upstream's name in the mirror, e.g. `docker.io` or `127.0.0.1:5000`.
+    pub name: String,
+    /// Its base URL: `https://registry-1.docker.io` or `http://127.0.0.1:5000`.
+    pub url: String,
+    /// Credentials for it, looked up by the URL's host on every request.
+    pub credentials: Option<SecretSource>,
+    pub connect_timeout: Duration,
+    /// Longest wait for any single read (response headers or the next body chunk).
+    pub read_timeout: Duration,
+    pub user_agent: String,
+}
+
+/// One upstream registry. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Upstream {
+    name: String,
+    /// The validated base URL, kept for its origin (where credentials may go).
+    base: Url,
+    /// `base` as text without a trailing slash, to which `/v2/...` paths are appended.
+    base_text: String,
+    /// Host (with port if not default) under which credentials are looked up.
+    cred_host: String,
+    docker_hub: bool,
+    credentials: Option<SecretSource>,
+    client: reqwest::Client,
+    tokens: auth::TokenCache,
+    /// Set once the upstream answered a Basic challenge, so later requests send Basic
+    /// up front instead of paying a 401 each.
+    wants_basic: AtomicBool,
+    token_timeout: Duration,
+}
+
+/// What a manifest `HEAD` tells: enough to see whether a cached tag is still current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    /// From `Docker-Content-Digest`; `None` if missing or unparseable.
+    pub digest: Option<Digest>,
+    /// From `Content-Type`, without parameters.
+    pub media_type: Option<String>,
+    /// From `Content-Length`.
+    pub size: Option<u64>,
+}
+
+/// A manifest's bytes as the upstream sent them (unverified).
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    /// From `Content-Type`, without parameters.
+    pub media_type: Option<String>,
+    /// From `Docker-Content-Digest`, if present and parseable.
+    pub digest: Option<Digest>,
+}
+
+/// A blob's body as it arrives.
+pub struct BlobDownload {
+    /// From `Content-Length`; `None` when the upstream sends the body chunked.
+    pub size: Option<u64>,
+    pub stream: BlobBody,
+}
+
+/// Chunks of a blob as they arrive. An error ends it; a body cut short by the upstream
+/// ends in an error too (hyper checks `Content-Length`), never in a clean short stream.
+pub type BlobBody =
+    Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static>>;
+
+/// A small upstream answer handed to the client as is (tags list, referrers).
+#[derive(Debug, Clone)]
+pub struct Passthrough {
+    pub status: u16,
+    pub content_type: Option<String>,
+    /// The pagination `Link` header, naming the upstream's repository path.
+    pub link: Option<String>,
+    pub body: Bytes,
+}
+
+impl Upstream {
+    /// Validate the URL and build the HTTP client. Fails on a URL that is not plain
+    /// `http(s)://host[:port][/path]` (credentials in the URL are refused: they belong in
+    /// the secret, and would otherwise show up wherever the URL is logged).
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, UpstreamError> {
+        let base = parse_base(&config.url)?;
+        let host = base.host_str().unwrap_or("");
+        let hub_host = DOCKER_HUB_HOSTS.contains(&host);
+        let docker_hub = hub_host || config.name == "docker.io";
+        // Docker Hub's credentials are filed under `docker.io` whichever alias the URL uses.
+        let cred_host = if hub_host {
+            "docker.io".to_owned()
+        } else {
+            host_of(&base)
+        };
+        let client = reqwest::Client::builder()
+            // Followed by hand in `transport`, to drop `Authorization` on cross-origin hops.
+            .redirect(reqwest::redirect::Policy::none())
+            // Bytes must arrive exactly as the upstream stored them: digests cover them.
+            .no_gzip()
+            .no_brotli()
+            .no_deflate()
+            .no_zstd()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .tcp_keepalive(Duration::from_secs(60))
+            .user_agent(config.user_agent.clone())
+            .build()
+            .map_err(|e| {
+                UpstreamError::Protocol(format!(
+                    "cannot build the HTTP client: {}",
+                    e.without_url()
+                ))
+            })?;
+        let token_timeout = (config.connect_timeout + config.read_timeout).min(MAX_TOKEN_TIMEOUT);
+        let base_text = base.as_str().trim_end_matches('/').to_owned();
+        Ok(Upstream {
+            name: config.name,
+            base,
+            base_text,
+            cred_host,
+            docker_hub,
+            credentials: config.credentials,
+            client,
+            tokens: auth::TokenCache::new(),
+            wants_basic: AtomicBool::new(false),
+            token_timeout,
+        })
+    }
+
+    /// The upstream's name in the mirror.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this is Docker Hub (which puts single-component names under `library/`).
+    pub fn is_docker_hub(&self) -> bool {
+        self.docker_hub
+    }
+
+    /// `HEAD` a manifest: its digest, type and size, without the body. Docker Hub does not
+    /// count these against the pull rate limit.
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestHead, UpstreamError> {
+        let url = self.url(repo, &format!("manifests/{reference}"))?;
+        let response = self
+            .request(Method::HEAD, url, Some(&manifest_accept()), &scope(repo))
+            .await?;
+        let headers = response.headers();
+        Ok(ManifestHead {
+            digest: docker_content_digest(headers),
+            media_type: media_type(headers),
+            size: content_length(headers),
+        })
+    }
+
+    /// `GET` a manifest, refusing one larger than `limit` bytes.
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        limit: usize,
+    ) -> Result<FetchedManifest, UpstreamError> {
+        let url = self.url(repo, &format!("manifests/{reference}"))?;
+        let response = self
+            .request(Method::GET, url, Some(&manifest_accept()), &scope(repo))
+            .await?;
+        let digest = docker_content_digest(response.headers());
+        let media_type = media_type(response.headers());
+        let host = host_of(response.url());
+        let bytes = read_bounded(response, limit, &host).await?;
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// `HEAD` a blob: its size. An answer without `Content-Length` is a protocol error,
+    /// since the size is all this is asked for.
+    pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError> {
+        let url = self.url(repo, &format!("blobs/{digest}"))?;
+        let response = self.request(Method::HEAD, url, None, &scope(repo)).await?;
+        content_length(response.headers()).ok_or_else(|| {
+            UpstreamError::Protocol("blob HEAD answered without a Content-Length".into())
+        })
+    }
+
+    /// `GET` a blob as a stream. Transient failures are retried until the response headers
+    /// arrive; once this returns, errors reach the caller through the stream.
+    pub async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobDownload, UpstreamError> {
+        let url = self.url(repo, &format!("blobs/{digest}"))?;
+        let response = self.request(Method::GET, url, None, &scope(repo)).await?;
+        let size = content_length(response.headers());
+        // Name the host that serves the bytes (the CDN after a redirect), never its query.
+        let host = host_of(response.url());
+        let stream = response
+            .bytes_stream()
+            .map(move |chunk| chunk.map_err(|e| error::from_reqwest(e, &host)));
+        Ok(BlobDownload {
+            size,
+            stream: Box::pin(stream),
+        })
+    }
+
+    /// `GET {url}/v2/{repo}/{suffix_and_query}` (e.g. `tags/list?n=2&last=a`) and return
+    /// the 2xx answer for the client, body bounded to 4 MiB. Non-2xx answers are errors.
+    pub async fn get_passthrough(
+        &self,
+        repo: &RepoName,
+        suffix_and_query: &str,
+        accept: Option<&str>,
+    ) -> Result<Passthrough, UpstreamError> {
+        check_suffix(suffix_and_query)?;
+        let url = self.url(repo, suffix_and_query)?;
+        let response = self.request(Method::GET, url, accept, &scope(repo)).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers();
+        let content_type =
+            header_text(headers, CONTENT_TYPE, MAX_MEDIA_TYPE_LEN).map(str::to_owned);
+        let link = match headers.get(LINK) {
+            None => None,
+            Some(v) if v.len() > MAX_LINK_LEN => {
+                return Err(UpstreamError::Protocol("Link header is too long".into()))
+            }
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| UpstreamError::Protocol("Link header is not text".into()))?
+                    .to_owned(),
+            ),
+        };
+        let host = host_of(response.url());
+        let body = read_bounded(response, PASSTHROUGH_LIMIT, &host).await?;
+        Ok(Passthrough {
+            status,
+            content_type,
+            link,
+            body,
+        })
+    }
+
+    fn url(&self, repo: &RepoName, suffix: &str) -> Result<Url, UpstreamError> {
+        Url::parse(&format!("{}/v2/{repo}/{suffix}", self.base_text))
+            .map_err(|_| UpstreamError::Protocol("cannot build the upstream URL".into()))
+    }
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("url", &self.base_text)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for BlobDownload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobDownload")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The configured base URL, checked.
+fn parse_base(text: &str) -> Result<Url, UpstreamError> {
+    let invalid = |why: &str| UpstreamError::Protocol(format!("invalid upstream url: {why}"));
+    let url = Url::parse(text).map_err(|_| invalid("not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "credentials belong in the credentials secret, not the URL",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("no query or fragment allowed"));
+    }
+    Ok(url)
+}
+
+/// The pass-through suffix is built by the mirror, but its query comes from a client:
+/// refuse anything that could make the URL leave `/v2/<repo>/` (dot segments would be
+/// normalised away by URL parsing) or carry a fragment.
+fn check_suffix(suffix_and_query: &str) -> Result<(), UpstreamError> {
+    let path = suffix_and_query
+        .split_once('?')
+        .map_or(suffix_and_query, |(p, _)| p);
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\\')
+        || path
+            .split('/')
+            .any(|seg| seg == "." || seg == ".." || seg.contains('%'))
+        || suffix_and_query.contains('#');
+    if bad {
+        return Err(UpstreamError::Protocol("invalid pass-through path".into()));
+    }
+    Ok(())
+}
+
+/// The token scope every request of this crate needs: pull access to the repository.
+fn scope(repo: &RepoName) -> String {
+    format!("repository:{repo}:pull")
+}
+
+/// Every manifest type, so the upstream answers with what it has and one cached copy
+/// serves all clients (the mirror negotiates with clients itself).
+fn manifest_accept() -> String {
+    media_types::ALL_MANIFESTS.join(", ")
+}
+
+fn docker_content_digest(headers: &http::HeaderMap) -> Option<Digest> {
+    // sha512 hex is 128 characters; a valid value is never longer than this.
+    header_text(headers, "docker-content-digest", 200).and_then(|v| Digest::parse(v.trim()).ok())
+}
+
+/// `Content-Type` without parameters (`application/json; charset=utf-8` → `application/json`).
+fn media_type(headers: &http::HeaderMap) -> Option<String> {
+    let value = header_text(headers, CONTENT_TYPE, MAX_MEDIA_TYPE_LEN)?;
+    let essence = value.split(';').next().unwrap_or("").trim();
+    (!essence.is_empty()).then(|| essence.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, url: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.into(),
+            url: url.into(),
+            credentials: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            user_agent: "test".into(),
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let cases: &[(&str, bool)] = &[
+            ("https://registry-1.docker.io", true),
+            ("http://127.0.0.1:5000", true),
+            ("http://127.0.0.1:5000/", true),
+            ("https://example.com/prefix/", true),
+            ("ftp://example.com", false),
+            ("example.com", false),
+            ("https://user:pw@example.com", false),
+            ("https://example.com/?a=b", false),
+            ("https://example.com/#x", false),
+            ("", false),
+        ];
+        for (url, ok) in cases {
+            assert_eq!(Upstream::new(config("x", url)).is_ok(), *ok, "{url}");
+        }
+        let u = Upstream::new(config("x", "https://example.com/prefix/")).unwrap();
+        let repo = RepoName::parse("a/b").unwrap();
+        assert_eq!(
+            u.url(&repo, "tags/list?n=1").unwrap().as_str(),
+            "https://example.com/prefix/v2/a/b/tags/list?n=1"
+        );
+    }
+
+    #[test]
+    fn docker_hub() {
+        let cases: &[(&str, &str, bool, &str)] = &[
+            (
+                "docker.io",
+                "https://registry-1.docker.io",
+                true,
+                "docker.io",
+            ),
+            ("hub", "https://index.docker.io", true, "docker.io"),
+            ("hub", "https://docker.io/", true, "docker.io"),
+            ("docker.io", "https://mirror.gcr.io", true, "mirror.gcr.io"),
+            ("ghcr.io", "https://ghcr.io", false, "ghcr.io"),
+            ("local", "http://127.0.0.1:5000", false, "127.0.0.1:5000"),
+        ];
+        for (name, url, hub, cred_host) in cases {
+            let u = Upstream::new(config(name, url)).unwrap();
+            assert_eq!(u.is_docker_hub(), *hub, "{name} {url}");
+            assert_eq!(u.cred_host, *cred_host, "{name} {url}");
+            assert_eq!(u.name(), *name);
+        }
+    }
+
+    #[test]
+    fn suffixes() {
+        let cases: &[(&str, bool)] = &[
+            ("tags/list", true),
+            ("tags/list?n=2&last=a", true),
+            ("referrers/sha256:abc?artifactType=x/y", true),
+            ("tags/list?last=../../x", true),
+            ("../other/tags/list", false),
+            ("tags/./list", false),
+            ("/tags/list", false),
+            ("tags/%2e%2e/list", false),
+            ("tags/list#frag", false),
+            ("", false),
+        ];
+        for (suffix, ok) in cases {
+            assert_eq!(check_suffix(suffix).is_ok(), *ok, "{suffix}");
+        }
+    }
+
+    #[test]
+    fn media_types_and_digests() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(media_type(&h), None);
+        h.insert(
+            CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(media_type(&h).as_deref(), Some("application/json"));
+        h.insert("docker-content-digest", "sha256:nothex".parse().unwrap());
+        assert_eq!(docker_content_digest(&h), None);
+        let d = Digest::sha256_of(b"x");
+        h.insert("docker-content-digest", d.to_string().parse().unwrap());
+        assert_eq!(docker_content_digest(&h), Some(d));
+        assert!(manifest_accept().contains(media_types::OCI_INDEX));
+    }
+}

@@ -1,0 +1,161 @@
+//! [`UpstreamError`] and the mapping of upstream statuses and transport failures onto it.
+
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+
+/// What went wrong talking to the upstream, in this crate's words.
+///
+/// Messages name at most a host (and sometimes a path): never credentials, tokens or query
+/// strings, because redirect targets carry signatures in their queries and these messages
+/// end up in logs and client-facing error details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream does not know the repository, manifest or blob (404).
+    #[error("not found upstream")]
+    NotFound,
+    /// The upstream refused us even with our configured credentials (401 after the
+    /// handshake, or 403).
+    #[error("upstream denied access")]
+    Denied,
+    /// The upstream throttles us (429); `retry_after` is its `Retry-After` in seconds.
+    #[error("upstream rate limit")]
+    RateLimited { retry_after: Option<Duration> },
+    /// The upstream cannot be reached or answered 5xx. The text contains "timed out" for
+    /// timeouts and "connect" for connection failures; callers classify by those words.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    /// The response is larger than the caller's limit.
+    #[error("upstream response exceeds the size limit")]
+    TooLarge,
+    /// The upstream answered something we cannot use.
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Longest `Retry-After` we pass on; a larger value is more likely a bug than a plan.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The error for a non-2xx status of a registry request.
+pub(crate) fn from_status(status: StatusCode, headers: &HeaderMap) -> UpstreamError {
+    match status.as_u16() {
+        404 => UpstreamError::NotFound,
+        // A 401 reaching here means the handshake already ran: our credentials (or lack
+        // of them) are not good enough, and the client cannot fix that.
+        401 | 403 => UpstreamError::Denied,
+        429 => UpstreamError::RateLimited {
+            retry_after: retry_after(headers),
+        },
+        code @ 500..=599 => UpstreamError::Unavailable(format!("upstream answered {code}")),
+        code => UpstreamError::Protocol(format!("upstream answered unexpected status {code}")),
+    }
+}
+
+/// `Retry-After` in delta-seconds. The HTTP-date form is rare from registries and not
+/// worth a date parser; it yields `None`, which callers treat as "unknown".
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if value.is_empty() || value.len() > 20 {
+        return None;
+    }
+    let secs: u64 = value.parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// The error for a transport failure talking to `host`.
+///
+/// The URL is stripped first: reqwest's `Display` includes it, query string and all.
+pub(crate) fn from_reqwest(e: reqwest::Error, host: &str) -> UpstreamError {
+    let e = e.without_url();
+    let message = if e.is_timeout() {
+        if e.is_connect() {
+            format!("connecting to {host} timed out")
+        } else {
+            format!("request to {host} timed out")
+        }
+    } else if e.is_connect() {
+        format!("cannot connect to {host}: {}", root_cause(&e))
+    } else if e.is_body() || e.is_decode() {
+        format!(
+            "reading the response from {host} failed: {}",
+            root_cause(&e)
+        )
+    } else {
+        format!("request to {host} failed: {}", root_cause(&e))
+    };
+    UpstreamError::Unavailable(message)
+}
+
+/// The innermost error's text: the useful part ("Connection refused") without the layers
+/// of wrapping, none of which carries a URL.
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn status_table() {
+        let empty = HeaderMap::new();
+        let cases: &[(u16, UpstreamError)] = &[
+            (404, UpstreamError::NotFound),
+            (401, UpstreamError::Denied),
+            (403, UpstreamError::Denied),
+            (429, UpstreamError::RateLimited { retry_after: None }),
+            (
+                500,
+                UpstreamError::Unavailable("upstream answered 500".into()),
+            ),
+            (
+                503,
+                UpstreamError::Unavailable("upstream answered 503".into()),
+            ),
+            (
+                418,
+                UpstreamError::Protocol("upstream answered unexpected status 418".into()),
+            ),
+            (
+                304,
+                UpstreamError::Protocol("upstream answered unexpected status 304".into()),
+            ),
+        ];
+        for (code, want) in cases {
+            let status = StatusCode::from_u16(*code).unwrap();
+            assert_eq!(&from_status(status, &empty), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn retry_after_table() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("7", Some(7)),
+            (" 30 ", Some(30)),
+            ("0", Some(0)),
+            ("999999999", Some(24 * 60 * 60)),
+            ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+            ("-1", None),
+            ("", None),
+            ("1.5", None),
+        ];
+        for (value, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from_str(value).unwrap(),
+            );
+            assert_eq!(retry_after(&h), want.map(Duration::from_secs), "{value:?}");
+        }
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+}

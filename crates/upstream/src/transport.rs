@@ -1,0 +1,295 @@
+//! One logical request to the upstream: authentication (anonymous or cached first, the
+//! challenge answered once on 401), retries of transient failures, and redirects followed
+//! by hand so credentials never leave the upstream's origin.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, LOCATION};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use reqwest::{Response, Url};
+
+use crate::error::{self, UpstreamError};
+use crate::Upstream;
+
+/// Redirect hops followed per request (registries redirect blobs to a CDN once, maybe twice).
+const MAX_REDIRECTS: usize = 5;
+
+/// Pauses before the 2nd and 3rd attempt. Short: a client is waiting, and the caller
+/// (stale serving, the client's own retry) has better fallbacks than a long wait here.
+const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
+
+/// Signed CDN URLs run to a few KiB; anything longer than this is not a redirect we follow.
+const MAX_LOCATION_LEN: usize = 16 * 1024;
+
+/// A failed attempt, and whether trying again could help.
+struct Failure {
+    error: UpstreamError,
+    retryable: bool,
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(error: UpstreamError) -> Self {
+        Failure {
+            error,
+            retryable: false,
+        }
+    }
+}
+
+impl Upstream {
+    /// GET or HEAD `url` and return its 2xx response with the body unread, or the mapped
+    /// error. `scope` is the token scope the request needs.
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        url: Url,
+        accept: Option<&str>,
+        scope: &str,
+    ) -> Result<Response, UpstreamError> {
+        let mut auth = self.proactive_auth(scope)?;
+        let mut answered = false;
+        loop {
+            let response = self
+                .send_retrying(&method, &url, accept, auth.as_ref())
+                .await?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && !answered {
+                // Anonymous, or our cached token went stale early: do the handshake once.
+                answered = true;
+                self.tokens.remove(scope);
+                auth = Some(self.answer_challenge(response.headers(), scope).await?);
+                continue;
+            }
+            if status.is_success() {
+                return Ok(response);
+            }
+            return Err(error::from_status(status, response.headers()));
+        }
+    }
+
+    /// Up to three attempts while the failure is transient (connect errors, 502/503/504).
+    /// Only the headers have been received when this returns, so a retry never repeats
+    /// bytes a caller has seen. 429 is not retried: the upstream asked us to back off.
+    async fn send_retrying(
+        &self,
+        method: &Method,
+        url: &Url,
+        accept: Option<&str>,
+        auth: Option<&HeaderValue>,
+    ) -> Result<Response, UpstreamError> {
+        let mut attempt = 0;
+        loop {
+            let outcome = self.send_following(method, url, accept, auth).await;
+            let retry = match &outcome {
+                Ok(r) => matches!(r.status().as_u16(), 502..=504),
+                Err(f) => f.retryable,
+            };
+            let Some(pause) = BACKOFF.get(attempt).filter(|_| retry) else {
+                return outcome.map_err(|f| f.error);
+            };
+            tracing::debug!(
+                upstream = %self.name,
+                attempt = attempt + 1,
+                "transient upstream failure; retrying"
+            );
+            drop(outcome);
+            tokio::time::sleep(*pause).await;
+            attempt += 1;
+        }
+    }
+
+    /// One attempt, following redirects. `Authorization` goes only to the upstream's own
+    /// origin: a blob redirect to a CDN (or anywhere else) gets no credentials.
+    async fn send_following(
+        &self,
+        method: &Method,
+        start: &Url,
+        accept: Option<&str>,
+        auth: Option<&HeaderValue>,
+    ) -> Result<Response, Failure> {
+        let mut url = start.clone();
+        for hop in 0..=MAX_REDIRECTS {
+            let host = host_of(&url);
+            let mut request = self.client.request(method.clone(), url.clone());
+            if let Some(accept) = accept {
+                request = request.header(ACCEPT, accept);
+            }
+            if let Some(auth) = auth {
+                if url.origin() == self.base.origin() {
+                    request = request.header(AUTHORIZATION, auth.clone());
+                }
+            }
+            let response = request.send().await.map_err(|e| Failure {
+                retryable: e.is_connect(),
+                error: error::from_reqwest(e, &host),
+            })?;
+            let status = response.status();
+            // The query is left out: on CDN redirects it holds signatures.
+            tracing::debug!(
+                upstream = %self.name,
+                method = %method,
+                host = %host,
+                path = url.path(),
+                status = status.as_u16(),
+                "upstream request"
+            );
+            if !is_redirect(status) {
+                return Ok(response);
+            }
+            if hop == MAX_REDIRECTS {
+                break;
+            }
+            url = redirect_target(&url, response.headers())?;
+        }
+        Err(UpstreamError::Protocol("upstream redirected too many times".into()).into())
+    }
+}
+
+fn is_redirect(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
+}
+
+/// Where a redirect points, resolved against the URL that answered it.
+fn redirect_target(current: &Url, headers: &HeaderMap) -> Result<Url, UpstreamError> {
+    let location = headers
+        .get(LOCATION)
+        .ok_or_else(|| UpstreamError::Protocol("redirect without a Location".into()))?;
+    if location.len() > MAX_LOCATION_LEN {
+        return Err(UpstreamError::Protocol(
+            "redirect Location is too long".into(),
+        ));
+    }
+    let location = location
+        .to_str()
+        .map_err(|_| UpstreamError::Protocol("redirect Location is not text".into()))?;
+    let target = current
+        .join(location)
+        .map_err(|_| UpstreamError::Protocol("redirect Location is not a URL".into()))?;
+    if !matches!(target.scheme(), "http" | "https") || target.host_str().is_none() {
+        return Err(UpstreamError::Protocol(
+            "redirect to a non-http(s) URL".into(),
+        ));
+    }
+    Ok(target)
+}
+
+/// `host` or `host:port` (port only when not the scheme's default): what error messages
+/// and logs may name.
+pub(crate) fn host_of(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
+/// `Content-Length`, if present and a number. Read from the header, not from reqwest's
+/// `content_length()`, which reports 0 for a HEAD response.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    header_text(headers, CONTENT_LENGTH, 20)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A header's value as text, if present, valid and at most `max` bytes long.
+pub(crate) fn header_text(
+    headers: &HeaderMap,
+    name: impl http::header::AsHeaderName,
+    max: usize,
+) -> Option<&str> {
+    let value = headers.get(name)?;
+    if value.len() > max {
+        return None;
+    }
+    value.to_str().ok()
+}
+
+/// The whole body, refusing one longer than `limit` bytes: up front by `Content-Length`,
+/// else as soon as the bytes received pass the limit.
+pub(crate) async fn read_bounded(
+    mut response: Response,
+    limit: usize,
+    host: &str,
+) -> Result<Bytes, UpstreamError> {
+    let declared = content_length(response.headers());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(UpstreamError::TooLarge);
+    }
+    // Within the limit by the check above, so this allocation is bounded too.
+    let capacity = declared.map_or(0, |len| len as usize);
+    let mut buf = BytesMut::with_capacity(capacity);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| error::from_reqwest(e, host))?
+    {
+        if buf.len() + chunk.len() > limit {
+            return Err(UpstreamError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_targets() {
+        let current = Url::parse("http://127.0.0.1:5000/v2/a/blobs/sha256:x").unwrap();
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "https://cdn.example/b?sig=1",
+                Some("https://cdn.example/b?sig=1"),
+            ),
+            ("/other/path", Some("http://127.0.0.1:5000/other/path")),
+            ("rel", Some("http://127.0.0.1:5000/v2/a/blobs/rel")),
+            ("//cdn.example/x", Some("http://cdn.example/x")),
+            ("ftp://cdn.example/x", None),
+            ("file:///etc/passwd", None),
+            ("http://[bad", None),
+        ];
+        for (location, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(LOCATION, HeaderValue::from_str(location).unwrap());
+            let got = redirect_target(&current, &h).ok().map(|u| u.to_string());
+            assert_eq!(got.as_deref(), *want, "{location}");
+        }
+        assert!(redirect_target(&current, &HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn hosts() {
+        let cases = [
+            ("https://registry-1.docker.io/v2/", "registry-1.docker.io"),
+            (
+                "https://registry-1.docker.io:443/v2/",
+                "registry-1.docker.io",
+            ),
+            ("http://127.0.0.1:5000", "127.0.0.1:5000"),
+            ("http://[::1]:5000/x?secret=1", "[::1]:5000"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(host_of(&Url::parse(url).unwrap()), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn content_lengths() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("12", Some(12)),
+            ("0", Some(0)),
+            ("-1", None),
+            ("abc", None),
+            ("123456789012345678901234", None),
+        ];
+        for (value, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_LENGTH, HeaderValue::from_str(value).unwrap());
+            assert_eq!(content_length(&h), *want, "{value}");
+        }
+    }
+}
