@@ -1,1 +1,215 @@
-//! placeholder
+//! The pull-through core of pullgate: given a request already parsed and authorized,
+//! answer it from the cache or from the right upstream, caching what passes through.
+//!
+//! What it does: picks the upstream ([`Mirror::route`]: `?ns=`, path prefix, default),
+//! keeps tags fresh (served from the index for `tag_ttl`, then revalidated with a cheap
+//! `HEAD`, served stale when the upstream is down), makes exactly one upstream request per
+//! missing digest however many clients ask (fills), and checks that a repository may see a
+//! cached digest before serving it under that repository's name.
+//!
+//! What it is not: no HTTP server types (that is `pullgate-server`), no HTTP client (that is
+//! `pullgate-upstream`), no file layout (that is `pullgate-store`).
+//!
+//! Main types: [`Mirror`], [`Target`], [`ManifestResponse`], [`BlobResponse`],
+//! [`MirrorError`], [`Stats`].
+
+mod blobs;
+mod error;
+mod flights;
+mod manifests;
+mod route;
+mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pullgate_oci::{Digest, RepoName};
+use pullgate_store::{Store, TagKey};
+use pullgate_upstream::Upstream;
+
+pub use blobs::BlobResponse;
+pub use error::MirrorError;
+pub use manifests::ManifestResponse;
+pub use pullgate_store::BlobStream;
+pub use route::Target;
+pub use stats::Stats;
+
+use error::Wanted;
+use flights::Flights;
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Served from the cache (for tags: fresh, or revalidated unchanged).
+    Hit,
+    /// Fetched from the upstream.
+    Miss,
+    /// The upstream could not be asked; the last cached copy of a tag was served.
+    Stale,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Hit => "hit",
+            Source::Miss => "miss",
+            Source::Stale => "stale",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// How long a tag is served from the index before it is revalidated upstream.
+    pub tag_ttl: Duration,
+}
+
+/// An upstream answer passed through as-is (tags list, referrers).
+#[derive(Debug, Clone)]
+pub struct PassthroughResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub link: Option<String>,
+    pub body: bytes::Bytes,
+}
+
+pub struct Mirror {
+    upstreams: Vec<Arc<Upstream>>,
+    store: Store,
+    config: MirrorConfig,
+    stats: Arc<Stats>,
+    manifest_flights: Flights<(String, RepoName, Digest), Result<manifests::Stored, MirrorError>>,
+    tag_flights: Flights<TagKey, Result<(Digest, Source), MirrorError>>,
+    fills: blobs::Fills,
+}
+
+impl Mirror {
+    /// `upstreams[0]` is the default upstream.
+    pub fn new(upstreams: Vec<Upstream>, store: Store, config: MirrorConfig) -> Self {
+        Mirror {
+            upstreams: upstreams.into_iter().map(Arc::new).collect(),
+            store,
+            config,
+            stats: Arc::new(Stats::default()),
+            manifest_flights: Flights::new(),
+            tag_flights: Flights::new(),
+            fills: blobs::Fills::default(),
+        }
+    }
+
+    /// Resolve the upstream for a request: containerd's `ns` query, a host-like first path
+    /// component naming a configured upstream, or the default upstream.
+    pub fn route(&self, ns: Option<&str>, name: &RepoName) -> Result<Target, MirrorError> {
+        route::route(&self.upstreams, ns, name)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Fills under way now.
+    pub fn fills_in_flight(&self) -> usize {
+        self.fills.len()
+    }
+
+    /// `GET /v2/<name>/tags/list`, passed to the upstream (tags are the upstream's truth).
+    pub async fn tags_list(
+        &self,
+        target: &Target,
+        query: &str,
+    ) -> Result<PassthroughResponse, MirrorError> {
+        let suffix = with_query("tags/list", query);
+        self.passthrough(target, &suffix, None, Wanted::Repository)
+            .await
+    }
+
+    /// `GET /v2/<name>/referrers/<digest>`, passed to the upstream.
+    pub async fn referrers(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        query: &str,
+    ) -> Result<PassthroughResponse, MirrorError> {
+        let suffix = with_query(&format!("referrers/{digest}"), query);
+        self.passthrough(
+            target,
+            &suffix,
+            Some(pullgate_oci::media_types::OCI_INDEX),
+            Wanted::Manifest,
+        )
+        .await
+    }
+
+    async fn passthrough(
+        &self,
+        target: &Target,
+        suffix: &str,
+        accept: Option<&str>,
+        wanted: Wanted,
+    ) -> Result<PassthroughResponse, MirrorError> {
+        let p = target
+            .upstream
+            .get_passthrough(&target.repo, suffix, accept)
+            .await
+            .map_err(|e| MirrorError::from_upstream(e, wanted))?;
+        // The upstream's Link names its own repository path; point it back at the name the
+        // client used, so the next page goes through the same route.
+        let link = p.link.map(|l| {
+            l.replace(
+                &format!("/v2/{}/", target.repo),
+                &format!("/v2/{}/", target.client_name),
+            )
+        });
+        Ok(PassthroughResponse {
+            status: p.status,
+            content_type: p.content_type,
+            link,
+            body: p.body,
+        })
+    }
+
+    /// May this target's repository see `digest`? Yes if the index links them, or if the
+    /// upstream confirms it (a HEAD with this repository's scope), which is then recorded.
+    /// A private image's layers therefore never leak through another repository's name.
+    async fn ensure_access(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        wanted: Wanted,
+    ) -> Result<(), MirrorError> {
+        let upstream = target.upstream_name();
+        if self.store.is_linked(upstream, &target.repo, digest)? {
+            return Ok(());
+        }
+        let confirmed = match wanted {
+            Wanted::Blob => target
+                .upstream
+                .head_blob(&target.repo, digest)
+                .await
+                .map(|_| ()),
+            _ => target
+                .upstream
+                .head_manifest(
+                    &target.repo,
+                    &pullgate_oci::Reference::Digest(digest.clone()),
+                )
+                .await
+                .map(|_| ()),
+        };
+        confirmed.map_err(|e| MirrorError::from_upstream(e, wanted))?;
+        self.store.link(upstream, &target.repo, digest)?;
+        Ok(())
+    }
+}
+
+fn with_query(path: &str, query: &str) -> String {
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    }
+}

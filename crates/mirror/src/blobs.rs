@@ -1,0 +1,283 @@
+//! Blobs: served from the store, or filled from the upstream exactly once per digest while
+//! every waiting client streams the growing file behind the writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::StreamExt;
+use pullgate_oci::{ByteRange, Digest, RangeError, RangeSpec, RepoName};
+use pullgate_store::{BlobStream, Follower, Store};
+use pullgate_upstream::Upstream;
+use tokio::sync::watch;
+
+use crate::error::{MirrorError, Wanted};
+use crate::stats::Stats;
+use crate::{Mirror, Source, Target};
+
+/// A blob ready to stream. `body` is `None` for HEAD.
+pub struct BlobResponse {
+    /// The whole blob's size.
+    pub size: u64,
+    /// The part being sent, when the request had a satisfiable `Range`.
+    pub range: Option<ByteRange>,
+    pub body: Option<BlobStream>,
+    pub source: Source,
+}
+
+impl BlobResponse {
+    /// Bytes in the body (the range's length, or the whole size).
+    pub fn content_length(&self) -> u64 {
+        self.range.map_or(self.size, |r| r.len())
+    }
+}
+
+/// Where a fill stands, as its waiters see it.
+#[derive(Clone)]
+enum FillState {
+    /// Waiting for the upstream's response headers.
+    Pending,
+    /// Bytes are flowing into the store; follow them.
+    Started(Follower),
+    /// The blob was already committed when the fill began: read it from the store.
+    Committed,
+    Failed(MirrorError),
+}
+
+struct FillEntry {
+    state: watch::Receiver<FillState>,
+    upstream: String,
+    repo: RepoName,
+}
+
+/// The fills under way, by digest.
+#[derive(Default, Clone)]
+pub(crate) struct Fills(Arc<Mutex<HashMap<Digest, FillEntry>>>);
+
+impl Fills {
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, FillEntry>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Mirror {
+    /// `GET|HEAD /v2/<name>/blobs/<digest>`, with an optional single range.
+    pub async fn blob(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        head: bool,
+    ) -> Result<BlobResponse, MirrorError> {
+        if let Some(reader) = self.store.open_blob(digest).await? {
+            self.ensure_access(target, digest, Wanted::Blob).await?;
+            Stats::inc(&self.stats.blob_hits);
+            self.store.touch(digest);
+            let size = reader.size();
+            let range = resolve(range, size)?;
+            let body = (!head).then(|| reader.stream(range));
+            return Ok(BlobResponse {
+                size,
+                range,
+                body,
+                source: Source::Hit,
+            });
+        }
+
+        if head {
+            // A HEAD needs only the size: ask the upstream, download nothing.
+            let size = target
+                .upstream
+                .head_blob(&target.repo, digest)
+                .await
+                .map_err(|e| MirrorError::from_upstream(e, Wanted::Blob))?;
+            self.store
+                .link(target.upstream_name(), &target.repo, digest)?;
+            let range = resolve(range, size)?;
+            return Ok(BlobResponse {
+                size,
+                range,
+                body: None,
+                source: Source::Miss,
+            });
+        }
+
+        Stats::inc(&self.stats.blob_misses);
+        let follower = match self.join_fill(target, digest).await? {
+            Some(f) => f,
+            None => {
+                // Committed between our store lookup and the fill: serve it from the store.
+                let reader = self
+                    .store
+                    .open_blob(digest)
+                    .await?
+                    .ok_or_else(|| MirrorError::internal("committed blob vanished"))?;
+                let size = reader.size();
+                let range = resolve(range, size)?;
+                return Ok(BlobResponse {
+                    size,
+                    range,
+                    body: Some(reader.stream(range)),
+                    source: Source::Hit,
+                });
+            }
+        };
+        let size = match follower.size() {
+            Some(s) => s,
+            // No Content-Length upstream: the size is known only when the fill ends.
+            None => follower.wait_size().await?,
+        };
+        let range = resolve(range, size)?;
+        let body = match range {
+            Some(r) => follower.stream(r.start, Some(r.end)),
+            None => follower.stream(0, None),
+        };
+        Ok(BlobResponse {
+            size,
+            range,
+            body: Some(body),
+            source: Source::Miss,
+        })
+    }
+
+    /// Join the fill for `digest`, or start it. `None`: the blob is already committed.
+    async fn join_fill(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<Option<Follower>, MirrorError> {
+        let (mut rx, other_repo) = {
+            let mut fills = self.fills.lock();
+            match fills.get(digest) {
+                Some(entry) => {
+                    let other =
+                        entry.upstream != target.upstream_name() || entry.repo != target.repo;
+                    (entry.state.clone(), other)
+                }
+                None => {
+                    let (tx, rx) = watch::channel(FillState::Pending);
+                    fills.insert(
+                        digest.clone(),
+                        FillEntry {
+                            state: rx.clone(),
+                            upstream: target.upstream_name().to_owned(),
+                            repo: target.repo.clone(),
+                        },
+                    );
+                    Stats::inc(&self.stats.fills_started);
+                    tokio::spawn(run_fill(
+                        self.fills.clone(),
+                        self.store.clone(),
+                        Arc::clone(&target.upstream),
+                        target.repo.clone(),
+                        digest.clone(),
+                        tx,
+                        Arc::clone(&self.stats),
+                    ));
+                    (rx, false)
+                }
+            }
+        };
+        // A fill started for another repository proves nothing about this one.
+        if other_repo {
+            self.ensure_access(target, digest, Wanted::Blob).await?;
+        }
+        let state = rx
+            .wait_for(|s| !matches!(s, FillState::Pending))
+            .await
+            .map_err(|_| MirrorError::internal("fill ended without a result"))?
+            .clone();
+        match state {
+            FillState::Started(f) => Ok(Some(f)),
+            FillState::Committed => Ok(None),
+            FillState::Failed(e) => Err(e),
+            FillState::Pending => Err(MirrorError::internal("fill still pending")),
+        }
+    }
+}
+
+/// The one upstream GET for a digest. Runs in its own task: it completes and commits even
+/// when the client that started it has disconnected.
+async fn run_fill(
+    fills: Fills,
+    store: Store,
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+    tx: watch::Sender<FillState>,
+    stats: Arc<Stats>,
+) {
+    let outcome = fill(&store, &upstream, &repo, &digest, &tx, &stats).await;
+    if let Err(e) = &outcome {
+        Stats::inc(&stats.fills_failed);
+        tracing::warn!(upstream = upstream.name(), repository = %repo, %digest, error = %e, "fill failed");
+        // Waiters still pending learn why; those already streaming see their stream fail.
+        tx.send_if_modified(|s| {
+            if matches!(s, FillState::Pending) {
+                *s = FillState::Failed(e.clone());
+                true
+            } else {
+                false
+            }
+        });
+    }
+    // Leave the map only once the blob is committed (or the fill has failed), so a new
+    // request finds either the fill or the committed file.
+    fills.lock().remove(&digest);
+}
+
+async fn fill(
+    store: &Store,
+    upstream: &Upstream,
+    repo: &RepoName,
+    digest: &Digest,
+    tx: &watch::Sender<FillState>,
+    stats: &Stats,
+) -> Result<(), MirrorError> {
+    if store.stat(digest).await?.is_some() {
+        store.link(upstream.name(), repo, digest)?;
+        let _ = tx.send(FillState::Committed);
+        return Ok(());
+    }
+    let download = upstream
+        .get_blob(repo, digest)
+        .await
+        .map_err(|e| MirrorError::from_upstream(e, Wanted::Blob))?;
+    let mut ingest = store.begin_ingest(digest.clone(), download.size)?;
+    let _ = tx.send(FillState::Started(ingest.follower()));
+
+    let mut stream = download.stream;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                stats
+                    .bytes_fetched
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                ingest.write(chunk).await?;
+            }
+            Err(e) => {
+                let e = MirrorError::from_upstream(e, Wanted::Blob);
+                ingest.abort(&e.to_string());
+                return Err(e);
+            }
+        }
+    }
+    ingest
+        .commit()
+        .await
+        .map_err(|e| MirrorError::UpstreamBadContent(format!("upstream blob rejected: {e}")))?;
+    store.link(upstream.name(), repo, digest)?;
+    Ok(())
+}
+
+fn resolve(range: Option<RangeSpec>, size: u64) -> Result<Option<ByteRange>, MirrorError> {
+    match range.map(|r| r.resolve(size)) {
+        None => Ok(None),
+        Some(Ok(r)) => Ok(Some(r)),
+        Some(Err(RangeError::Ignored)) => Ok(None),
+        Some(Err(RangeError::Unsatisfiable)) => Err(MirrorError::RangeNotSatisfiable { size }),
+    }
+}

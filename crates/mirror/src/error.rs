@@ -1,0 +1,88 @@
+use std::time::Duration;
+
+use pullgate_store::StoreError;
+use pullgate_upstream::UpstreamError;
+
+/// Why the mirror could not answer, in the mirror's words. Cheap to clone, because one
+/// failed fill or revalidation answers every client that was waiting on it.
+///
+/// `detail` strings are safe to show a client (no secrets, no paths); `Internal` keeps its
+/// detail for the log only.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MirrorError {
+    #[error("no upstream serves {0}")]
+    NameUnknown(String),
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    #[error("blob unknown")]
+    BlobUnknown,
+    #[error("range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    /// The upstream refused the mirror's own credentials; the client cannot fix this.
+    #[error("upstream denied access")]
+    UpstreamDenied,
+    #[error("upstream rate limit")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("upstream unavailable: {detail}")]
+    UpstreamUnavailable { detail: String, timeout: bool },
+    /// The upstream sent something we will not pass on: wrong digest, oversized or
+    /// malformed manifest, broken protocol.
+    #[error("bad upstream response: {0}")]
+    UpstreamBadContent(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What the request was after, to name a 404 from the upstream correctly.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wanted {
+    Manifest,
+    Blob,
+    Repository,
+}
+
+impl MirrorError {
+    pub(crate) fn internal(detail: impl Into<String>) -> Self {
+        MirrorError::Internal(detail.into())
+    }
+
+    pub(crate) fn from_upstream(e: UpstreamError, wanted: Wanted) -> Self {
+        match e {
+            UpstreamError::NotFound => match wanted {
+                Wanted::Manifest => MirrorError::ManifestUnknown("unknown to the upstream".into()),
+                Wanted::Blob => MirrorError::BlobUnknown,
+                Wanted::Repository => MirrorError::NameUnknown("unknown to the upstream".into()),
+            },
+            UpstreamError::Denied => MirrorError::UpstreamDenied,
+            UpstreamError::RateLimited { retry_after } => MirrorError::RateLimited { retry_after },
+            UpstreamError::Unavailable(detail) => {
+                let timeout = detail.contains("timed out") || detail.contains("timeout");
+                MirrorError::UpstreamUnavailable { detail, timeout }
+            }
+            UpstreamError::TooLarge => {
+                MirrorError::UpstreamBadContent("upstream response exceeds the size limit".into())
+            }
+            UpstreamError::Protocol(detail) => MirrorError::UpstreamBadContent(detail),
+        }
+    }
+
+    /// Whether a cached tag may be served instead (the upstream is down or throttling us).
+    pub(crate) fn allows_stale(&self) -> bool {
+        matches!(
+            self,
+            MirrorError::UpstreamUnavailable { .. } | MirrorError::RateLimited { .. }
+        )
+    }
+}
+
+impl From<StoreError> for MirrorError {
+    fn from(e: StoreError) -> Self {
+        // Bytes that do not match their digest or size are the upstream's fault (502), not
+        // ours (500).
+        if e.is_bad_content() {
+            MirrorError::UpstreamBadContent(format!("upstream content rejected: {e}"))
+        } else {
+            MirrorError::Internal(format!("store: {e}"))
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Manifests: by digest from the store (or one upstream GET), by tag through the index
+//! with freshness, revalidation and stale serving.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use pullgate_oci::{
+    media_types, AcceptList, Digest, ManifestInfo, Reference, RepoName, Tag, MANIFEST_SIZE_LIMIT,
+};
+use pullgate_store::{Store, TagKey, TagRecord};
+use pullgate_upstream::Upstream;
+
+use crate::error::{MirrorError, Wanted};
+use crate::stats::Stats;
+use crate::{Mirror, Source, Target};
+
+/// A manifest ready to serve: its exact bytes, as the upstream sent them.
+#[derive(Debug, Clone)]
+pub struct ManifestResponse {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+    pub source: Source,
+}
+
+/// A manifest committed to the store by a fetch.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    digest: Digest,
+    media_type: String,
+    size: u64,
+}
+
+impl Mirror {
+    /// `GET|HEAD /v2/<name>/manifests/<reference>`.
+    pub async fn manifest(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        accept: &AcceptList,
+    ) -> Result<ManifestResponse, MirrorError> {
+        let found = match reference {
+            Reference::Digest(d) => self.manifest_by_digest(target, d).await?,
+            Reference::Tag(t) => self.manifest_by_tag(target, t).await?,
+        };
+        if accept.accepts(&found.media_type) {
+            return Ok(found);
+        }
+        // A client that cannot read an index gets the linux/amd64 image, as Distribution
+        // does for manifest lists; anything else it cannot read is unknown to it.
+        if media_types::is_index(&found.media_type) {
+            let info = ManifestInfo::parse(&found.bytes, Some(&found.media_type))
+                .map_err(|e| MirrorError::UpstreamBadContent(e.to_string()))?;
+            if let Some(child) = info.platform_manifest("linux", "amd64") {
+                if accept.accepts(&child.media_type) {
+                    let child = self.manifest_by_digest(target, &child.digest).await?;
+                    if accept.accepts(&child.media_type) {
+                        return Ok(child);
+                    }
+                }
+            }
+        }
+        Err(MirrorError::ManifestUnknown(format!(
+            "the manifest is {}, which the request's Accept header does not allow",
+            found.media_type
+        )))
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<ManifestResponse, MirrorError> {
+        if let Some(found) = self.cached_manifest(digest, Source::Hit).await? {
+            self.ensure_access(target, digest, Wanted::Manifest).await?;
+            Stats::inc(&self.stats.manifest_hits);
+            return Ok(found);
+        }
+        Stats::inc(&self.stats.manifest_misses);
+        let key = (
+            target.upstream_name().to_owned(),
+            target.repo.clone(),
+            digest.clone(),
+        );
+        let (upstream, store, repo, d) = (
+            Arc::clone(&target.upstream),
+            self.store.clone(),
+            target.repo.clone(),
+            digest.clone(),
+        );
+        let stored = self
+            .manifest_flights
+            .run(key, move || async move {
+                fetch_manifest(
+                    &upstream,
+                    &store,
+                    &repo,
+                    &Reference::Digest(d.clone()),
+                    Some(&d),
+                )
+                .await
+            })
+            .await??;
+        self.cached_manifest(&stored.digest, Source::Miss)
+            .await?
+            .ok_or_else(|| MirrorError::internal("fetched manifest missing from the store"))
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+    ) -> Result<ManifestResponse, MirrorError> {
+        let key = TagKey {
+            upstream: target.upstream_name().to_owned(),
+            repo: target.repo.clone(),
+            tag: tag.clone(),
+        };
+        let record = self.store.tag(&key)?;
+        if let Some(rec) = &record {
+            if is_fresh(rec, self.config.tag_ttl) {
+                if let Some(found) = self.cached_manifest(&rec.digest, Source::Hit).await? {
+                    Stats::inc(&self.stats.manifest_hits);
+                    return Ok(found);
+                }
+            }
+        }
+
+        let known = record.as_ref().map(|r| r.digest.clone());
+        let (upstream, store, repo, t) = (
+            Arc::clone(&target.upstream),
+            self.store.clone(),
+            target.repo.clone(),
+            tag.clone(),
+        );
+        let k = key.clone();
+        let outcome = self
+            .tag_flights
+            .run(key, move || async move {
+                revalidate(&upstream, &store, &k, &repo, &t, known).await
+            })
+            .await?;
+
+        match outcome {
+            Ok((digest, source)) => {
+                let counter = match source {
+                    Source::Miss => &self.stats.manifest_misses,
+                    _ => &self.stats.manifest_hits,
+                };
+                Stats::inc(counter);
+                self.cached_manifest(&digest, source).await?.ok_or_else(|| {
+                    MirrorError::internal("resolved manifest missing from the store")
+                })
+            }
+            Err(e) if e.allows_stale() => {
+                let stale = match &record {
+                    Some(rec) => self.cached_manifest(&rec.digest, Source::Stale).await?,
+                    None => None,
+                };
+                match stale {
+                    Some(found) => {
+                        Stats::inc(&self.stats.stale_served);
+                        tracing::warn!(
+                            upstream = target.upstream_name(),
+                            repository = %target.repo,
+                            tag = %tag,
+                            error = %e,
+                            "upstream unavailable; serving the cached tag (stale)"
+                        );
+                        Ok(found)
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn cached_manifest(
+        &self,
+        digest: &Digest,
+        source: Source,
+    ) -> Result<Option<ManifestResponse>, MirrorError> {
+        let Some(bytes) = self.store.read_small(digest, MANIFEST_SIZE_LIMIT).await? else {
+            return Ok(None);
+        };
+        let media_type = match self.store.manifest_media_type(digest)? {
+            Some(m) => m,
+            // The index can be rebuilt from the files; the document then says what it is.
+            None => ManifestInfo::parse(&bytes, None)
+                .map(|i| i.media_type)
+                .unwrap_or_else(|_| media_types::OCI_MANIFEST.to_owned()),
+        };
+        self.store.touch(digest);
+        Ok(Some(ManifestResponse {
+            bytes,
+            media_type,
+            digest: digest.clone(),
+            source,
+        }))
+    }
+}
+
+fn is_fresh(rec: &TagRecord, ttl: std::time::Duration) -> bool {
+    SystemTime::now()
+        .duration_since(rec.fetched_at)
+        .map(|age| age < ttl)
+        .unwrap_or(false)
+}
+
+/// Ask the upstream what the tag points at now (HEAD: cheap, and not counted against
+/// Docker Hub's pull limit); fetch only a digest we do not hold.
+async fn revalidate(
+    upstream: &Upstream,
+    store: &Store,
+    key: &TagKey,
+    repo: &RepoName,
+    tag: &Tag,
+    known: Option<Digest>,
+) -> Result<(Digest, Source), MirrorError> {
+    let reference = Reference::Tag(tag.clone());
+    let head = upstream
+        .head_manifest(repo, &reference)
+        .await
+        .map_err(|e| MirrorError::from_upstream(e, Wanted::Manifest))?;
+
+    let (stored, source) = match head.digest {
+        Some(d) => match stored_manifest(store, &d).await? {
+            Some(stored) => {
+                let source = if known.as_ref() == Some(&d) {
+                    Source::Hit
+                } else {
+                    Source::Miss
+                };
+                store.link(upstream.name(), repo, &d)?;
+                (stored, source)
+            }
+            None => (
+                fetch_manifest(
+                    upstream,
+                    store,
+                    repo,
+                    &Reference::Digest(d.clone()),
+                    Some(&d),
+                )
+                .await?,
+                Source::Miss,
+            ),
+        },
+        // Some registries answer HEAD without a digest: fetch by tag and hash it ourselves.
+        None => (
+            fetch_manifest(upstream, store, repo, &reference, None).await?,
+            Source::Miss,
+        ),
+    };
+    store.put_tag(
+        key,
+        &TagRecord {
+            digest: stored.digest.clone(),
+            media_type: stored.media_type,
+            size: stored.size,
+            fetched_at: SystemTime::now(),
+        },
+    )?;
+    Ok((stored.digest, source))
+}
+
+async fn stored_manifest(store: &Store, digest: &Digest) -> Result<Option<Stored>, MirrorError> {
+    let Some(size) = store.stat(digest).await? else {
+        return Ok(None);
+    };
+    let Some(media_type) = store.manifest_media_type(digest)? else {
+        return Ok(None);
+    };
+    Ok(Some(Stored {
+        digest: digest.clone(),
+        media_type,
+        size,
+    }))
+}
+
+/// GET a manifest whole (bounded), verify it, commit it, link it to the repository.
+async fn fetch_manifest(
+    upstream: &Upstream,
+    store: &Store,
+    repo: &RepoName,
+    reference: &Reference,
+    expected: Option<&Digest>,
+) -> Result<Stored, MirrorError> {
+    let m = upstream
+        .get_manifest(repo, reference, MANIFEST_SIZE_LIMIT)
+        .await
+        .map_err(|e| MirrorError::from_upstream(e, Wanted::Manifest))?;
+
+    // The digest we were asked for, else the one the upstream claims, else our own hash;
+    // whichever it is, the bytes must hash to it.
+    let digest = match (expected, &m.digest) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => Digest::sha256_of(&m.bytes),
+    };
+    if !digest.matches(&m.bytes) {
+        return Err(MirrorError::UpstreamBadContent(format!(
+            "manifest bytes do not match {digest}"
+        )));
+    }
+    let info = ManifestInfo::parse(&m.bytes, m.media_type.as_deref())
+        .map_err(|e| MirrorError::UpstreamBadContent(format!("upstream manifest: {e}")))?;
+    // Serve the Content-Type the upstream sent when it is a manifest type: clients compare it.
+    let media_type = m
+        .media_type
+        .as_deref()
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .filter(|t| media_types::ALL_MANIFESTS.contains(t))
+        .map(str::to_owned)
+        .unwrap_or(info.media_type);
+    let size = m.bytes.len() as u64;
+    store.put_verified(&digest, m.bytes).await?;
+    store.put_manifest_meta(&digest, &media_type)?;
+    store.link(upstream.name(), repo, &digest)?;
+    Ok(Stored {
+        digest,
+        media_type,
+        size,
+    })
+}
