@@ -1,1 +1,118 @@
-//! placeholder
+//! The HTTP front of pullgate: accepts connections, parses each request into a [`Route`],
+//! hands it to the mirror, and turns every outcome into a response — errors through
+//! [`ApiError`], the only type that knows both OCI error codes and HTTP.
+//!
+//! What it is not: it never binds a socket, reads the environment or exits; the binary
+//! passes in a bound listener and a shutdown future.
+//!
+//! Main items: [`serve`], [`ServerConfig`], [`App`], [`Route`], [`ApiError`], [`Body`].
+
+mod body;
+mod error;
+mod handlers;
+mod route;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use body::Body;
+pub use error::ApiError;
+pub use handlers::App;
+pub use route::{Query, Route, RouteError};
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// A client must send its request headers within this time (slow-header clients).
+    pub header_read_timeout: Duration,
+    /// Connections beyond this wait in the kernel's backlog instead of using descriptors.
+    pub max_connections: usize,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serve until `shutdown` resolves, then stop accepting and let in-flight requests finish
+/// for up to `drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder.http2().max_header_list_size(64 * 1024);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let service = service_fn(move |req| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, Infallible>(handlers::handle(app, req, peer).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(config.drain_timeout) => {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! `ApiError`: the only place where errors become HTTP statuses and OCI error bodies.
+
+use http::{header, HeaderValue, Response, StatusCode};
+use pullgate_mirror::MirrorError;
+use pullgate_oci::{ErrorBody, ErrorCode};
+
+use crate::body::Body;
+use crate::route::RouteError;
+
+/// An error on its way to the client. `detail` is shown to the client; `log` only to the log.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub status: StatusCode,
+    detail: Option<String>,
+    log: Option<String>,
+    retry_after: Option<u64>,
+    content_range_size: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<Option<String>>) -> Self {
+        ApiError {
+            code,
+            status: StatusCode::from_u16(code.default_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            detail: detail.into(),
+            log: None,
+            retry_after: None,
+            content_range_size: None,
+        }
+    }
+
+    fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    fn log(mut self, log: String) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// What the log says about this error: the internal detail if there is one.
+    pub fn log_detail(&self) -> Option<&str> {
+        self.log.as_deref().or(self.detail.as_deref())
+    }
+
+    pub fn into_response(self, head: bool) -> Response<Body> {
+        let json = ErrorBody::single(self.code, self.detail).to_json();
+        let len = json.len();
+        let mut resp = Response::new(if head { Body::Empty } else { Body::full(json) });
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(size) = self.content_range_size {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::NameInvalid(d) => ApiError::new(ErrorCode::NameInvalid, d),
+            RouteError::DigestInvalid(d) => ApiError::new(ErrorCode::DigestInvalid, d),
+            RouteError::ReferenceInvalid(d) => ApiError::new(ErrorCode::ManifestInvalid, d),
+            RouteError::Unsupported(d) => ApiError::new(ErrorCode::Unsupported, d),
+            RouteError::NotFound => {
+                ApiError::new(ErrorCode::NameUnknown, "no such endpoint".to_owned())
+                    .status(StatusCode::NOT_FOUND)
+            }
+        }
+    }
+}
+
+impl From<MirrorError> for ApiError {
+    fn from(e: MirrorError) -> Self {
+        match e {
+            MirrorError::NameUnknown(d) => ApiError::new(ErrorCode::NameUnknown, d),
+            MirrorError::ManifestUnknown(d) => ApiError::new(ErrorCode::ManifestUnknown, d),
+            MirrorError::BlobUnknown => ApiError::new(ErrorCode::BlobUnknown, None),
+            MirrorError::RangeNotSatisfiable { size } => {
+                let mut e = ApiError::new(ErrorCode::RangeInvalid, None)
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE);
+                e.content_range_size = Some(size);
+                e
+            }
+            MirrorError::UpstreamDenied => ApiError::new(
+                ErrorCode::Denied,
+                "the upstream registry refused the mirror's credentials".to_owned(),
+            ),
+            MirrorError::RateLimited { retry_after } => {
+                let mut e = ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    "the upstream registry is rate limiting the mirror".to_owned(),
+                );
+                e.retry_after = retry_after.map(|d| d.as_secs().max(1));
+                e
+            }
+            MirrorError::UpstreamUnavailable { detail, timeout } => {
+                let status = if timeout {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the upstream registry is unavailable and the content is not cached".to_owned(),
+                )
+                .status(status)
+                .log(detail)
+            }
+            // Never DIGEST_INVALID: that would blame the client for the upstream's bytes.
+            MirrorError::UpstreamBadContent(detail) => ApiError::new(
+                ErrorCode::Unknown,
+                "the upstream registry sent content that failed verification".to_owned(),
+            )
+            .status(StatusCode::BAD_GATEWAY)
+            .log(detail),
+            MirrorError::Internal(detail) => ApiError::new(ErrorCode::Unknown, None).log(detail),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! `Route::parse`: what a request asks for, from its method, path and query.
+
+use pullgate_oci::{Digest, NameError, Reference, RepoName};
+
+/// Longest path we route; longer requests are refused before any parsing.
+const MAX_PATH: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /v2/`
+    Base,
+    Manifest {
+        name: RepoName,
+        reference: Reference,
+        head: bool,
+    },
+    Blob {
+        name: RepoName,
+        digest: Digest,
+        head: bool,
+    },
+    Tags {
+        name: RepoName,
+    },
+    Referrers {
+        name: RepoName,
+        digest: Digest,
+    },
+    /// Liveness: the process answers HTTP.
+    Healthz,
+}
+
+/// Why a request cannot be routed; each maps to one OCI error in `ApiError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{0}")]
+    NameInvalid(String),
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("{0}")]
+    ReferenceInvalid(String),
+    /// Writes and catalog: a read-only mirror does not do them.
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("not found")]
+    NotFound,
+}
+
+/// The query parameters the mirror reads; everything else is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// containerd's `ns=<registry host>`.
+    pub ns: Option<String>,
+    /// `n`, `last` (tags list) and `artifactType` (referrers), re-encoded for the upstream.
+    pub forward: String,
+}
+
+impl Route {
+    pub fn parse(method: &http::Method, path: &str) -> Result<Route, RouteError> {
+        use http::Method;
+        if path.len() > MAX_PATH {
+            return Err(RouteError::NameInvalid("path too long".into()));
+        }
+        let read = *method == Method::GET || *method == Method::HEAD;
+        let head = *method == Method::HEAD;
+        match path {
+            "/healthz" if read => return Ok(Route::Healthz),
+            "/v2" | "/v2/" if read => return Ok(Route::Base),
+            "/v2" | "/v2/" => return Err(unsupported(method)),
+            _ => {}
+        }
+        let Some(rest) = path.strip_prefix("/v2/") else {
+            return Err(RouteError::NotFound);
+        };
+        if rest == "_catalog" {
+            return Err(RouteError::Unsupported(
+                "the catalog is not served by a mirror".into(),
+            ));
+        }
+        let segs: Vec<&str> = rest.split('/').collect();
+        let n = segs.len();
+        if n >= 3 && segs[n - 2] == "blobs" && segs[n - 1] == "uploads"
+            || n >= 4 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads"
+        {
+            return Err(RouteError::Unsupported(
+                "uploads: pullgate is a read-only mirror".into(),
+            ));
+        }
+        let name = |upto: usize| {
+            RepoName::parse(&segs[..upto].join("/"))
+                .map_err(|e| RouteError::NameInvalid(e.to_string()))
+        };
+        if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
+            let name = name(n - 2)?;
+            return if *method == Method::GET {
+                Ok(Route::Tags { name })
+            } else {
+                Err(unsupported(method))
+            };
+        }
+        if n < 3 {
+            return Err(RouteError::NotFound);
+        }
+        let last = segs[n - 1];
+        match segs[n - 2] {
+            "manifests" => {
+                let name = name(n - 2)?;
+                if !read {
+                    return Err(unsupported(method));
+                }
+                let reference = Reference::parse(last).map_err(|e| match e {
+                    NameError::BadDigest(d) => RouteError::DigestInvalid(d.to_string()),
+                    e => RouteError::ReferenceInvalid(e.to_string()),
+                })?;
+                Ok(Route::Manifest {
+                    name,
+                    reference,
+                    head,
+                })
+            }
+            "blobs" => {
+                let name = name(n - 2)?;
+                if !read {
+                    return Err(unsupported(method));
+                }
+                let digest =
+                    Digest::parse(last).map_err(|e| RouteError::DigestInvalid(e.to_string()))?;
+                Ok(Route::Blob { name, digest, head })
+            }
+            "referrers" => {
+                let name = name(n - 2)?;
+                if *method != Method::GET {
+                    return Err(unsupported(method));
+                }
+                let digest =
+                    Digest::parse(last).map_err(|e| RouteError::DigestInvalid(e.to_string()))?;
+                Ok(Route::Referrers { name, digest })
+            }
+            _ => Err(RouteError::NotFound),
+        }
+    }
+}
+
+fn unsupported(method: &http::Method) -> RouteError {
+    RouteError::Unsupported(format!("{method} is not supported by a read-only mirror"))
+}
+
+impl Query {
+    pub fn parse(query: Option<&str>) -> Query {
+        let mut q = Query::default();
+        let mut forward = Vec::new();
+        for pair in query.unwrap_or("").split('&').take(32) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "ns" => q.ns = percent_decode(v),
+                // Forward verbatim: the client already encoded them for a registry.
+                "n" | "last" | "artifactType" => forward.push(pair),
+                _ => {}
+            }
+        }
+        q.forward = forward.join("&");
+        q
+    }
+}
+
+/// Decode `%XX` escapes (containerd sends `ns=host%3A5000`); `None` if malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    fn d() -> String {
+        format!("sha256:{}", "a".repeat(64))
+    }
+
+    #[test]
+    fn table() {
+        let get = Method::GET;
+        let ok = |m: &Method, p: &str| Route::parse(m, p).unwrap();
+        assert_eq!(ok(&get, "/v2/"), Route::Base);
+        assert_eq!(ok(&get, "/v2"), Route::Base);
+        assert!(matches!(
+            ok(&Method::HEAD, "/v2/library/alpine/manifests/latest"),
+            Route::Manifest { head: true, .. }
+        ));
+        match ok(&get, "/v2/a/manifests/b/manifests/1.0") {
+            Route::Manifest { name, .. } => assert_eq!(name.as_str(), "a/manifests/b"),
+            r => panic!("{r:?}"),
+        }
+        match ok(&get, &format!("/v2/team/app/api/blobs/{}", d())) {
+            Route::Blob { name, .. } => assert_eq!(name.as_str(), "team/app/api"),
+            r => panic!("{r:?}"),
+        }
+        assert!(matches!(ok(&get, "/v2/x/tags/list"), Route::Tags { .. }));
+        assert!(matches!(
+            ok(&get, &format!("/v2/x/referrers/{}", d())),
+            Route::Referrers { .. }
+        ));
+
+        let err = |m: &Method, p: &str| Route::parse(m, p).unwrap_err();
+        assert!(matches!(
+            err(&get, "/v2/UPPER/manifests/x"),
+            RouteError::NameInvalid(_)
+        ));
+        assert!(matches!(
+            err(&get, "/v2/a/blobs/sha256:zz"),
+            RouteError::DigestInvalid(_)
+        ));
+        assert!(matches!(
+            err(&get, "/v2/a/manifests/sha256:zz"),
+            RouteError::DigestInvalid(_)
+        ));
+        assert!(matches!(
+            err(&get, "/v2/a/manifests/-bad"),
+            RouteError::ReferenceInvalid(_)
+        ));
+        assert!(matches!(
+            err(&Method::PUT, "/v2/a/manifests/x"),
+            RouteError::Unsupported(_)
+        ));
+        assert!(matches!(
+            err(&Method::DELETE, &format!("/v2/a/blobs/{}", d())),
+            RouteError::Unsupported(_)
+        ));
+        assert!(matches!(
+            err(&Method::POST, "/v2/a/blobs/uploads/"),
+            RouteError::Unsupported(_)
+        ));
+        assert!(matches!(
+            err(&Method::PATCH, "/v2/a/blobs/uploads/uuid"),
+            RouteError::Unsupported(_)
+        ));
+        assert!(matches!(
+            err(&get, "/v2/_catalog"),
+            RouteError::Unsupported(_)
+        ));
+        assert!(matches!(err(&get, "/v2/a/b"), RouteError::NotFound));
+        assert!(matches!(err(&get, "/elsewhere"), RouteError::NotFound));
+        assert!(matches!(
+            err(&get, "/v2/../etc/manifests/x"),
+            RouteError::NameInvalid(_)
+        ));
+        assert!(matches!(
+            err(&get, "/v2/a%2Fb/manifests/x"),
+            RouteError::NameInvalid(_)
+        ));
+    }
+
+    #[test]
+    fn query() {
+        let q = Query::parse(Some("ns=myreg.example%3A5000&n=10&last=b&x=y"));
+        assert_eq!(q.ns.as_deref(), Some("myreg.example:5000"));
+        assert_eq!(q.forward, "n=10&last=b");
+        assert_eq!(Query::parse(Some("ns=%zz")).ns, None);
+        assert_eq!(Query::parse(None), Query::default());
+    }
+}
