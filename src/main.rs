@@ -1,1 +1,143 @@
-fn main() {}
+//! `pullgate`: the binary. Parses the command line and the configuration, wires the
+//! crates together, and owns the process: signals, logging, exit codes.
+
+mod config;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pullgate_credentials::SecretSource;
+use pullgate_mirror::{Mirror, MirrorConfig};
+use pullgate_server::{App, ServerConfig};
+use pullgate_store::Store;
+use pullgate_upstream::{Upstream, UpstreamConfig};
+
+use crate::config::{FileConfig, Overrides, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "pullgate",
+    version,
+    about = "An authenticating pull-through registry mirror"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mirror.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (default: the embedded config/pullgate.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:5000 (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Cache directory (overrides cache.dir).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// URL of the default upstream registry; http:// is allowed for local registries
+    /// (overrides the first [[upstream]]'s url).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = FileConfig::load(args.config.as_deref())?.into_settings(Overrides {
+                listen: args.listen,
+                cache_dir: args.cache_dir,
+                upstream: args.upstream,
+            })?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(serve(settings))
+        }
+    }
+}
+
+async fn serve(s: Settings) -> Result<()> {
+    let store = Store::open(&s.cache_dir)
+        .with_context(|| format!("opening the cache at {}", s.cache_dir.display()))?;
+    let upstreams = s
+        .upstreams
+        .iter()
+        .map(|u| {
+            let credentials = u
+                .credentials
+                .as_deref()
+                .map(SecretSource::open)
+                .transpose()
+                .with_context(|| format!("upstream {}: reading its credentials secret", u.name))?;
+            Upstream::new(UpstreamConfig {
+                name: u.name.clone(),
+                url: u.url.clone(),
+                credentials,
+                connect_timeout: u.connect_timeout,
+                read_timeout: u.read_timeout,
+                user_agent: format!("pullgate/{}", env!("CARGO_PKG_VERSION")),
+            })
+            .with_context(|| format!("upstream {}", u.name))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mirror = Mirror::new(upstreams, store, MirrorConfig { tag_ttl: s.tag_ttl });
+    let listener = tokio::net::TcpListener::bind(s.listen)
+        .await
+        .with_context(|| format!("listening on {}", s.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        cache = %s.cache_dir.display(),
+        upstreams = ?s.upstreams.iter().map(|u| format!("{}={}", u.name, u.url)).collect::<Vec<_>>(),
+        "pullgate serving"
+    );
+    let app = Arc::new(App {
+        mirror: Arc::new(mirror),
+    });
+    let config = ServerConfig {
+        header_read_timeout: s.header_read_timeout,
+        drain_timeout: s.drain_timeout,
+        ..ServerConfig::default()
+    };
+    pullgate_server::serve(listener, app, config, shutdown_signal()).await?;
+    tracing::info!("pullgate stopped");
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}
