@@ -1,0 +1,442 @@
+//! A small registry of our own that serves in-memory images and misbehaves on demand:
+//! corrupt or truncated blobs, error statuses, wrong manifest digests, and Basic or
+//! bearer-token auth with its own token endpoint. It runs on its own thread and runtime.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+
+use super::images::{Blob, Image, Index};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Send half the announced `Content-Length`, then close the connection.
+    Truncate,
+    /// Flip one byte (same length).
+    Corrupt,
+    /// Answer with this status (and an OCI error body).
+    Status(u16),
+    /// Send half, then stall without closing.
+    Stall,
+}
+
+#[derive(Clone)]
+pub enum FaultAuth {
+    None,
+    Basic { user: String, password: String },
+    Token { user: String, password: String },
+}
+
+#[derive(Default)]
+struct Content {
+    blobs: HashMap<String, Bytes>,
+    /// (repo, tag or digest) → (media type, bytes)
+    manifests: HashMap<(String, String), (String, Bytes)>,
+    faults: HashMap<String, Fault>,
+}
+
+struct State {
+    content: Mutex<Content>,
+    auth: FaultAuth,
+    requests: Mutex<Vec<String>>,
+    full_requests: Mutex<Vec<String>>,
+    tokens: Mutex<HashSet<String>>,
+    token_requests: AtomicUsize,
+    port: u16,
+}
+
+pub struct FaultUpstream {
+    pub port: u16,
+    state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FaultUpstream {
+    pub fn start(auth: FaultAuth) -> FaultUpstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let state = Arc::new(State {
+            content: Mutex::new(Content::default()),
+            auth,
+            requests: Mutex::new(Vec::new()),
+            full_requests: Mutex::new(Vec::new()),
+            tokens: Mutex::new(HashSet::new()),
+            token_requests: AtomicUsize::new(0),
+            port,
+        });
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
+        let st = Arc::clone(&state);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, peer)) = accepted else { continue };
+                            let st = Arc::clone(&st);
+                            tokio::spawn(async move {
+                                let svc = hyper::service::service_fn(move |req| {
+                                    let st = Arc::clone(&st);
+                                    async move { Ok::<_, Infallible>(handle(&st, req, peer)) }
+                                });
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        FaultUpstream {
+            port,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn add_blob(&self, blob: &Blob) {
+        let mut c = self.state.content.lock().unwrap();
+        c.blobs
+            .insert(blob.digest.clone(), Bytes::from(blob.bytes.clone()));
+    }
+
+    pub fn add_manifest(&self, repo: &str, reference: &str, m: &Blob) {
+        let mut c = self.state.content.lock().unwrap();
+        c.manifests.insert(
+            (repo.to_owned(), reference.to_owned()),
+            (m.media_type.clone(), Bytes::from(m.bytes.clone())),
+        );
+    }
+
+    pub fn add_image(&self, repo: &str, tag: &str, img: &Image) {
+        for b in img.blobs() {
+            self.add_blob(b);
+        }
+        self.add_manifest(repo, &img.manifest.digest, &img.manifest);
+        self.add_manifest(repo, tag, &img.manifest);
+    }
+
+    pub fn add_index(&self, repo: &str, tag: &str, idx: &Index) {
+        for img in &idx.images {
+            for b in img.blobs() {
+                self.add_blob(b);
+            }
+            self.add_manifest(repo, &img.manifest.digest, &img.manifest);
+        }
+        self.add_manifest(repo, &idx.manifest.digest, &idx.manifest);
+        self.add_manifest(repo, tag, &idx.manifest);
+    }
+
+    /// Misbehave when serving `key`: a blob digest, or a manifest reference (tag or digest).
+    pub fn set_fault(&self, key: &str, fault: Fault) {
+        self.state
+            .content
+            .lock()
+            .unwrap()
+            .faults
+            .insert(key.to_owned(), fault);
+    }
+
+    pub fn clear_fault(&self, key: &str) {
+        self.state.content.lock().unwrap().faults.remove(key);
+    }
+
+    /// Requests seen, as `METHOD /path` (query dropped).
+    pub fn requests(&self) -> Vec<String> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Requests seen, as `METHOD /path?query`.
+    pub fn requests_with_query(&self) -> Vec<String> {
+        self.state.full_requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, method: &str, path: &str) -> usize {
+        let needle = format!("{method} {path}");
+        self.requests().iter().filter(|r| **r == needle).count()
+    }
+
+    pub fn token_requests(&self) -> usize {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultUpstream {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn error(status: u16, code: &str, extra: &[(&str, String)]) -> Response<Body> {
+    let mut r = Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    for (k, v) in extra {
+        r = r.header(*k, v);
+    }
+    r.body(full(format!(
+        r#"{{"errors":[{{"code":"{code}","message":"fault upstream says {code}"}}]}}"#
+    )))
+    .unwrap()
+}
+
+fn basic_ok(req: &Request<hyper::body::Incoming>, user: &str, password: &str) -> bool {
+    let Some(v) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(b64) = v.strip_prefix("Basic ") else {
+        return false;
+    };
+    let want = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    b64 == want
+}
+
+fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    st.requests.lock().unwrap().push(format!("{method} {path}"));
+    st.full_requests.lock().unwrap().push(format!(
+        "{method} {}",
+        req.uri().path_and_query().map_or("", |p| p.as_str())
+    ));
+
+    if path == "/token" {
+        st.token_requests.fetch_add(1, Ordering::SeqCst);
+        let FaultAuth::Token { user, password } = &st.auth else {
+            return error(404, "NOT_FOUND", &[]);
+        };
+        if !basic_ok(&req, user, password) {
+            return error(401, "UNAUTHORIZED", &[]);
+        }
+        let n = st.token_requests.load(Ordering::SeqCst);
+        let token = format!("tok-{n}-{}", req.uri().query().unwrap_or("").len());
+        st.tokens.lock().unwrap().insert(token.clone());
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(full(format!(
+                r#"{{"token":"{token}","expires_in":300,"issued_at":"2026-11-22T00:00:00Z"}}"#
+            )))
+            .unwrap();
+    }
+
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return error(404, "NOT_FOUND", &[]);
+    };
+    match &st.auth {
+        FaultAuth::None => {}
+        FaultAuth::Basic { user, password } => {
+            if !basic_ok(&req, user, password) {
+                return error(
+                    401,
+                    "UNAUTHORIZED",
+                    &[("www-authenticate", r#"Basic realm="fault""#.to_owned())],
+                );
+            }
+        }
+        FaultAuth::Token { .. } => {
+            let ok = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| st.tokens.lock().unwrap().contains(t));
+            if !ok {
+                let repo = rest
+                    .rsplit_once("/manifests/")
+                    .or_else(|| rest.rsplit_once("/blobs/"))
+                    .map_or("", |(r, _)| r);
+                let challenge = format!(
+                    r#"Bearer realm="http://127.0.0.1:{}/token",service="fault",scope="repository:{repo}:pull""#,
+                    st.port
+                );
+                return error(401, "UNAUTHORIZED", &[("www-authenticate", challenge)]);
+            }
+        }
+    }
+    if rest.is_empty() {
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(full("{}"))
+            .unwrap();
+    }
+
+    if let Some((_repo, _digest)) = rest.rsplit_once("/referrers/") {
+        let filtered = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("artifactType="));
+        let mut r =
+            Response::builder().header("content-type", "application/vnd.oci.image.index.v1+json");
+        if filtered {
+            r = r.header("oci-filters-applied", "artifactType");
+        }
+        return r
+            .body(full(
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+            ))
+            .unwrap();
+    }
+
+    if let Some(repo) = rest.strip_suffix("/tags/list") {
+        return tags_list(st, repo, req.uri().query().unwrap_or(""));
+    }
+
+    let head = method == "HEAD";
+    let content = st.content.lock().unwrap();
+    if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
+        let fault = content.faults.get(reference).copied();
+        let Some((mt, bytes)) = content
+            .manifests
+            .get(&(repo.to_owned(), reference.to_owned()))
+            .cloned()
+        else {
+            return error(404, "MANIFEST_UNKNOWN", &[]);
+        };
+        drop(content);
+        let digest = super::images::sha256(&bytes);
+        return serve(bytes, &mt, Some(&digest), fault, head);
+    }
+    if let Some((_repo, digest)) = rest.rsplit_once("/blobs/") {
+        let fault = content.faults.get(digest).copied();
+        let Some(bytes) = content.blobs.get(digest).cloned() else {
+            return error(404, "BLOB_UNKNOWN", &[]);
+        };
+        drop(content);
+        return serve(bytes, "application/octet-stream", Some(digest), fault, head);
+    }
+    error(404, "NAME_UNKNOWN", &[])
+}
+
+/// Tags with `n`/`last` pagination and a `Link` to the next page, as the spec describes.
+fn tags_list(st: &State, repo: &str, query: &str) -> Response<Body> {
+    let content = st.content.lock().unwrap();
+    let mut tags: Vec<&str> = content
+        .manifests
+        .keys()
+        .filter(|(r, reference)| r == repo && !reference.contains(':'))
+        .map(|(_, t)| t.as_str())
+        .collect();
+    if tags.is_empty() {
+        return error(404, "NAME_UNKNOWN", &[]);
+    }
+    tags.sort_unstable();
+    let param = |k: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+    };
+    if let Some(last) = param("last") {
+        tags.retain(|t| *t > last);
+    }
+    let mut link = None;
+    if let Some(n) = param("n").and_then(|n| n.parse::<usize>().ok()) {
+        if tags.len() > n {
+            tags.truncate(n);
+            link = Some(format!(
+                "</v2/{repo}/tags/list?n={n}&last={}>; rel=\"next\"",
+                tags[n - 1]
+            ));
+        }
+    }
+    let body = serde_json::json!({"name": repo, "tags": tags}).to_string();
+    let mut r = Response::builder().header("content-type", "application/json");
+    if let Some(l) = link {
+        r = r.header("link", l);
+    }
+    r.body(full(body)).unwrap()
+}
+
+fn serve(
+    bytes: Bytes,
+    content_type: &str,
+    digest: Option<&str>,
+    fault: Option<Fault>,
+    head: bool,
+) -> Response<Body> {
+    if let Some(Fault::Status(s)) = fault {
+        return error(s, "UNAVAILABLE", &[("retry-after", "1".to_owned())]);
+    }
+    let mut r = Response::builder()
+        .header("content-type", content_type)
+        .header("content-length", bytes.len());
+    if let Some(d) = digest {
+        r = r.header("docker-content-digest", d);
+    }
+    if head {
+        return r.body(full(Bytes::new())).unwrap();
+    }
+    let body = match fault {
+        Some(Fault::Corrupt) => {
+            let mut v = bytes.to_vec();
+            let i = v.len() / 2;
+            v[i] ^= 0xff;
+            full(v)
+        }
+        Some(Fault::Truncate) => {
+            // Half the bytes, then an error: hyper closes the connection mid-body.
+            let half = bytes.slice(..bytes.len() / 2);
+            let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(half)),
+                Err(std::io::Error::other("fault: truncated")),
+            ];
+            BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+        }
+        Some(Fault::Stall) => {
+            let half = bytes.slice(..bytes.len() / 2);
+            let s = futures_util::stream::once(async move { Ok(Frame::data(half)) }).chain(
+                futures_util::stream::once(async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Err(std::io::Error::other("fault: stalled"))
+                }),
+            );
+            BodyExt::boxed(StreamBody::new(s))
+        }
+        _ => full(bytes),
+    };
+    r.body(body).unwrap()
+}
+
+use futures_util::StreamExt as _;

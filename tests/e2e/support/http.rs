@@ -1,0 +1,62 @@
+//! Raw HTTP against pullgate, for what skopeo cannot show: statuses, headers, error bodies,
+//! ranges, and bodies that end badly.
+
+use bytes::Bytes;
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    /// `Err` when the body did not arrive whole (connection cut, length short).
+    pub body: Result<Bytes, String>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        match &self.body {
+            Ok(b) => b,
+            Err(e) => panic!("body failed: {e}"),
+        }
+    }
+
+    /// The first OCI error code of the body.
+    pub fn error_code(&self) -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(self.bytes()).expect("an OCI error body is JSON");
+        v["errors"][0]["code"]
+            .as_str()
+            .expect("errors[0].code")
+            .to_owned()
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut r = client().request(method.parse().expect("method"), url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.map_err(|e| format!("{e:?}"));
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Reply {
+    request("GET", url, &[]).await
+}

@@ -1,0 +1,153 @@
+//! pullgate itself, started from the binary cargo built for these tests.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, wait_port};
+
+pub struct Options {
+    /// The default upstream's name and URL.
+    pub upstream_name: String,
+    pub upstream_url: String,
+    pub credentials: Option<PathBuf>,
+    pub tag_ttl: String,
+    pub read_timeout: String,
+}
+
+impl Options {
+    pub fn new(upstream_url: &str) -> Options {
+        let name = upstream_url
+            .split("://")
+            .nth(1)
+            .unwrap_or(upstream_url)
+            .trim_end_matches('/')
+            .to_owned();
+        Options {
+            upstream_name: name,
+            upstream_url: upstream_url.to_owned(),
+            credentials: None,
+            tag_ttl: "60s".into(),
+            read_timeout: "30s".into(),
+        }
+    }
+}
+
+pub struct Pullgate {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Pullgate {
+    pub fn start(opts: Options) -> Pullgate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[cache]\ndir = \"{}\"\ntag_ttl = \"{}\"\n\n[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nread_timeout = \"{}\"\nconnect_timeout = \"2s\"\n",
+            dir.path().join("cache").display(),
+            opts.tag_ttl,
+            opts.upstream_name,
+            opts.upstream_url,
+            opts.read_timeout,
+        );
+        if let Some(c) = &opts.credentials {
+            config.push_str(&format!("credentials = \"{}\"\n", c.display()));
+        }
+        let config_path = dir.path().join("pullgate.toml");
+        fs::write(&config_path, config).expect("write config");
+        let mut p = Pullgate {
+            port,
+            dir,
+            child: None,
+        };
+        p.spawn(&config_path);
+        p
+    }
+
+    fn spawn(&mut self, config: &Path) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pullgate"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,pullgate=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("starting pullgate");
+        if !wait_port(self.port, Duration::from_secs(20)) {
+            let _ = child.kill();
+            panic!("pullgate did not listen; log:\n{}", self.log());
+        }
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// Where the store keeps a committed blob (the layout is part of the contract).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.cache_dir()
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    /// Files currently in the cache's tmp/ directory.
+    pub fn tmp_files(&self) -> usize {
+        fs::read_dir(self.cache_dir().join("tmp")).map_or(0, |d| d.count())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("pullgate.log")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Stop with SIGTERM (graceful), falling back to SIGKILL; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+}
+
+impl Drop for Pullgate {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
