@@ -68,19 +68,7 @@ impl ManifestInfo {
                 index
                     .manifests()
                     .iter()
-                    .map(|d| {
-                        Ok(Descriptor {
-                            media_type: d.media_type().to_string(),
-                            digest: Digest::parse(d.digest().as_ref())
-                                .map_err(|_| ManifestError::BadDigest)?,
-                            size: d.size(),
-                            platform: d.platform().as_ref().map(|p| Platform {
-                                os: p.os().to_string(),
-                                architecture: p.architecture().to_string(),
-                                variant: p.variant().clone(),
-                            }),
-                        })
-                    })
+                    .map(descriptor)
                     .collect::<Result<Vec<_>, _>>()?
             }
             media_types::OCI_MANIFEST | media_types::DOCKER_MANIFEST => {
@@ -88,15 +76,7 @@ impl ManifestInfo {
                     .map_err(|_| ManifestError::Shape(media_type.clone()))?;
                 std::iter::once(m.config())
                     .chain(m.layers().iter())
-                    .map(|d| {
-                        Ok(Descriptor {
-                            media_type: d.media_type().to_string(),
-                            digest: Digest::parse(d.digest().as_ref())
-                                .map_err(|_| ManifestError::BadDigest)?,
-                            size: d.size(),
-                            platform: None,
-                        })
-                    })
+                    .map(descriptor)
                     .collect::<Result<Vec<_>, _>>()?
             }
             // Schema 1 is served as stored but not looked into.
@@ -120,6 +100,19 @@ impl ManifestInfo {
                 .is_some_and(|p| p.os == os && p.architecture == architecture)
         })
     }
+}
+
+fn descriptor(d: &oci_spec::image::Descriptor) -> Result<Descriptor, ManifestError> {
+    Ok(Descriptor {
+        media_type: d.media_type().to_string(),
+        digest: Digest::parse(d.digest().as_ref()).map_err(|_| ManifestError::BadDigest)?,
+        size: d.size(),
+        platform: d.platform().as_ref().map(|p| Platform {
+            os: p.os().to_string(),
+            architecture: p.architecture().to_string(),
+            variant: p.variant().clone(),
+        }),
+    })
 }
 
 #[cfg(test)]
