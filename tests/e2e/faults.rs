@@ -10,7 +10,7 @@ use crate::support::fault::{Fault, FaultAuth, FaultUpstream};
 use crate::support::http::{self, get};
 use crate::support::images::{self, sha256, Blob, Flavor};
 use crate::support::pullgate::{Options, Pullgate};
-use crate::support::skopeo::{self, Copy};
+use crate::support::skopeo;
 
 const MIB: usize = 1024 * 1024;
 
@@ -53,16 +53,7 @@ async fn corrupt_and_truncated_blobs_are_never_committed_nor_served_clean() {
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("broken");
     let src = format!("{}/e2e/faulty:v1", pullgate.host());
-    let result = tokio::task::spawn_blocking(move || {
-        skopeo::copy(&Copy {
-            src,
-            dest: &dest,
-            all: false,
-            creds: None,
-        })
-    })
-    .await
-    .unwrap();
+    let result = skopeo::pull(src, dest, false).await;
     assert!(result.is_err(), "skopeo accepted a corrupt layer");
 
     // Once the upstream is healthy the same blobs are fetched, verified and cached.

@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod cli;
 mod errors;
 mod faults;
 mod pull;

@@ -11,25 +11,11 @@ use crate::support::eventually;
 use crate::support::http::{self, request};
 use crate::support::images::{self, sha256, Flavor, Pusher};
 use crate::support::pullgate::{Options, Pullgate};
-use crate::support::skopeo::{self, Copy};
+use crate::support::skopeo;
 
 const MIB: usize = 1024 * 1024;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
-}
-
-async fn copy(src: String, dest: std::path::PathBuf, all: bool) -> Result<(), String> {
-    blocking(move || {
-        skopeo::copy(&Copy {
-            src,
-            dest: &dest,
-            all,
-            creds: None,
-        })
-    })
-    .await
-}
+use skopeo::pull as copy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_pulls_identical_content_and_survives_an_upstream_outage() {
@@ -301,5 +287,118 @@ async fn a_fill_completes_after_its_client_disconnects() {
     assert_eq!(
         upstream.count("GET", &format!("/v2/e2e/gone/blobs/{}", layer.digest)),
         1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_revalidate_with_head_and_digests_never_go_upstream_again() {
+    let upstream = Distribution::start(Auth::Anonymous);
+    let push = Pusher::new(&upstream.url(), None);
+    let v1 = images::image("reval1", &[1024], Flavor::Oci, "amd64");
+    let v2 = images::image("reval2", &[2048], Flavor::Oci, "amd64");
+    push.image("e2e/reval", "t", &v1).await;
+    let mut opts = Options::new(&upstream.url());
+    opts.tag_ttl = "1s".into();
+    let pullgate = Pullgate::start(opts);
+    let tag_url = format!("{}/v2/e2e/reval/manifests/t", pullgate.url());
+    let tag_path = "/v2/e2e/reval/manifests/t";
+    let by_digest = |d: &str| format!("/v2/e2e/reval/manifests/{d}");
+
+    let r = get_manifest(&tag_url).await;
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(&*v1.manifest.digest)
+    );
+    // Fresh: served from the index without asking the upstream.
+    get_manifest(&tag_url).await;
+    assert_eq!(upstream.count("HEAD", tag_path), 1);
+    assert_eq!(upstream.count("GET", &by_digest(&v1.manifest.digest)), 1);
+
+    // Expired and unchanged: one HEAD, no GET.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get_manifest(&tag_url).await;
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(&*v1.manifest.digest)
+    );
+    assert_eq!(upstream.count("HEAD", tag_path), 2);
+    assert_eq!(upstream.count("GET", tag_path), 0);
+    assert_eq!(upstream.count("GET", &by_digest(&v1.manifest.digest)), 1);
+
+    // Moved upstream: the HEAD sees a new digest, which is fetched once.
+    push.image("e2e/reval", "t", &v2).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get_manifest(&tag_url).await;
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(&*v2.manifest.digest)
+    );
+    assert_eq!(r.bytes().as_ref(), &v2.manifest.bytes[..]);
+    assert_eq!(upstream.count("GET", &by_digest(&v2.manifest.digest)), 1);
+
+    // By digest, cached content never goes upstream again.
+    for _ in 0..3 {
+        let r = get_manifest(&format!(
+            "{}/v2/e2e/reval/manifests/{}",
+            pullgate.url(),
+            v1.manifest.digest
+        ))
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(upstream.count("GET", &by_digest(&v1.manifest.digest)), 1);
+    assert_eq!(upstream.count("HEAD", &by_digest(&v1.manifest.digest)), 0);
+}
+
+async fn get_manifest(url: &str) -> crate::support::http::Reply {
+    let r = request(
+        "GET",
+        url,
+        &[("accept", "application/vnd.oci.image.manifest.v1+json")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{url}");
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_blob_is_not_served_under_a_repository_that_lacks_it() {
+    let upstream = Distribution::start(Auth::Anonymous);
+    let push = Pusher::new(&upstream.url(), None);
+    let private = images::image("private", &[MIB], Flavor::Oci, "amd64");
+    push.image("e2e/private", "v1", &private).await;
+    // Another repository shares a layer with it upstream.
+    push.image("e2e/shared", "v1", &private).await;
+    let pullgate = Pullgate::start(Options::new(&upstream.url()));
+    let layer = &private.layers[0].digest;
+
+    let r = http::get(&format!("{}/v2/e2e/private/blobs/{layer}", pullgate.url())).await;
+    assert_eq!(r.status, 200);
+    assert!(eventually(Duration::from_secs(10), || pullgate
+        .blob_path(layer)
+        .exists()));
+
+    // Cached, but e2e/other does not hold it upstream: 404, checked with a HEAD.
+    let r = http::get(&format!("{}/v2/e2e/other/blobs/{layer}", pullgate.url())).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_code(), "BLOB_UNKNOWN");
+    assert_eq!(
+        upstream.count("HEAD", &format!("/v2/e2e/other/blobs/{layer}")),
+        1
+    );
+
+    // e2e/shared does: served from the cache after one HEAD, and remembered.
+    for _ in 0..2 {
+        let r = http::get(&format!("{}/v2/e2e/shared/blobs/{layer}", pullgate.url())).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(sha256(r.bytes()), *layer);
+    }
+    assert_eq!(
+        upstream.count("HEAD", &format!("/v2/e2e/shared/blobs/{layer}")),
+        1
+    );
+    assert_eq!(
+        upstream.count("GET", &format!("/v2/e2e/shared/blobs/{layer}")),
+        0
     );
 }

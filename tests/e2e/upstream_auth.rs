@@ -11,7 +11,7 @@ use crate::support::fault::{FaultAuth, FaultUpstream};
 use crate::support::http::get;
 use crate::support::images::{self, Flavor, Pusher};
 use crate::support::pullgate::{Options, Pullgate};
-use crate::support::skopeo::{self, Copy};
+use crate::support::skopeo;
 
 fn dockerconfig(dir: &std::path::Path, host: &str, user: &str, password: &str) -> PathBuf {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -22,19 +22,6 @@ fn dockerconfig(dir: &std::path::Path, host: &str, user: &str, password: &str) -
     )
     .unwrap();
     path
-}
-
-async fn pull(src: String, dest: PathBuf) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || {
-        skopeo::copy(&Copy {
-            src,
-            dest: &dest,
-            all: false,
-            creds: None,
-        })
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,9 +45,10 @@ async fn basic_auth_upstream_with_credentials_from_a_dockerconfigjson() {
     ));
     let pullgate = Pullgate::start(opts);
     let work = tempfile::tempdir().unwrap();
-    pull(
+    skopeo::pull(
         format!("{}/e2e/basic:v1", pullgate.host()),
         work.path().join("a"),
+        false,
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", pullgate.log()));
@@ -110,9 +98,10 @@ async fn bearer_token_upstream_with_a_cached_token() {
     let pullgate = Pullgate::start(opts);
 
     let work = tempfile::tempdir().unwrap();
-    pull(
+    skopeo::pull(
         format!("{}/e2e/token:v1", pullgate.host()),
         work.path().join("t"),
+        false,
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", pullgate.log()));

@@ -64,3 +64,17 @@ pub fn contents(dir: &Path) -> BTreeMap<String, String> {
 pub fn manifest_digest(dir: &Path) -> String {
     sha256(&std::fs::read(dir.join("manifest.json")).expect("manifest.json"))
 }
+
+/// [`copy`] without credentials, off the async runtime's threads.
+pub async fn pull(src: String, dest: std::path::PathBuf, all: bool) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        copy(&Copy {
+            src,
+            dest: &dest,
+            all,
+            creds: None,
+        })
+    })
+    .await
+    .map_err(|e| format!("skopeo task: {e}"))?
+}
