@@ -53,6 +53,14 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// One entry of a docker config, its key split into host and repository path prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub host: &'a str,
+    pub path: Option<&'a str>,
+    pub credential: &'a Credential,
+}
+
 /// A parsed docker config: normalized registry host (with port, if any) to [`Credential`].
 ///
 /// Keys are normalized as kubelet does: scheme and path dropped, host lowercased, port kept,
@@ -136,7 +144,23 @@ impl DockerConfig {
         self.entries.get(format!("*.{rest}").as_str())
     }
 
-    /// Every entry, by normalized key, in key order.
+    /// Every entry with its host and repository path prefix (`ghcr.io/team-a` gives host
+    /// `ghcr.io`, path `team-a`; API-version paths like Docker's `/v1/` are no path).
+    pub fn all_entries(&self) -> impl Iterator<Item = Entry<'_>> {
+        self.entries.iter().map(|(key, credential)| {
+            let (host, path) = match key.split_once('/') {
+                Some((h, p)) => (h, Some(p)),
+                None => (key.as_str(), None),
+            };
+            Entry {
+                host,
+                path,
+                credential,
+            }
+        })
+    }
+
+    /// Every entry, by normalized key (`host` or `host/path`), in key order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &Credential)> {
         self.entries
             .iter()
@@ -190,6 +214,7 @@ fn normalize_key(raw: &str) -> Result<String, CredentialsError> {
     if host.is_empty() {
         return Err(bad("the registry key has no host"));
     }
+    let path = key_path(raw);
     let plain = host.strip_prefix("*.").unwrap_or(&host);
     if plain.contains('*') {
         return Err(bad("only a leading \"*.\" wildcard is supported"));
@@ -200,7 +225,28 @@ fn normalize_key(raw: &str) -> Result<String, CredentialsError> {
     if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("the registry key contains whitespace"));
     }
-    Ok(host)
+    match path {
+        None => Ok(host),
+        Some(p) if p.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Err(bad("the registry key contains whitespace"))
+        }
+        Some(p) => Ok(format!("{host}/{p}")),
+    }
+}
+
+/// The repository path of a key (`ghcr.io/team-a/` gives `team-a`); none for a bare host or
+/// an API-version path (`https://index.docker.io/v1/`).
+fn key_path(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let without_scheme = strip_prefix_ignore_case(raw, "https://")
+        .or_else(|| strip_prefix_ignore_case(raw, "http://"))
+        .unwrap_or(raw);
+    let (_, path) = without_scheme.split_once('/')?;
+    let path = path.trim_matches('/');
+    if path.is_empty() || matches!(path, "v1" | "v2") {
+        return None;
+    }
+    Some(path.to_owned())
 }
 
 /// `Ok(None)` for an entry that only holds tokens.
@@ -444,7 +490,10 @@ mod tests {
             ("http://127.0.0.1:5000", "127.0.0.1:5000"),
             ("localhost:5000/v1/", "localhost:5000"),
             ("  ghcr.io  ", "ghcr.io"),
-            ("registry.example.com/some/path", "registry.example.com"),
+            (
+                "registry.example.com/some/path/",
+                "registry.example.com/some/path",
+            ),
             ("*.Example.com", "*.example.com"),
         ];
         for (raw, want) in cases {
@@ -695,6 +744,48 @@ mod tests {
         let missing = dir.path().join("missing");
         assert!(
             matches!(DockerConfig::load(&missing), Err(CredentialsError::NotFound(p)) if p == missing)
+        );
+    }
+
+    #[test]
+    fn keys_with_repository_paths_are_separate_entries() {
+        let json = serde_json::json!({ "auths": {
+            "ghcr.io": { "username": "org", "password": "p1" },
+            "https://ghcr.io/team-a/": { "username": "a", "password": "p2" },
+            "ghcr.io/team-b/sub": { "username": "b", "password": "p3" },
+            "https://index.docker.io/v1/": { "username": "hub", "password": "p4" },
+        }});
+        let config = DockerConfig::parse(json.to_string().as_bytes()).unwrap();
+        assert_eq!(config.len(), 4);
+        assert_eq!(config.for_host("ghcr.io").unwrap().username, "org");
+        assert_eq!(config.for_host("docker.io").unwrap().username, "hub");
+        let mut seen: Vec<(String, Option<String>, String)> = config
+            .all_entries()
+            .map(|e| {
+                (
+                    e.host.to_owned(),
+                    e.path.map(str::to_owned),
+                    e.credential.username.clone(),
+                )
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("docker.io".to_owned(), None, "hub".to_owned()),
+                ("ghcr.io".to_owned(), None, "org".to_owned()),
+                (
+                    "ghcr.io".to_owned(),
+                    Some("team-a".to_owned()),
+                    "a".to_owned()
+                ),
+                (
+                    "ghcr.io".to_owned(),
+                    Some("team-b/sub".to_owned()),
+                    "b".to_owned()
+                ),
+            ]
         );
     }
 

@@ -19,6 +19,6 @@ mod config;
 mod error;
 mod source;
 
-pub use config::{Credential, DockerConfig, MAX_CONFIG_SIZE};
+pub use config::{Credential, DockerConfig, Entry, MAX_CONFIG_SIZE};
 pub use error::CredentialsError;
 pub use source::{SecretSource, DEFAULT_CHECK_INTERVAL};

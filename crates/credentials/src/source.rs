@@ -164,7 +164,8 @@ impl SecretSource {
 
     fn record_failure(&self, error: &CredentialsError) {
         self.inner.reload_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
+        // An error, not a warning: whoever rotated the secret believes it took effect.
+        tracing::error!(
             path = %self.inner.path.display(),
             error = %chain(error),
             "cannot reload credentials; keeping the last good set"
