@@ -1,0 +1,200 @@
+//! What a credential may pull: grants from secret keys, and rule patterns.
+
+use crate::Access;
+
+/// What one secret entry's key grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Grant {
+    /// Keyed by one of the mirror's own host names.
+    All,
+    /// Keyed by an upstream's host, optionally with a repository prefix.
+    Upstream {
+        upstream: String,
+        prefix: Option<String>,
+    },
+}
+
+impl Grant {
+    pub(crate) fn allows(&self, access: &Access) -> bool {
+        match self {
+            Grant::All => true,
+            Grant::Upstream { upstream, prefix } => {
+                upstream.eq_ignore_ascii_case(&access.upstream)
+                    && prefix.as_deref().is_none_or(|p| under(&access.repo, p))
+            }
+        }
+    }
+}
+
+/// `repo` is `prefix` or below it, by whole components (`team-a` does not cover `team-ab`).
+fn under(repo: &str, prefix: &str) -> bool {
+    repo == prefix
+        || repo
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The Docker Hub names credentials normalise to `docker.io`.
+const HUB_ALIASES: &[&str] = &[
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+
+fn fold_hub(host: &str) -> String {
+    let h = host.to_ascii_lowercase();
+    if HUB_ALIASES.contains(&h.as_str()) {
+        "docker.io".to_owned()
+    } else {
+        h
+    }
+}
+
+/// Does a key host (possibly `*.example.com`) name `host`?
+fn host_matches(key_host: &str, host: &str) -> bool {
+    let (key, host) = (fold_hub(key_host), fold_hub(host));
+    if key == host {
+        return true;
+    }
+    match (key.strip_prefix("*."), host.split_once('.')) {
+        (Some(rest), Some((label, host_rest))) => !label.is_empty() && rest == host_rest,
+        _ => false,
+    }
+}
+
+/// The grant of a secret entry keyed `host[/path]`, if its host is the mirror's or an
+/// upstream's; a key naming anything else grants nothing here.
+pub(crate) fn grant_for(
+    host: &str,
+    path: Option<&str>,
+    mirror_hosts: &[String],
+    upstreams: &[String],
+) -> Option<Grant> {
+    if mirror_hosts.iter().any(|m| host_matches(host, m)) {
+        // `mirror.example.com/ghcr.io/team-a`: the path names an upstream, then a prefix.
+        return match path {
+            None => Some(Grant::All),
+            Some(p) => {
+                let (first, rest) = p.split_once('/').unwrap_or((p, ""));
+                let upstream = upstreams.iter().find(|u| host_matches(first, u))?;
+                Some(Grant::Upstream {
+                    upstream: upstream.clone(),
+                    prefix: (!rest.is_empty()).then(|| rest.to_owned()),
+                })
+            }
+        };
+    }
+    let upstream = upstreams.iter().find(|u| host_matches(host, u))?;
+    Some(Grant::Upstream {
+        upstream: upstream.clone(),
+        prefix: path.map(str::to_owned),
+    })
+}
+
+/// A rule pattern against `<upstream>/<repo>`: `*` inside a component matches any run of
+/// characters of that component, a whole `**` component matches any number of components.
+pub(crate) fn pattern_matches(pattern: &str, upstream: &str, repo: &str) -> bool {
+    let (p_upstream, p_rest) = pattern.split_once('/').unwrap_or((pattern, ""));
+    if !host_matches(p_upstream, upstream) {
+        return false;
+    }
+    let pat: Vec<&str> = p_rest.split('/').filter(|s| !s.is_empty()).collect();
+    let name: Vec<&str> = repo.split('/').collect();
+    components_match(&pat, &name)
+}
+
+fn components_match(pat: &[&str], name: &[&str]) -> bool {
+    match pat.split_first() {
+        None => name.is_empty(),
+        Some((&"**", rest)) => (0..=name.len()).any(|skip| components_match(rest, &name[skip..])),
+        Some((p, rest)) => match name.split_first() {
+            Some((n, name_rest)) => glob(p, n) && components_match(rest, name_rest),
+            None => false,
+        },
+    }
+}
+
+/// `*` matches any run (possibly empty) within one component.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(upstream: &str, repo: &str) -> Access {
+        Access {
+            upstream: upstream.into(),
+            repo: repo.into(),
+        }
+    }
+
+    #[test]
+    fn grants_from_keys() {
+        let mirror = vec!["mirror.example.com".to_owned(), "127.0.0.1:5000".to_owned()];
+        let ups = vec![
+            "docker.io".to_owned(),
+            "ghcr.io".to_owned(),
+            "127.0.0.1:5001".to_owned(),
+        ];
+        let g = |h: &str, p: Option<&str>| grant_for(h, p, &mirror, &ups);
+        assert_eq!(g("mirror.example.com", None), Some(Grant::All));
+        assert_eq!(g("127.0.0.1:5000", None), Some(Grant::All));
+        assert_eq!(g("*.example.com", None), Some(Grant::All));
+        let hub = g("docker.io", None).unwrap();
+        assert!(hub.allows(&access("docker.io", "library/alpine")));
+        assert!(!hub.allows(&access("ghcr.io", "library/alpine")));
+        assert!(g("index.docker.io", None)
+            .unwrap()
+            .allows(&access("docker.io", "x/y")));
+        let team = g("ghcr.io", Some("team-a")).unwrap();
+        assert!(team.allows(&access("ghcr.io", "team-a")));
+        assert!(team.allows(&access("ghcr.io", "team-a/app")));
+        assert!(team.allows(&access("ghcr.io", "team-a/sub/app")));
+        assert!(!team.allows(&access("ghcr.io", "team-ab/app")));
+        assert!(!team.allows(&access("ghcr.io", "team-b/app")));
+        let via_mirror = g("mirror.example.com", Some("ghcr.io/team-a")).unwrap();
+        assert!(via_mirror.allows(&access("ghcr.io", "team-a/app")));
+        assert!(!via_mirror.allows(&access("docker.io", "team-a/app")));
+        assert_eq!(g("quay.io", None), None);
+        assert_eq!(g("127.0.0.1:5002", None), None);
+        assert!(g("127.0.0.1:5001", None)
+            .unwrap()
+            .allows(&access("127.0.0.1:5001", "a")));
+    }
+
+    #[test]
+    fn rule_patterns() {
+        let m = pattern_matches;
+        assert!(m("docker.io/library/*", "docker.io", "library/alpine"));
+        assert!(!m("docker.io/library/*", "docker.io", "library/a/b"));
+        assert!(!m("docker.io/library/*", "ghcr.io", "library/alpine"));
+        assert!(m("ghcr.io/team-a/**", "ghcr.io", "team-a/x/y/z"));
+        assert!(m("ghcr.io/team-a/**", "ghcr.io", "team-a"));
+        assert!(!m("ghcr.io/team-a/**", "ghcr.io", "team-ab/x"));
+        assert!(m("ghcr.io/org/app", "ghcr.io", "org/app"));
+        assert!(!m("ghcr.io/org/app", "ghcr.io", "org/app2"));
+        assert!(m("127.0.0.1:5001/e2e/oth*", "127.0.0.1:5001", "e2e/other"));
+        assert!(m("ghcr.io/**/app", "ghcr.io", "a/b/app"));
+        assert!(m("ghcr.io/*-svc", "ghcr.io", "billing-svc"));
+        assert!(!m("ghcr.io/*-svc", "ghcr.io", "billing-svc/x"));
+        assert!(m("index.docker.io/library/*", "docker.io", "library/nginx"));
+    }
+}

@@ -1,0 +1,430 @@
+//! Who a pullgate client is, and what it may pull.
+//!
+//! What it does: checks `Authorization` headers against the union of mounted
+//! `kubernetes.io/dockerconfigjson` secrets (followed through kubelet's rotation by
+//! [`SecretSource`]), in constant time; derives what each credential may pull from its
+//! entry's registry key (the mirror's own host: everything; an upstream host: that upstream;
+//! `host/path`: that repository prefix), narrowed by optional per-user [`Rule`]s; issues and
+//! verifies the short-lived HS256 tokens of the Docker token flow; and throttles failed
+//! attempts per client address.
+//!
+//! What it is not: no HTTP. The server asks [`Authenticator::authenticate`] and
+//! [`Authenticator::authorize`] once per request, centrally, and turns [`AuthError`] into
+//! 401/403/429.
+//!
+//! Secrets never leave this crate: not in errors, not in `Debug`, not in logs.
+
+mod error;
+mod grants;
+mod throttle;
+mod token;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use pullgate_credentials::SecretSource;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+pub use error::AuthError;
+pub use throttle::ThrottleConfig;
+
+use grants::{grant_for, pattern_matches, Grant};
+use throttle::Throttle;
+
+/// Which challenge a 401 carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Basic,
+    /// Docker token flow: `Bearer realm=<mirror>/token`.
+    Token,
+}
+
+/// Extra restriction for one user: what they pull must match one of `patterns`
+/// (`docker.io/library/*`, `ghcr.io/team-a/**`, exact names).
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub user: String,
+    pub patterns: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub scheme: Scheme,
+    /// Requests without credentials may pull anything.
+    pub anonymous: bool,
+    /// The mirror's own host names: an entry keyed by one grants every upstream.
+    pub mirror_hosts: Vec<String>,
+    /// Configured upstream names: an entry keyed by one grants that upstream.
+    pub upstreams: Vec<String>,
+    pub rules: Vec<Rule>,
+    /// Token `aud` and challenge `service`.
+    pub service: String,
+    pub token_ttl: Duration,
+    /// HS256 key; see [`load_or_generate_key`].
+    pub signing_key: Vec<u8>,
+    pub throttle: ThrottleConfig,
+}
+
+/// Pull `repo` (as the upstream names it) from the upstream named `upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub upstream: String,
+    pub repo: String,
+}
+
+impl Access {
+    fn qualified(&self) -> String {
+        format!("{}/{}", self.upstream, self.repo)
+    }
+}
+
+/// An authenticated client.
+#[derive(Clone)]
+pub struct Principal {
+    pub user: String,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    /// Basic credentials: the union of the matching entries' grants.
+    Basic(Vec<Grant>),
+    /// A token: exactly the `<upstream>/<repo>` names it carries.
+    Token(Vec<String>),
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let via = match &self.kind {
+            Kind::Basic(g) => format!("basic ({} grants)", g.len()),
+            Kind::Token(a) => format!("token ({} repositories)", a.len()),
+        };
+        f.debug_struct("Principal")
+            .field("user", &self.user)
+            .field("via", &via)
+            .finish()
+    }
+}
+
+/// A token for the client. `Debug` hides the token itself.
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_in: u64,
+    /// RFC 3339, UTC.
+    pub issued_at: String,
+}
+
+impl fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("token", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .field("issued_at", &self.issued_at)
+            .finish()
+    }
+}
+
+/// `Basic` values longer than this are refused unread.
+const MAX_BASIC_LEN: usize = 4096;
+
+/// Signing keys shorter than this are refused: HS256 wants 256 bits.
+const MIN_KEY_LEN: usize = 32;
+
+pub struct Authenticator {
+    config: AuthConfig,
+    secrets: Vec<SecretSource>,
+    throttle: Throttle,
+}
+
+impl Authenticator {
+    pub fn new(config: AuthConfig, secrets: Vec<SecretSource>) -> Self {
+        Authenticator {
+            throttle: Throttle::new(config.throttle.clone()),
+            config,
+            secrets,
+        }
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        self.config.scheme
+    }
+
+    pub fn anonymous(&self) -> bool {
+        self.config.anonymous
+    }
+
+    /// `Err(Throttled)` when `peer` has failed too often lately.
+    pub fn check_throttle(&self, peer: IpAddr) -> Result<(), AuthError> {
+        match self.throttle.blocked(peer) {
+            Some(retry_after) => Err(AuthError::Throttled { retry_after }),
+            None => Ok(()),
+        }
+    }
+
+    /// `Ok(None)`: no credentials (no header, or `Basic` with an empty user and password,
+    /// which podman and skopeo send). Wrong credentials are `Unauthorized` and count
+    /// against `peer`.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        peer: IpAddr,
+    ) -> Result<Option<Principal>, AuthError> {
+        let Some(value) = authorization.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        let rest = rest.trim();
+        let result = if scheme.eq_ignore_ascii_case("basic") {
+            match decode_basic(rest) {
+                Some((user, password)) if user.is_empty() && password.is_empty() => {
+                    return Ok(None)
+                }
+                Some((user, password)) => self.check_basic(&user, &password),
+                None => None,
+            }
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            self.check_token(rest)
+        } else {
+            None
+        };
+        match result {
+            Some(p) => Ok(Some(p)),
+            None => {
+                self.throttle.fail(peer);
+                tracing::debug!(client = %peer, "failed authentication");
+                Err(AuthError::Unauthorized)
+            }
+        }
+    }
+
+    /// Every entry of every secret is compared, whatever matches early, so the time taken
+    /// says nothing about which entry (or how much of a password) was right.
+    fn check_basic(&self, user: &str, password: &str) -> Option<Principal> {
+        let presented = credential_digest(user, password);
+        let mut grants = Vec::new();
+        let mut matched = subtle::Choice::from(0);
+        for source in &self.secrets {
+            let config = source.current();
+            for entry in config.all_entries() {
+                let stored =
+                    credential_digest(&entry.credential.username, &entry.credential.password);
+                let eq = stored.ct_eq(&presented);
+                matched |= eq;
+                if bool::from(eq) {
+                    if let Some(g) = grant_for(
+                        entry.host,
+                        entry.path,
+                        &self.config.mirror_hosts,
+                        &self.config.upstreams,
+                    ) {
+                        grants.push(g);
+                    }
+                }
+            }
+        }
+        bool::from(matched).then(|| Principal {
+            user: user.to_owned(),
+            kind: Kind::Basic(grants),
+        })
+    }
+
+    fn check_token(&self, token: &str) -> Option<Principal> {
+        let claims = token::verify(&self.config.signing_key, token, &self.config.service)?;
+        let access = claims
+            .access
+            .into_iter()
+            .filter(|a| a.kind == "repository" && a.actions.iter().any(|x| x == "pull"))
+            .map(|a| a.name)
+            .collect();
+        Some(Principal {
+            user: claims.sub,
+            kind: Kind::Token(access),
+        })
+    }
+
+    /// May this client pull `access`? `Unauthorized`: it must log in; `Denied`: it may not.
+    pub fn authorize(
+        &self,
+        principal: Option<&Principal>,
+        access: &Access,
+    ) -> Result<(), AuthError> {
+        if self.config.anonymous {
+            // Anyone may pull; credentials cannot take that away.
+            return Ok(());
+        }
+        let Some(p) = principal else {
+            return Err(AuthError::Unauthorized);
+        };
+        let granted = match &p.kind {
+            Kind::Basic(grants) => {
+                grants.iter().any(|g| g.allows(access)) && self.rules_allow(&p.user, access)
+            }
+            // Scope and rules were checked when the token was issued.
+            Kind::Token(names) => names.contains(&access.qualified()),
+        };
+        if granted {
+            Ok(())
+        } else {
+            Err(AuthError::Denied)
+        }
+    }
+
+    fn rules_allow(&self, user: &str, access: &Access) -> bool {
+        let mut rules = self
+            .config
+            .rules
+            .iter()
+            .filter(|r| r.user == user)
+            .peekable();
+        if rules.peek().is_none() {
+            return true;
+        }
+        rules
+            .flat_map(|r| r.patterns.iter())
+            .any(|p| pattern_matches(p, &access.upstream, &access.repo))
+    }
+
+    /// A token for the requested accesses this principal may have; the others are left out
+    /// silently, as the Docker token spec asks.
+    pub fn issue_token(&self, principal: &Principal, wanted: &[Access]) -> IssuedToken {
+        let now = token::now_secs();
+        let ttl = token::lifetime_secs(self.config.token_ttl);
+        let mut access: Vec<token::AccessClaim> = Vec::new();
+        for a in wanted {
+            let name = a.qualified();
+            if self.authorize(Some(principal), a).is_ok() && !access.iter().any(|x| x.name == name)
+            {
+                access.push(token::AccessClaim {
+                    kind: "repository".into(),
+                    name,
+                    actions: vec!["pull".into()],
+                });
+            }
+        }
+        let claims = token::Claims {
+            iss: self.config.service.clone(),
+            sub: principal.user.clone(),
+            aud: self.config.service.clone(),
+            exp: now + ttl,
+            nbf: now,
+            iat: now,
+            jti: random_id(),
+            access,
+        };
+        IssuedToken {
+            token: token::sign(&self.config.signing_key, &claims).unwrap_or_default(),
+            expires_in: ttl,
+            issued_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        }
+    }
+
+    /// `WWW-Authenticate` for a 401.
+    pub fn challenge(&self, realm_url: &str, access: Option<&Access>) -> String {
+        match self.config.scheme {
+            Scheme::Basic => "Basic realm=\"pullgate\"".to_owned(),
+            Scheme::Token => {
+                let mut c = format!(
+                    "Bearer realm=\"{}\",service=\"{}\"",
+                    quote_safe(realm_url),
+                    quote_safe(&self.config.service)
+                );
+                if let Some(a) = access {
+                    c.push_str(&format!(
+                        ",scope=\"repository:{}:pull\"",
+                        quote_safe(&a.qualified())
+                    ));
+                }
+                c
+            }
+        }
+    }
+
+    /// Failed secret reloads, summed over every client secret.
+    pub fn reload_failures(&self) -> u64 {
+        self.secrets.iter().map(SecretSource::reload_failures).sum()
+    }
+}
+
+/// `repository:<name>:<actions>`; the name may hold a `host:port` prefix, so the actions
+/// are after the last colon.
+pub fn parse_scope(scope: &str) -> Option<(String, Vec<String>)> {
+    let rest = scope.strip_prefix("repository:")?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    if name.is_empty() {
+        return None;
+    }
+    Some((
+        name.to_owned(),
+        actions
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    ))
+}
+
+/// The token signing key: from a file (a mounted secret, shared by replicas so each
+/// honours the others' tokens) or freshly random.
+pub fn load_or_generate_key(path: Option<&Path>) -> Result<Vec<u8>, AuthError> {
+    let Some(path) = path else {
+        let mut key = vec![0u8; 32];
+        getrandom::getrandom(&mut key).map_err(|e| AuthError::KeyGeneration(e.to_string()))?;
+        return Ok(key);
+    };
+    let bad = |reason: String| AuthError::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.kind().to_string()))?;
+    if meta.len() > 64 * 1024 {
+        return Err(bad("larger than 64 KiB".into()));
+    }
+    let mut key = std::fs::read(path).map_err(|e| bad(e.kind().to_string()))?;
+    while key.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        key.pop();
+    }
+    if key.len() < MIN_KEY_LEN {
+        return Err(bad(format!("shorter than {MIN_KEY_LEN} bytes")));
+    }
+    Ok(key)
+}
+
+fn decode_basic(b64: &str) -> Option<(String, String)> {
+    if b64.len() > MAX_BASIC_LEN {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+fn credential_digest(user: &str, password: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(user.as_bytes());
+    h.update([0u8]);
+    h.update(password.as_bytes());
+    h.finalize().into()
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 12];
+    if getrandom::getrandom(&mut b).is_err() {
+        return "0".into();
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Challenge parameters are quoted strings: drop what would break out of the quotes.
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
