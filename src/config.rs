@@ -17,6 +17,52 @@ pub struct FileConfig {
     pub cache: CacheSection,
     #[serde(default)]
     pub upstream: Vec<UpstreamSection>,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// Who may pull. With no `client_secrets` the mirror is anonymous, which is allowed only on
+/// a loopback address unless `anonymous = true` says so explicitly.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Mounted `kubernetes.io/dockerconfigjson` secret directories, or files.
+    #[serde(default)]
+    pub client_secrets: Vec<PathBuf>,
+    pub anonymous: Option<bool>,
+    /// "basic" or "token".
+    pub scheme: Option<String>,
+    /// Host names clients use for the mirror; a secret entry keyed by one grants every upstream.
+    #[serde(default)]
+    pub mirror_hosts: Vec<String>,
+    pub service: Option<String>,
+    pub token_ttl: Option<String>,
+    /// A file (mounted secret) holding the token signing key; generated at start-up if unset.
+    pub signing_key: Option<PathBuf>,
+    pub max_failures: Option<u32>,
+    pub failure_window: Option<String>,
+    pub block: Option<String>,
+    #[serde(default)]
+    pub rule: Vec<RuleSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    pub user: String,
+    /// `docker.io/library/*` (one component), `ghcr.io/team-a/**` (any depth), or exact.
+    pub repositories: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Off only when set to false.
+    pub enabled: Option<bool>,
+    /// Append JSON lines here instead of standard output.
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +120,29 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     pub tag_ttl: Duration,
     pub upstreams: Vec<UpstreamSettings>,
+    pub auth: AuthSettings,
+    pub audit: AuditSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub client_secrets: Vec<PathBuf>,
+    pub anonymous: bool,
+    pub token_scheme: bool,
+    pub mirror_hosts: Vec<String>,
+    pub service: String,
+    pub token_ttl: Duration,
+    pub signing_key: Option<PathBuf>,
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    pub block: Duration,
+    pub rules: Vec<(String, Vec<String>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub enabled: bool,
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,7 +212,13 @@ impl FileConfig {
                 bail!("upstream name {:?} is configured twice", u.name);
             }
         }
+        let auth = auth_settings(self.auth, listen, &upstreams)?;
         Ok(Settings {
+            auth,
+            audit: AuditSettings {
+                enabled: self.audit.enabled.unwrap_or(true),
+                path: self.audit.path,
+            },
             listen,
             header_read_timeout: duration(
                 "server.header_read_timeout",
@@ -180,6 +255,72 @@ impl TryFrom<UpstreamSection> for UpstreamSettings {
             credentials: u.credentials,
         })
     }
+}
+
+fn auth_settings(
+    a: AuthSection,
+    listen: SocketAddr,
+    upstreams: &[UpstreamSettings],
+) -> Result<AuthSettings> {
+    let anonymous = match (a.anonymous, a.client_secrets.is_empty()) {
+        (Some(explicit), _) => explicit,
+        // No secrets: nobody could ever log in, so the mirror is open; that is a safe
+        // default only where nobody else can reach it.
+        (None, true) if listen.ip().is_loopback() => true,
+        (None, true) => bail!(
+            "refusing to serve anonymously on {listen}, which is not a loopback address: \
+             set [auth] client_secrets to require credentials, or [auth] anonymous = true \
+             to let anyone who can reach it pull"
+        ),
+        (None, false) => false,
+    };
+    if !anonymous && a.client_secrets.is_empty() {
+        bail!("[auth] anonymous = false needs at least one path in [auth] client_secrets");
+    }
+    let token_scheme = match a.scheme.as_deref().unwrap_or("basic") {
+        "basic" => false,
+        "token" => true,
+        other => bail!("[auth] scheme = {other:?}: use \"basic\" or \"token\""),
+    };
+    let mut rules = Vec::new();
+    for r in a.rule {
+        if r.user.is_empty() || r.repositories.is_empty() {
+            bail!("[[auth.rule]] needs a user and at least one repository pattern");
+        }
+        for p in &r.repositories {
+            let first = p.split('/').next().unwrap_or("");
+            let known = upstreams.iter().any(|u| u.name.eq_ignore_ascii_case(first));
+            if !known {
+                bail!(
+                    "[[auth.rule]] for {:?}: pattern {p:?} must start with a configured upstream name",
+                    r.user
+                );
+            }
+        }
+        rules.push((r.user, r.repositories));
+    }
+    let mut mirror_hosts = a.mirror_hosts;
+    // Whatever address clients connect to is one of the mirror's names.
+    mirror_hosts.push(listen.to_string());
+    if listen.ip().is_loopback() {
+        mirror_hosts.push(format!("localhost:{}", listen.port()));
+    }
+    Ok(AuthSettings {
+        client_secrets: a.client_secrets,
+        anonymous,
+        token_scheme,
+        mirror_hosts,
+        service: a.service.unwrap_or_else(|| "pullgate".into()),
+        token_ttl: duration("auth.token_ttl", a.token_ttl.as_deref().unwrap_or("5m"))?,
+        signing_key: a.signing_key,
+        max_failures: a.max_failures.unwrap_or(10).max(1),
+        failure_window: duration(
+            "auth.failure_window",
+            a.failure_window.as_deref().unwrap_or("60s"),
+        )?,
+        block: duration("auth.block", a.block.as_deref().unwrap_or("60s"))?,
+        rules,
+    })
 }
 
 fn check_url(url: &str) -> Result<()> {
@@ -251,18 +392,68 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_only_on_loopback_unless_explicit() {
+        let cfg = |listen: &str, auth: &str| {
+            FileConfig::parse(&format!(
+                "[server]\nlisten = \"{listen}\"\n[cache]\ndir = \"d\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n[auth]\n{auth}"
+            ))
+            .and_then(|c| c.into_settings(Overrides::default()))
+        };
+        assert!(cfg("127.0.0.1:5000", "").unwrap().auth.anonymous);
+        let err = cfg("0.0.0.0:5000", "").unwrap_err().to_string();
+        assert!(
+            err.contains("client_secrets") && err.contains("anonymous = true"),
+            "{err}"
+        );
+        assert!(
+            cfg("0.0.0.0:5000", "anonymous = true")
+                .unwrap()
+                .auth
+                .anonymous
+        );
+        let s = cfg("0.0.0.0:5000", "client_secrets = [\"/s\"]").unwrap();
+        assert!(!s.auth.anonymous);
+        assert!(s.auth.mirror_hosts.contains(&"0.0.0.0:5000".to_owned()));
+        assert!(cfg("0.0.0.0:5000", "anonymous = false").is_err());
+        assert!(cfg("127.0.0.1:5000", "scheme = \"digest\"").is_err());
+        assert!(cfg(
+            "127.0.0.1:5000",
+            "[[auth.rule]]\nuser = \"ci\"\nrepositories = [\"quay.io/x/*\"]"
+        )
+        .is_err());
+        let s = cfg(
+            "127.0.0.1:5000",
+            "scheme = \"token\"\ntoken_ttl = \"2m\"\n[[auth.rule]]\nuser = \"ci\"\nrepositories = [\"docker.io/library/*\"]",
+        )
+        .unwrap();
+        assert!(s.auth.token_scheme);
+        assert_eq!(s.auth.token_ttl, Duration::from_secs(120));
+        assert_eq!(s.auth.rules.len(), 1);
+    }
+
+    #[test]
     fn every_file_in_config_parses() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let mut seen = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                FileConfig::load(Some(&path))
-                    .and_then(|c| c.into_settings(Overrides::default()))
-                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        for dir in [root.clone(), root.join("examples")] {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                match path.extension().and_then(|e| e.to_str()) {
+                    Some("toml") => {
+                        FileConfig::load(Some(&path))
+                            .and_then(|c| c.into_settings(Overrides::default()))
+                            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                    }
+                    Some("dockerconfigjson") => {
+                        let c = pullgate_credentials::DockerConfig::load(&path)
+                            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                        assert!(!c.is_empty());
+                    }
+                    _ => continue,
+                }
                 seen += 1;
             }
         }
-        assert!(seen >= 1);
+        assert!(seen >= 4);
     }
 }

@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use pullgate_auth::{
+    load_or_generate_key, AuthConfig, Authenticator, Rule, Scheme, ThrottleConfig,
+};
 use pullgate_credentials::SecretSource;
 use pullgate_mirror::{Mirror, MirrorConfig};
-use pullgate_server::{App, ServerConfig};
+use pullgate_server::{App, Audit, ServerConfig};
 use pullgate_store::Store;
 use pullgate_upstream::{Upstream, UpstreamConfig};
 
@@ -99,6 +102,18 @@ async fn serve(s: Settings) -> Result<()> {
             .with_context(|| format!("upstream {}", u.name))
         })
         .collect::<Result<Vec<_>>>()?;
+    let auth = authenticator(&s)?;
+    let audit = match (&s.audit.enabled, &s.audit.path) {
+        (false, _) => Audit::disabled(),
+        (true, None) => Audit::new(Box::new(std::io::stdout())),
+        (true, Some(path)) => Audit::new(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the audit log {}", path.display()))?,
+        )),
+    };
     let mirror = Mirror::new(upstreams, store, MirrorConfig { tag_ttl: s.tag_ttl });
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
@@ -111,6 +126,8 @@ async fn serve(s: Settings) -> Result<()> {
     );
     let app = Arc::new(App {
         mirror: Arc::new(mirror),
+        auth,
+        audit,
     });
     let config = ServerConfig {
         header_read_timeout: s.header_read_timeout,
@@ -120,6 +137,54 @@ async fn serve(s: Settings) -> Result<()> {
     pullgate_server::serve(listener, app, config, shutdown_signal()).await?;
     tracing::info!("pullgate stopped");
     Ok(())
+}
+
+/// Client authentication from the mounted secrets. Every secret must load now: a mirror
+/// that starts without the credentials it was given would refuse everyone, or worse.
+fn authenticator(s: &Settings) -> Result<Authenticator> {
+    let a = &s.auth;
+    let secrets = a
+        .client_secrets
+        .iter()
+        .map(|p| {
+            SecretSource::open(p).with_context(|| format!("[auth] client secret {}", p.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let signing_key =
+        load_or_generate_key(a.signing_key.as_deref()).context("[auth] signing_key")?;
+    if a.anonymous {
+        tracing::warn!("anonymous pulls are allowed ([auth] anonymous)");
+    }
+    Ok(Authenticator::new(
+        AuthConfig {
+            scheme: if a.token_scheme {
+                Scheme::Token
+            } else {
+                Scheme::Basic
+            },
+            anonymous: a.anonymous,
+            mirror_hosts: a.mirror_hosts.clone(),
+            upstreams: s.upstreams.iter().map(|u| u.name.clone()).collect(),
+            rules: a
+                .rules
+                .iter()
+                .map(|(user, patterns)| Rule {
+                    user: user.clone(),
+                    patterns: patterns.clone(),
+                })
+                .collect(),
+            service: a.service.clone(),
+            token_ttl: a.token_ttl,
+            signing_key,
+            throttle: ThrottleConfig {
+                max_failures: a.max_failures,
+                window: a.failure_window,
+                block: a.block,
+                ..ThrottleConfig::default()
+            },
+        },
+        secrets,
+    ))
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (a terminal).

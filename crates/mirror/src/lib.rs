@@ -103,6 +103,11 @@ impl Mirror {
         route::route(&self.upstreams, ns, name)
     }
 
+    /// The configured upstreams' names, the default first.
+    pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
+        self.upstreams.iter().map(|u| u.name())
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

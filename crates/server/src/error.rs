@@ -1,6 +1,7 @@
 //! `ApiError`: the only place where errors become HTTP statuses and OCI error bodies.
 
 use http::{header, HeaderValue, Response, StatusCode};
+use pullgate_auth::AuthError;
 use pullgate_mirror::MirrorError;
 use pullgate_oci::{ErrorBody, ErrorCode};
 
@@ -16,6 +17,8 @@ pub struct ApiError {
     log: Option<String>,
     retry_after: Option<u64>,
     content_range_size: Option<u64>,
+    /// `WWW-Authenticate` for a 401.
+    challenge: Option<String>,
 }
 
 impl ApiError {
@@ -28,7 +31,18 @@ impl ApiError {
             log: None,
             retry_after: None,
             content_range_size: None,
+            challenge: None,
         }
+    }
+
+    /// 401 with the challenge that tells the client how to log in.
+    pub fn unauthorized(challenge: String) -> Self {
+        let mut e = ApiError::new(
+            ErrorCode::Unauthorized,
+            "authentication required".to_owned(),
+        );
+        e.challenge = Some(challenge);
+        e
     }
 
     fn status(mut self, status: StatusCode) -> Self {
@@ -60,6 +74,11 @@ impl ApiError {
         if let Some(secs) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(c) = &self.challenge {
+            if let Ok(v) = HeaderValue::from_str(c) {
+                h.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
         if let Some(size) = self.content_range_size {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 h.insert(header::CONTENT_RANGE, v);
@@ -80,6 +99,28 @@ impl From<RouteError> for ApiError {
                 ApiError::new(ErrorCode::NameUnknown, "no such endpoint".to_owned())
                     .status(StatusCode::NOT_FOUND)
             }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            // Callers that can name the access build the challenge themselves.
+            AuthError::Unauthorized => ApiError::unauthorized("Basic realm=\"pullgate\"".into()),
+            AuthError::Denied => ApiError::new(
+                ErrorCode::Denied,
+                "you may not pull this repository through this mirror".to_owned(),
+            ),
+            AuthError::Throttled { retry_after } => {
+                let mut e = ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    "too many failed logins from this address; try again later".to_owned(),
+                );
+                e.retry_after = Some(retry_after.as_secs().max(1));
+                e
+            }
+            other => ApiError::new(ErrorCode::Unknown, None).log(other.to_string()),
         }
     }
 }

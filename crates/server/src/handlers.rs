@@ -6,8 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use pullgate_mirror::{BlobResponse, ManifestResponse, Mirror, PassthroughResponse};
+use pullgate_auth::{Access, AuthError, Authenticator};
+use pullgate_mirror::{BlobResponse, ManifestResponse, Mirror, PassthroughResponse, Target};
 use pullgate_oci::{AcceptList, RangeSpec, RepoName};
+
+use crate::audit::{Audit, AuditEvent};
+use crate::token;
 
 use crate::body::Body;
 use crate::error::ApiError;
@@ -18,6 +22,23 @@ const API_VERSION: &str = "registry/2.0";
 /// Everything a request handler needs.
 pub struct App {
     pub mirror: Arc<Mirror>,
+    /// Who may pull: checked once, centrally, before any handler runs.
+    pub auth: Authenticator,
+    pub audit: Audit,
+}
+
+/// What the audit line and the access log say about a request, filled in as it is handled.
+#[derive(Default)]
+struct Ctx {
+    user: Option<String>,
+    upstream: Option<String>,
+    repo: Option<String>,
+    reference: Option<String>,
+    digest: Option<String>,
+    /// Manifest pulls are audited whatever their outcome.
+    manifest: bool,
+    source: Option<&'static str>,
+    bytes: u64,
 }
 
 pub(crate) async fn handle<B>(app: Arc<App>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
@@ -26,25 +47,52 @@ pub(crate) async fn handle<B>(app: Arc<App>, req: Request<B>, peer: SocketAddr) 
     let head = method == http::Method::HEAD;
     let path = req.uri().path().to_owned();
     let query = Query::parse(req.uri().query());
+    let mut ctx = Ctx::default();
 
-    let (mut resp, source) = match dispatch(&app, &req, &method, &path, &query).await {
-        Ok(ok) => ok,
+    let mut resp = match dispatch(&app, &req, &method, &path, &query, peer, &mut ctx).await {
+        Ok(resp) => resp,
         Err(e) => {
             log_error(&e, &method, &path, peer);
-            (e.into_response(head), None)
+            e.into_response(head)
         }
     };
     resp.headers_mut().insert(
         "Docker-Distribution-API-Version",
         HeaderValue::from_static(API_VERSION),
     );
+    let status = resp.status().as_u16();
+    let refused = match status {
+        401 => Some("unauthorized"),
+        403 => Some("denied"),
+        429 if ctx.user.is_none() || ctx.upstream.is_none() => Some("throttled"),
+        _ => None,
+    };
+    if ctx.manifest || refused.is_some() {
+        let outcome = refused
+            .or(ctx.source)
+            .unwrap_or(if status < 400 { "ok" } else { "error" });
+        app.audit.record(&AuditEvent {
+            time: crate::audit::now_rfc3339(),
+            user: ctx.user.as_deref(),
+            client: peer.ip().to_string(),
+            method: method.as_str(),
+            upstream: ctx.upstream.as_deref(),
+            repository: ctx.repo.as_deref(),
+            reference: ctx.reference.as_deref(),
+            digest: ctx.digest.clone(),
+            outcome,
+            status,
+            bytes: if head { 0 } else { ctx.bytes },
+        });
+    }
     tracing::info!(
         target: "pullgate::access",
         client = %peer,
+        user = ctx.user.as_deref().unwrap_or("-"),
         %method,
         path,
-        status = resp.status().as_u16(),
-        source = source.unwrap_or("-"),
+        status,
+        source = ctx.source.unwrap_or("-"),
         ms = started.elapsed().as_millis() as u64,
     );
     resp
@@ -59,57 +107,121 @@ fn log_error(e: &ApiError, method: &http::Method, path: &str, peer: SocketAddr) 
     }
 }
 
-type Handled = (Response<Body>, Option<&'static str>);
+/// The token realm as this client reached us: its `Host`, if it is a plain host[:port].
+fn realm_url<B>(req: &Request<B>) -> String {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}/token")
+}
 
+#[allow(clippy::too_many_arguments)]
 async fn dispatch<B>(
     app: &App,
     req: &Request<B>,
     method: &http::Method,
     path: &str,
     query: &Query,
-) -> Result<Handled, ApiError> {
+    peer: SocketAddr,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>, ApiError> {
     let route = Route::parse(method, path)?;
+    if route == Route::Healthz {
+        return Ok(text_ok("ok\n"));
+    }
+    let auth = &app.auth;
+    let realm = realm_url(req);
+    let unauthorized =
+        |access: Option<&Access>| ApiError::unauthorized(auth.challenge(&realm, access));
+
+    auth.check_throttle(peer.ip()).map_err(ApiError::from)?;
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match auth.authenticate(authorization, peer.ip()) {
+        Ok(p) => p,
+        Err(AuthError::Unauthorized) => return Err(unauthorized(None)),
+        Err(e) => return Err(e.into()),
+    };
+    ctx.user = principal.as_ref().map(|p| p.user.clone());
+
     let mirror = &app.mirror;
-    let target = |name: &RepoName| mirror.route(query.ns.as_deref(), name);
+    // Resolve the upstream, then check this principal may pull from it: once, here.
+    let target = |name: &RepoName, ctx: &mut Ctx| -> Result<Target, ApiError> {
+        let t = mirror.route(query.ns.as_deref(), name)?;
+        ctx.upstream = Some(t.upstream_name().to_owned());
+        ctx.repo = Some(t.repo.to_string());
+        let access = Access {
+            upstream: t.upstream_name().to_owned(),
+            repo: t.repo.to_string(),
+        };
+        match auth.authorize(principal.as_ref(), &access) {
+            Ok(()) => Ok(t),
+            Err(AuthError::Unauthorized) => Err(unauthorized(Some(&access))),
+            Err(e) => Err(e.into()),
+        }
+    };
+
     match route {
-        Route::Base => Ok((json_ok(b"{}"), None)),
-        Route::Healthz => Ok((text_ok("ok\n"), None)),
+        Route::Healthz => Ok(text_ok("ok\n")),
+        Route::Base => {
+            if principal.is_none() && !auth.anonymous() {
+                return Err(unauthorized(None));
+            }
+            Ok(json_ok(b"{}"))
+        }
+        Route::Token => token::issue(app, principal.as_ref(), query),
         Route::Manifest {
             name,
             reference,
             head,
         } => {
+            ctx.manifest = true;
+            ctx.reference = Some(reference.to_string());
+            let t = target(&name, ctx)?;
             let accept = AcceptList::from_headers(
                 req.headers()
                     .get_all(header::ACCEPT)
                     .iter()
                     .filter_map(|v| v.to_str().ok()),
             );
-            let m = mirror
-                .manifest(&target(&name)?, &reference, &accept)
-                .await?;
-            let source = m.source.as_str();
-            Ok((manifest_response(m, head), Some(source)))
+            let m = mirror.manifest(&t, &reference, &accept).await?;
+            ctx.source = Some(m.source.as_str());
+            ctx.digest = Some(m.digest.to_string());
+            ctx.bytes = m.bytes.len() as u64;
+            Ok(manifest_response(m, head))
         }
         Route::Blob { name, digest, head } => {
+            let t = target(&name, ctx)?;
             let range = req
                 .headers()
                 .get(header::RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| RangeSpec::parse(v).ok());
-            let b = mirror.blob(&target(&name)?, &digest, range, head).await?;
-            let source = b.source.as_str();
-            Ok((blob_response(b, &digest.to_string()), Some(source)))
+            let b = mirror.blob(&t, &digest, range, head).await?;
+            ctx.source = Some(b.source.as_str());
+            Ok(blob_response(b, &digest.to_string()))
         }
         Route::Tags { name } => {
-            let p = mirror.tags_list(&target(&name)?, &query.forward).await?;
-            Ok((passthrough_response(p), Some("upstream")))
+            let t = target(&name, ctx)?;
+            let p = mirror.tags_list(&t, &query.forward).await?;
+            ctx.source = Some("upstream");
+            Ok(passthrough_response(p))
         }
         Route::Referrers { name, digest } => {
-            let p = mirror
-                .referrers(&target(&name)?, &digest, &query.forward)
-                .await?;
-            Ok((passthrough_response(p), Some("upstream")))
+            let t = target(&name, ctx)?;
+            let p = mirror.referrers(&t, &digest, &query.forward).await?;
+            ctx.source = Some("upstream");
+            Ok(passthrough_response(p))
         }
     }
 }

@@ -7,10 +7,12 @@
 //!
 //! Main items: [`serve`], [`ServerConfig`], [`App`], [`Route`], [`ApiError`], [`Body`].
 
+mod audit;
 mod body;
 mod error;
 mod handlers;
 mod route;
+mod token;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,6 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+pub use audit::{Audit, AuditEvent};
 pub use body::Body;
 pub use error::ApiError;
 pub use handlers::App;

@@ -28,6 +28,8 @@ pub enum Route {
     },
     /// Liveness: the process answers HTTP.
     Healthz,
+    /// `GET /token`: the Docker token endpoint (when the token scheme is on).
+    Token,
 }
 
 /// Why a request cannot be routed; each maps to one OCI error in `ApiError`.
@@ -53,7 +55,12 @@ pub struct Query {
     pub ns: Option<String>,
     /// `n`, `last` (tags list) and `artifactType` (referrers), re-encoded for the upstream.
     pub forward: String,
+    /// `scope=` values of a token request, decoded (at most [`MAX_SCOPES`]).
+    pub scopes: Vec<String>,
 }
+
+/// Scopes honoured in one token request; a client asks for one or two.
+pub const MAX_SCOPES: usize = 16;
 
 impl Route {
     pub fn parse(method: &http::Method, path: &str) -> Result<Route, RouteError> {
@@ -65,6 +72,7 @@ impl Route {
         let head = *method == Method::HEAD;
         match path {
             "/healthz" if read => return Ok(Route::Healthz),
+            "/token" if *method == Method::GET => return Ok(Route::Token),
             "/v2" | "/v2/" if read => return Ok(Route::Base),
             "/v2" | "/v2/" => return Err(unsupported(method)),
             _ => {}
@@ -153,6 +161,14 @@ impl Query {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "ns" => q.ns = percent_decode(v),
+                "scope" if q.scopes.len() < MAX_SCOPES => {
+                    // Form encoding: `+` is a space, which separates scopes too.
+                    if let Some(v) = percent_decode(&v.replace('+', " ")) {
+                        q.scopes
+                            .extend(v.split(' ').filter(|s| !s.is_empty()).map(str::to_owned));
+                        q.scopes.truncate(MAX_SCOPES);
+                    }
+                }
                 // Forward verbatim: the client already encoded them for a registry.
                 "n" | "last" | "artifactType" => forward.push(pair),
                 _ => {}
@@ -270,5 +286,18 @@ mod tests {
         assert_eq!(q.forward, "n=10&last=b");
         assert_eq!(Query::parse(Some("ns=%zz")).ns, None);
         assert_eq!(Query::parse(None), Query::default());
+        let q = Query::parse(Some(
+            "service=pullgate&scope=repository%3Alibrary%2Falpine%3Apull&scope=repository:127.0.0.1:5001/a/b:pull+repository:c:pull",
+        ));
+        assert_eq!(
+            q.scopes,
+            [
+                "repository:library/alpine:pull",
+                "repository:127.0.0.1:5001/a/b:pull",
+                "repository:c:pull"
+            ]
+        );
+        let many = vec!["scope=repository:a:pull"; 40].join("&");
+        assert_eq!(Query::parse(Some(&many)).scopes.len(), MAX_SCOPES);
     }
 }

@@ -1,0 +1,77 @@
+//! `GET /token`: the Docker token endpoint. A client trades Basic credentials for a short
+//! signed token naming exactly the repositories it asked for and may pull.
+
+use http::{header, HeaderValue, Response};
+use pullgate_auth::{parse_scope, Access, Principal, Scheme};
+use pullgate_mirror::{Mirror, Target};
+use pullgate_oci::RepoName;
+
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::handlers::App;
+use crate::route::{Query, RouteError};
+
+pub(crate) fn issue(
+    app: &App,
+    principal: Option<&Principal>,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    if app.auth.scheme() != Scheme::Token {
+        return Err(RouteError::NotFound.into());
+    }
+    let Some(principal) = principal else {
+        // The token endpoint itself takes Basic credentials.
+        return Err(ApiError::unauthorized(
+            "Basic realm=\"pullgate\"".to_owned(),
+        ));
+    };
+    let wanted: Vec<Access> = query
+        .scopes
+        .iter()
+        .filter_map(|s| parse_scope(s))
+        .filter(|(_, actions)| actions.iter().any(|a| a == "pull" || a == "*"))
+        .filter_map(|(name, _)| resolve(&app.mirror, &name))
+        .collect();
+    let token = app.auth.issue_token(principal, &wanted);
+    let body = serde_json::json!({
+        "token": token.token,
+        "access_token": token.token,
+        "expires_in": token.expires_in,
+        "issued_at": token.issued_at,
+    })
+    .to_string();
+    let len = body.len();
+    let mut resp = Response::new(Body::full(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    // A token is a credential: no cache may keep it.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// A scope's repository name, as our challenges write it (`<upstream>/<repo>`, where the
+/// upstream name may carry a port) or as a client writes it (routed like a request path).
+fn resolve(mirror: &Mirror, name: &str) -> Option<Access> {
+    for upstream in mirror.upstream_names() {
+        let rest = name
+            .strip_prefix(upstream)
+            .and_then(|r| r.strip_prefix('/'));
+        if let Some(rest) = rest {
+            let repo = RepoName::parse(rest).ok()?;
+            return mirror.route(Some(upstream), &repo).ok().map(access);
+        }
+    }
+    let repo = RepoName::parse(name).ok()?;
+    mirror.route(None, &repo).ok().map(access)
+}
+
+fn access(t: Target) -> Access {
+    Access {
+        upstream: t.upstream_name().to_owned(),
+        repo: t.repo.to_string(),
+    }
+}
