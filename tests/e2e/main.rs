@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod client_auth;
 mod errors;
 mod faults;
 mod pull;

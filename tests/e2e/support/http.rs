@@ -42,7 +42,23 @@ pub fn client() -> reqwest::Client {
 }
 
 pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut r = client().request(method.parse().expect("method"), url);
+    request_from(None, method, url, headers).await
+}
+
+/// From a chosen local address (`127.0.0.2` is another client as far as pullgate knows).
+pub async fn request_from(
+    local: Option<std::net::IpAddr>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(120))
+        .local_address(local)
+        .build()
+        .expect("client");
+    let mut r = client.request(method.parse().expect("method"), url);
     for (k, v) in headers {
         r = r.header(*k, *v);
     }
@@ -59,4 +75,13 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply
 
 pub async fn get(url: &str) -> Reply {
     request("GET", url, &[]).await
+}
+
+/// `Basic base64(user:password)`.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }

@@ -6,6 +6,7 @@ pub mod fault;
 pub mod http;
 pub mod images;
 pub mod pullgate;
+pub mod secret;
 pub mod skopeo;
 
 use std::net::TcpListener;

@@ -14,6 +14,10 @@ pub struct Options {
     pub credentials: Option<PathBuf>,
     pub tag_ttl: String,
     pub read_timeout: String,
+    /// Listen on this port (else a free one).
+    pub port: Option<u16>,
+    /// More TOML appended to the configuration (`[auth]`, `[audit]` ...).
+    pub extra: String,
 }
 
 impl Options {
@@ -30,6 +34,8 @@ impl Options {
             credentials: None,
             tag_ttl: "60s".into(),
             read_timeout: "30s".into(),
+            port: None,
+            extra: String::new(),
         }
     }
 }
@@ -43,7 +49,7 @@ pub struct Pullgate {
 impl Pullgate {
     pub fn start(opts: Options) -> Pullgate {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
+        let port = opts.port.unwrap_or_else(free_port);
         let mut config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[cache]\ndir = \"{}\"\ntag_ttl = \"{}\"\n\n[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nread_timeout = \"{}\"\nconnect_timeout = \"2s\"\n",
             dir.path().join("cache").display(),
@@ -55,6 +61,8 @@ impl Pullgate {
         if let Some(c) = &opts.credentials {
             config.push_str(&format!("credentials = \"{}\"\n", c.display()));
         }
+        config.push('\n');
+        config.push_str(&opts.extra);
         let config_path = dir.path().join("pullgate.toml");
         fs::write(&config_path, config).expect("write config");
         let mut p = Pullgate {
@@ -113,6 +121,11 @@ impl Pullgate {
     /// Files currently in the cache's tmp/ directory.
     pub fn tmp_files(&self) -> usize {
         fs::read_dir(self.cache_dir().join("tmp")).map_or(0, |d| d.count())
+    }
+
+    /// A scratch directory that lives as long as this pullgate (for audit logs, secrets).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn log_path(&self) -> PathBuf {
