@@ -796,6 +796,32 @@ mod tests {
         }
 
         #[test]
+        fn malformed_entries_fail_cleanly_without_echoing_values(
+            secret in "[A-Za-z0-9]{16,32}",
+            shape in 0usize..7,
+        ) {
+            // Wrong types, bad base64, missing halves: each is an error (or skipped), never
+            // a panic, and the message never repeats the value.
+            let entry = match shape {
+                0 => serde_json::json!({ "auth": 12345 }),
+                1 => serde_json::json!({ "auth": format!("!{secret}!") }),
+                2 => serde_json::json!({ "auth": STANDARD.encode(&secret) }), // no colon
+                3 => serde_json::json!({ "username": secret.clone() }),
+                4 => serde_json::json!({ "username": ["x"], "password": secret.clone() }),
+                5 => serde_json::json!([secret.clone()]),
+                _ => serde_json::json!({ "auths": secret.clone() }),
+            };
+            let json = if shape == 6 { entry } else { serde_json::json!({ "auths": { "r.io": entry } }) };
+            match DockerConfig::parse(json.to_string().as_bytes()) {
+                Ok(c) => prop_assert!(c.for_host("r.io").is_none()),
+                Err(e) => {
+                    let shown = format!("{e} {e:?}");
+                    prop_assert!(!shown.contains(&secret));
+                }
+            }
+        }
+
+        #[test]
         fn parse_never_panics_on_config_shaped_input(
             key in "\\PC{0,24}",
             field in prop_oneof![Just("auth"), Just("username"), Just("password"), Just("identitytoken")],
