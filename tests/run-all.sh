@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every pullgate test: formatting, lints, unit tests, and the end-to-end tests that start
-# real registries (CNCF Distribution) and real clients (skopeo) on loopback.
+# real registries (CNCF Distribution) and real clients (skopeo, dockerd, containerd, podman) on
+# loopback; the daemons run only inside loopback-only network namespaces the tests create.
 # On a fresh Debian machine it first installs, with apt, the packages those tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,13 @@ declare -A packages=(
   [docker-registry]=docker-registry
   [skopeo]=skopeo
   [htpasswd]=apache2-utils
+  [dockerd]=docker.io
+  [containerd]=containerd
+  [ctr]=containerd
+  [podman]=podman
+  [runc]=runc
+  [ip]=iproute2
+  [unshare]=util-linux
 )
 missing=()
 for cmd in "${!packages[@]}"; do

@@ -254,17 +254,22 @@ async fn secret_rotation_is_followed_without_restart_or_dropped_pulls() {
     }
     assert_eq!(hasher.finish(), big.layers[0].digest);
 
-    // A broken rotation (not JSON, then too big) keeps the last good set.
-    volume.rotate(b"{ this is not json");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let b = request("GET", &manifest_url, &[("authorization", &bob)]).await;
-    assert_eq!(b.status, 200);
-    volume.rotate(&vec![b' '; 2 * MIB]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let b = request("GET", &manifest_url, &[("authorization", &bob)]).await;
-    assert_eq!(b.status, 200);
+    // A broken rotation (not JSON, not UTF-8, partial, too big) keeps the last good set.
+    let partial = dockerconfigjson(&[(&up, "mallory", "m-pw")]);
+    let broken: [&[u8]; 4] = [
+        b"{ this is not json",
+        &[0xff, 0xfe, 0x00, 0x7b],
+        &partial.as_bytes()[..partial.len() / 2],
+        &vec![b' '; 2 * MIB],
+    ];
+    for bad in broken {
+        volume.rotate(bad);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let b = request("GET", &manifest_url, &[("authorization", &bob)]).await;
+        assert_eq!(b.status, 200);
+    }
     assert!(
-        pullgate.log().matches("ERROR").count() >= 2
+        pullgate.log().matches("ERROR").count() >= 4
             && pullgate.log().contains("cannot reload credentials"),
         "a failed reload is not logged:\n{}",
         pullgate.log()

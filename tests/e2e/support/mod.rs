@@ -5,6 +5,7 @@ pub mod distribution;
 pub mod fault;
 pub mod http;
 pub mod images;
+pub mod netns;
 pub mod pullgate;
 pub mod secret;
 pub mod skopeo;
