@@ -22,6 +22,7 @@ mod token;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -138,6 +139,7 @@ pub struct Authenticator {
     config: AuthConfig,
     secrets: Vec<SecretSource>,
     throttle: Throttle,
+    failures: AtomicU64,
 }
 
 impl Authenticator {
@@ -146,6 +148,7 @@ impl Authenticator {
             throttle: Throttle::new(config.throttle.clone()),
             config,
             secrets,
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -194,6 +197,7 @@ impl Authenticator {
         match result {
             Some(p) => Ok(Some(p)),
             None => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 self.throttle.fail(peer);
                 tracing::debug!(client = %peer, "failed authentication");
                 Err(AuthError::Unauthorized)
@@ -341,6 +345,11 @@ impl Authenticator {
                 c
             }
         }
+    }
+
+    /// Requests whose credentials did not check out, since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// Failed secret reloads, summed over every client secret.

@@ -11,6 +11,7 @@ mod audit;
 mod body;
 mod error;
 mod handlers;
+mod metrics;
 mod route;
 mod token;
 

@@ -30,6 +30,8 @@ pub enum Route {
     Healthz,
     /// `GET /token`: the Docker token endpoint (when the token scheme is on).
     Token,
+    /// Prometheus metrics.
+    Metrics,
 }
 
 /// Why a request cannot be routed; each maps to one OCI error in `ApiError`.
@@ -73,6 +75,7 @@ impl Route {
         match path {
             "/healthz" if read => return Ok(Route::Healthz),
             "/token" if *method == Method::GET => return Ok(Route::Token),
+            "/metrics" if read => return Ok(Route::Metrics),
             "/v2" | "/v2/" if read => return Ok(Route::Base),
             "/v2" | "/v2/" => return Err(unsupported(method)),
             _ => {}
