@@ -230,24 +230,23 @@ async fn dispatch<B>(
     }
 }
 
-fn json_ok(body: &'static [u8]) -> Response<Body> {
+/// A 200 with a small body held whole, its type and exact length.
+pub(crate) fn full_ok(body: impl Into<bytes::Bytes>, content_type: &'static str) -> Response<Body> {
+    let body = body.into();
+    let len = body.len();
     let mut resp = Response::new(Body::full(body));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     resp
 }
 
+fn json_ok(body: &'static [u8]) -> Response<Body> {
+    full_ok(body, "application/json")
+}
+
 fn text_ok(body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Body::full(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    full_ok(body, "text/plain; charset=utf-8")
 }
 
 fn insert_str(h: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {

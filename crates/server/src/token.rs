@@ -8,7 +8,7 @@ use pullgate_oci::RepoName;
 
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::handlers::App;
+use crate::handlers::{full_ok, App};
 use crate::route::{Query, RouteError};
 
 pub(crate) fn issue(
@@ -40,16 +40,10 @@ pub(crate) fn issue(
         "issued_at": token.issued_at,
     })
     .to_string();
-    let len = body.len();
-    let mut resp = Response::new(Body::full(body));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    let mut resp = full_ok(body, "application/json");
     // A token is a credential: no cache may keep it.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }
 
