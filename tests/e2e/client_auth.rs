@@ -351,6 +351,9 @@ async fn token_scheme_issues_scoped_tokens() {
     )
     .await;
     assert!(matches!(r.status, 401 | 403), "{}", r.status);
+    // A token cannot buy a fresh token: it would outlive a rotated-out password.
+    let r = request("GET", &token_url, &[("authorization", &bearer)]).await;
+    assert_eq!(r.status, 401);
     // A tampered token is refused.
     let mut bad = token.clone();
     bad.pop();

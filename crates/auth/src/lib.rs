@@ -98,6 +98,15 @@ enum Kind {
     Token(Vec<String>),
 }
 
+impl Principal {
+    /// Whether this client presented one of our tokens rather than a password. A token is
+    /// never traded for a new one: otherwise it could be renewed forever, outliving the
+    /// credentials it was issued for.
+    pub fn via_token(&self) -> bool {
+        matches!(self.kind, Kind::Token(_))
+    }
+}
+
 impl fmt::Debug for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let via = match &self.kind {

@@ -197,6 +197,7 @@ fn tokens_carry_exactly_the_granted_access() {
     let bearer = format!("Bearer {}", issued.token);
     let p = a.authenticate(Some(&bearer), peer(1)).unwrap().unwrap();
     assert_eq!(p.user, "team");
+    assert!(p.via_token() && !team.via_token());
     assert!(a
         .authorize(Some(&p), &access("ghcr.io", "team-a/app"))
         .is_ok());

@@ -19,8 +19,8 @@ pub(crate) fn issue(
     if app.auth.scheme() != Scheme::Token {
         return Err(RouteError::NotFound.into());
     }
-    let Some(principal) = principal else {
-        // The token endpoint itself takes Basic credentials.
+    let Some(principal) = principal.filter(|p| !p.via_token()) else {
+        // The token endpoint itself takes Basic credentials, never a token.
         return Err(ApiError::unauthorized(
             "Basic realm=\"pullgate\"".to_owned(),
         ));
