@@ -20,6 +20,7 @@ mod throttle;
 mod token;
 
 use std::fmt;
+use std::io::Read as _;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +53,8 @@ pub struct Rule {
     pub patterns: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+/// What [`Authenticator`] enforces. `Debug` hides the signing key.
+#[derive(Clone)]
 pub struct AuthConfig {
     pub scheme: Scheme,
     /// Requests without credentials may pull anything.
@@ -68,6 +70,26 @@ pub struct AuthConfig {
     /// HS256 key; see [`load_or_generate_key`].
     pub signing_key: Vec<u8>,
     pub throttle: ThrottleConfig,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("scheme", &self.scheme)
+            .field("anonymous", &self.anonymous)
+            .field("mirror_hosts", &self.mirror_hosts)
+            .field("upstreams", &self.upstreams)
+            .field("rules", &self.rules)
+            .field("service", &self.service)
+            .field("token_ttl", &self.token_ttl)
+            // Anyone holding the key can mint tokens for any repository.
+            .field(
+                "signing_key",
+                &format_args!("<{} bytes>", self.signing_key.len()),
+            )
+            .field("throttle", &self.throttle)
+            .finish()
+    }
 }
 
 /// Pull `repo` (as the upstream names it) from the upstream named `upstream`.
@@ -138,8 +160,18 @@ impl fmt::Debug for IssuedToken {
     }
 }
 
+/// Clients pad `Basic` values, but hand-written `curl -H` headers sometimes do not.
+const BASIC_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// `Basic` values longer than this are refused unread.
 const MAX_BASIC_LEN: usize = 4096;
+
+/// Largest signing key file read: keys are 32 to 64 bytes; more means a wrong mount.
+const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// Signing keys shorter than this are refused: HS256 wants 256 bits.
 const MIN_KEY_LEN: usize = 32;
@@ -195,12 +227,29 @@ impl Authenticator {
                 Some((user, password)) if user.is_empty() && password.is_empty() => {
                     return Ok(None)
                 }
-                Some((user, password)) => self.check_basic(&user, &password),
-                None => None,
+                Some((user, password)) => {
+                    let principal = self.check_basic(&user, &password);
+                    if principal.is_none() {
+                        // The user name only, Debug-quoted so a crafted one cannot forge
+                        // log lines; the password is never logged.
+                        tracing::debug!(client = %peer, user = ?user, "wrong user name or password");
+                    }
+                    principal
+                }
+                None => {
+                    tracing::debug!(client = %peer, "malformed Basic credentials");
+                    None
+                }
             }
         } else if scheme.eq_ignore_ascii_case("bearer") {
-            self.check_token(rest)
+            let principal = self.check_token(rest);
+            if principal.is_none() {
+                // Never the token itself: it would be a working credential until it expires.
+                tracing::debug!(client = %peer, "invalid, expired or foreign bearer token");
+            }
+            principal
         } else {
+            tracing::debug!(client = %peer, "unsupported authorization scheme");
             None
         };
         match result {
@@ -208,7 +257,6 @@ impl Authenticator {
             None => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 self.throttle.fail(peer);
-                tracing::debug!(client = %peer, "failed authentication");
                 Err(AuthError::Unauthorized)
             }
         }
@@ -397,11 +445,16 @@ pub fn load_or_generate_key(path: Option<&Path>) -> Result<Vec<u8>, AuthError> {
         path: path.to_owned(),
         reason,
     };
-    let meta = std::fs::metadata(path).map_err(|e| bad(e.kind().to_string()))?;
-    if meta.len() > 64 * 1024 {
+    // Bounded by the read itself, not a size checked beforehand: a wrong mount may be a
+    // device or a file that grows.
+    let file = std::fs::File::open(path).map_err(|e| bad(e.kind().to_string()))?;
+    let mut key = Vec::new();
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut key)
+        .map_err(|e| bad(e.kind().to_string()))?;
+    if key.len() as u64 > MAX_KEY_FILE {
         return Err(bad("larger than 64 KiB".into()));
     }
-    let mut key = std::fs::read(path).map_err(|e| bad(e.kind().to_string()))?;
     while key.last().is_some_and(|b| b.is_ascii_whitespace()) {
         key.pop();
     }
@@ -415,7 +468,7 @@ fn decode_basic(b64: &str) -> Option<(String, String)> {
     if b64.len() > MAX_BASIC_LEN {
         return None;
     }
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let bytes = BASIC_BASE64.decode(b64).ok()?;
     let text = String::from_utf8(bytes).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))

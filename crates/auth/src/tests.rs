@@ -81,7 +81,20 @@ fn no_credentials_and_empty_basic_are_anonymous_requests() {
         ..config()
     };
     let (a, _d) = with_secret(open, SECRET);
+    assert!(a.anonymous());
     assert!(a.authorize(None, &access("ghcr.io", "x/y")).is_ok());
+    // Presenting credentials never gets a client less than presenting none would.
+    let quay = a
+        .authenticate(Some(&basic("quay", "quay-pw")), peer(1))
+        .unwrap();
+    assert!(a
+        .authorize(quay.as_ref(), &access("ghcr.io", "x/y"))
+        .is_ok());
+    // Wrong credentials are still wrong, anonymous or not.
+    assert!(matches!(
+        a.authenticate(Some(&basic("quay", "nope")), peer(1)),
+        Err(AuthError::Unauthorized)
+    ));
 }
 
 #[test]
@@ -164,12 +177,151 @@ fn wrong_credentials_are_refused_and_throttled_per_address() {
         Err(AuthError::Throttled { retry_after }) => assert!(retry_after > Duration::ZERO),
         other => panic!("not throttled: {other:?}"),
     }
+    assert_eq!(a.failures(), 3);
     // Elsewhere, the right password still works.
     assert!(a.check_throttle(peer(8)).is_ok());
     assert!(a
         .authenticate(Some(&basic("admin", "admin-pw")), peer(8))
         .unwrap()
         .is_some());
+    // A right password from the blocked address does not lift its block.
+    assert!(a
+        .authenticate(Some(&basic("admin", "admin-pw")), peer(9))
+        .unwrap()
+        .is_some());
+    assert!(matches!(
+        a.check_throttle(peer(9)),
+        Err(AuthError::Throttled { .. })
+    ));
+    assert!(a.check_throttle(peer(8)).is_ok());
+    assert_eq!(a.failures(), 3);
+}
+
+#[test]
+fn unpadded_basic_and_scheme_case_are_accepted() {
+    let (a, _d) = with_secret(config(), SECRET);
+    // "admin:admin-pw" is 14 bytes, so its padded base64 ends in "=".
+    let padded = b64("admin:admin-pw");
+    assert!(padded.ends_with('='));
+    let unpadded = padded.trim_end_matches('=');
+    for header in [
+        format!("Basic {unpadded}"),
+        format!("basic  {}", b64("admin:admin-pw")),
+    ] {
+        assert_eq!(
+            a.authenticate(Some(&header), peer(1))
+                .unwrap()
+                .map(|p| p.user),
+            Some("admin".to_owned()),
+            "{header}"
+        );
+    }
+    assert!(matches!(
+        a.authenticate(Some("Digest foo"), peer(1)),
+        Err(AuthError::Unauthorized)
+    ));
+}
+
+#[test]
+fn rules_with_double_star_and_wildcard_keys() {
+    let cfg = AuthConfig {
+        mirror_hosts: vec!["mirror.example.com:5000".into()],
+        upstreams: vec![
+            "docker.io".into(),
+            "ghcr.io".into(),
+            "registry.corp.example".into(),
+        ],
+        rules: vec![
+            Rule {
+                user: "dev".into(),
+                patterns: vec!["ghcr.io/team-a/**".into(), "docker.io/library/*".into()],
+            },
+            // A second rule for the same user adds patterns.
+            Rule {
+                user: "dev".into(),
+                patterns: vec!["registry.corp.example/base".into()],
+            },
+        ],
+        ..config()
+    };
+    let secret = r#"{"auths":{
+        "mirror.example.com:5000": {"username": "dev", "password": "dev-pw"},
+        "*.corp.example": {"username": "corp", "password": "corp-pw"}
+    }}"#;
+    let (a, _d) = with_secret(cfg, secret);
+    let dev = a
+        .authenticate(Some(&basic("dev", "dev-pw")), peer(1))
+        .unwrap()
+        .unwrap();
+    for ok in [
+        access("ghcr.io", "team-a"),
+        access("ghcr.io", "team-a/app"),
+        access("ghcr.io", "team-a/x/y/app"),
+        access("docker.io", "library/alpine"),
+        access("registry.corp.example", "base"),
+    ] {
+        assert!(a.authorize(Some(&dev), &ok).is_ok(), "{ok:?}");
+    }
+    for denied in [
+        access("ghcr.io", "team-ab/app"),
+        access("ghcr.io", "team-b/app"),
+        access("docker.io", "library/x/y"),
+        access("docker.io", "bitnami/redis"),
+        access("registry.corp.example", "base/sub"),
+    ] {
+        assert!(
+            matches!(a.authorize(Some(&dev), &denied), Err(AuthError::Denied)),
+            "{denied:?}"
+        );
+    }
+    // `*.corp.example` names the upstream registry.corp.example, one label deep, and no
+    // rule narrows user corp.
+    let corp = a
+        .authenticate(Some(&basic("corp", "corp-pw")), peer(1))
+        .unwrap()
+        .unwrap();
+    assert!(a
+        .authorize(Some(&corp), &access("registry.corp.example", "any/thing"))
+        .is_ok());
+    assert!(matches!(
+        a.authorize(Some(&corp), &access("ghcr.io", "any/thing")),
+        Err(AuthError::Denied)
+    ));
+}
+
+#[test]
+fn the_union_of_every_matching_entry_across_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one.json");
+    let two = dir.path().join("two.json");
+    std::fs::write(
+        &one,
+        r#"{"auths":{"ghcr.io/team-a":{"username":"u","password":"pw"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &two,
+        r#"{"auths":{"docker.io":{"username":"u","password":"pw"},"ghcr.io/team-b":{"username":"u","password":"other"}}}"#,
+    )
+    .unwrap();
+    let sources = [&one, &two]
+        .iter()
+        .map(|p| SecretSource::open(p).unwrap())
+        .collect();
+    let a = Authenticator::new(config(), sources);
+    let u = a
+        .authenticate(Some(&basic("u", "pw")), peer(1))
+        .unwrap()
+        .unwrap();
+    assert!(a
+        .authorize(Some(&u), &access("ghcr.io", "team-a/x"))
+        .is_ok());
+    assert!(a.authorize(Some(&u), &access("docker.io", "x/y")).is_ok());
+    // Same user, other password: that entry's grant is not this principal's.
+    assert!(matches!(
+        a.authorize(Some(&u), &access("ghcr.io", "team-b/x")),
+        Err(AuthError::Denied)
+    ));
 }
 
 #[test]
@@ -354,6 +506,20 @@ fn debug_shows_no_secret() {
         .unwrap();
     let shown = format!("{p:?}");
     assert!(shown.contains("admin") && !shown.contains("admin-pw"));
+
+    let key = b"0123456789abcdef0123456789abcdef".to_vec();
+    let shown = format!(
+        "{:?}",
+        AuthConfig {
+            signing_key: key,
+            ..config()
+        }
+    );
+    assert!(shown.contains("<32 bytes>"), "{shown}");
+    assert!(
+        !shown.contains("0123456789") && !shown.contains("48, 49"),
+        "{shown}"
+    );
 }
 
 proptest! {

@@ -65,9 +65,11 @@ impl Throttle {
             };
             peers.retain(|_, r| !expired(r));
             if peers.len() >= c.max_tracked {
+                // Unblocked addresses go first: otherwise a guesser could spray failures from
+                // many addresses (cheap with IPv6) to push its own block out of the map.
                 if let Some(oldest) = peers
                     .iter()
-                    .min_by_key(|(_, r)| r.window_start)
+                    .min_by_key(|(_, r)| (r.blocked_until.is_some_and(|u| u > now), r.window_start))
                     .map(|(ip, _)| *ip)
                 {
                     peers.remove(&oldest);
@@ -118,5 +120,27 @@ mod tests {
             t.fail(IpAddr::from([10, 1, 0, i]));
         }
         assert!(t.peers.lock().unwrap().len() <= 4);
+        // Spraying single failures from other addresses does not evict the block.
+        assert!(t.blocked(a).is_some());
+    }
+
+    #[test]
+    fn failures_count_within_one_window_only() {
+        let t = Throttle::new(ThrottleConfig {
+            max_failures: 2,
+            window: Duration::from_millis(50),
+            block: Duration::from_secs(30),
+            max_tracked: 16,
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        // Two failures in separate windows never block.
+        t.fail(a);
+        std::thread::sleep(Duration::from_millis(80));
+        t.fail(a);
+        assert!(t.blocked(a).is_none());
+        t.fail(a);
+        assert!(t.blocked(a).is_some());
+        assert!(t.blocked(b).is_none());
     }
 }

@@ -129,14 +129,31 @@ impl DockerConfig {
     }
 
     /// The credential for a registry host such as `ghcr.io` or `127.0.0.1:5000`. An exact
-    /// key beats a wildcard key.
+    /// key beats a wildcard key, and keys without a repository path beat keys with one.
+    ///
+    /// When the only keys for the host carry a path (`ghcr.io/team-a`), the first of them in
+    /// key order is returned: for upstream credentials the admin picked this secret for this
+    /// upstream, and ignoring its only entry would silently pull anonymously instead.
     pub fn for_host(&self, host: &str) -> Option<&Credential> {
         let host = normalize_host(host);
         if let Some(credential) = self.entries.get(host.as_str()) {
             return Some(credential);
         }
-        // One label only, as kubelet's glob does: `*.example.com` covers `a.example.com` but
-        // neither `example.com` nor `a.b.example.com`.
+        if let Some(credential) = self.wildcard_for(&host) {
+            return Some(credential);
+        }
+        // Keys sharing the prefix `host/` are contiguous in the sorted map, starting at it.
+        let prefix = format!("{host}/");
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, credential)| credential)
+            .next()
+    }
+
+    /// The path-less wildcard key covering `host`. One label only, as kubelet's glob does:
+    /// `*.example.com` covers `a.example.com` but neither `example.com` nor `a.b.example.com`.
+    fn wildcard_for(&self, host: &str) -> Option<&Credential> {
         let (label, rest) = host.split_once('.')?;
         if label.is_empty() || label == "*" || rest.is_empty() {
             return None;
@@ -759,6 +776,7 @@ mod tests {
         assert_eq!(config.len(), 4);
         assert_eq!(config.for_host("ghcr.io").unwrap().username, "org");
         assert_eq!(config.for_host("docker.io").unwrap().username, "hub");
+        assert_eq!(config.for_host("https://ghcr.io/").unwrap().username, "org");
         let mut seen: Vec<(String, Option<String>, String)> = config
             .all_entries()
             .map(|e| {
@@ -787,6 +805,36 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn for_host_prefers_path_less_keys_and_falls_back_to_path_keys() {
+        let json = serde_json::json!({ "auths": {
+            "ghcr.io/team-b": { "username": "b", "password": "p1" },
+            "ghcr.io/team-a": { "username": "a", "password": "p2" },
+            "ghcr.io.evil.example/x": { "username": "evil", "password": "p3" },
+            "*.example.com": { "username": "wild", "password": "p4" },
+            "registry.example.com/team": { "username": "team", "password": "p5" },
+            "https://index.docker.io/v2/": { "username": "hub", "password": "p6" },
+        }});
+        let config = DockerConfig::parse(json.to_string().as_bytes()).unwrap();
+        // Only path keys for ghcr.io: the first in key order.
+        assert_eq!(config.for_host("ghcr.io").unwrap().username, "a");
+        // Another host sharing the text prefix is not taken for it.
+        assert!(config.for_host("ghcr.i").is_none());
+        assert!(config.for_host("quay.io").is_none());
+        // A path-less wildcard beats a path key on the exact host.
+        assert_eq!(
+            config.for_host("registry.example.com").unwrap().username,
+            "wild"
+        );
+        // `/v2/` is an API version, not a path.
+        assert_eq!(config.for_host("docker.io").unwrap().username, "hub");
+        let hub = config
+            .all_entries()
+            .find(|e| e.host == "docker.io")
+            .unwrap();
+        assert_eq!(hub.path, None);
     }
 
     proptest! {
