@@ -1,18 +1,24 @@
 //! Real clients through pullgate, each inside its own loopback-only network namespace
 //! (they fall back to the real registry when a mirror fails): dockerd with
-//! `registry-mirrors` and `docker login`, containerd's `ctr` with `hosts.toml` and
-//! credentials, podman with a `registries.conf` mirror and `podman login`.
+//! `registry-mirrors`, containerd's `ctr` with `hosts.toml`, podman with a `registries.conf`
+//! mirror; anonymously, and with credentials (`docker login`, `ctr --user`, `podman login`).
+//!
+//! pullgate stands in for Docker Hub (upstream name `docker.io`, so a one-component name
+//! gets `library/`), in front of a Distribution upstream. Every test proves the pull went
+//! through pullgate: the upstream's access log shows pullgate fetching each blob once.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::io::Write as _;
+use std::process::Stdio;
 
+use crate::support::clients::{fails, run, stdout, Containerd, Dockerd, Podman};
 use crate::support::distribution::{Auth, Distribution};
-use crate::support::images::{self, Flavor, Image, Pusher};
-use crate::support::netns::{isolate, Daemon};
+use crate::support::free_port;
+use crate::support::images::{self, sha256, Blob, Flavor, Image, Index, Pusher};
+use crate::support::netns::run_isolated;
 use crate::support::pullgate::{Options, Pullgate};
 use crate::support::secret::{dockerconfigjson, SecretVolume};
-use crate::support::{eventually, free_port, require};
+
+const LAYERS: &[usize] = &[256 * 1024, 64 * 1024];
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -22,388 +28,353 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Run a client command; its output, or a panic with everything it said.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
-
-fn fails(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        !out.status.success(),
-        "{cmd:?} succeeded but should not have"
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// A Distribution upstream holding `library/<name>:latest`, and pullgate in front of it
-/// standing in for Docker Hub (upstream name `docker.io`), requiring the credentials of
-/// `entries` (key, user, password) from a kubelet-style secret volume.
-struct Setup {
+/// A Distribution upstream, and pullgate in front of it standing in for Docker Hub.
+struct Hub {
     upstream: Distribution,
     pullgate: Pullgate,
-    image: Image,
-    _dir: tempfile::TempDir,
+    _secrets: tempfile::TempDir,
 }
 
-fn setup(
-    rt: &tokio::runtime::Runtime,
-    name: &str,
-    flavor: Flavor,
-    port: u16,
-    entries: &[(&str, &str, &str)],
-) -> Setup {
-    let upstream = Distribution::start(Auth::Anonymous);
-    let image = images::image(name, &[256 * 1024, 64 * 1024], flavor, "amd64");
-    rt.block_on(Pusher::new(&upstream.url(), None).image(
-        &format!("library/{name}"),
-        "latest",
-        &image,
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    SecretVolume::new(
-        &dir.path().join("clients"),
-        dockerconfigjson(entries).as_bytes(),
-    );
-    let mut opts = Options::new(&upstream.url());
-    opts.upstream_name = "docker.io".into();
-    opts.port = Some(port);
-    opts.extra = format!(
-        "[auth]\nclient_secrets = [\"{}\"]\n",
-        dir.path().join("clients").display()
-    );
-    let pullgate = Pullgate::start(opts);
-    Setup {
-        upstream,
-        pullgate,
-        image,
-        _dir: dir,
+impl Hub {
+    /// pullgate without client authentication.
+    fn anonymous() -> Hub {
+        Hub::start(None, &[])
     }
-}
 
-impl Setup {
-    /// Every blob of the image was fetched from the upstream by pullgate, once.
-    fn assert_pulled_through_pullgate(&self, name: &str) {
-        for b in self.image.blobs() {
+    /// pullgate on `port`, requiring the credentials of `entries` (key, user, password)
+    /// from a kubelet-style secret volume.
+    fn with_clients(port: u16, entries: &[(&str, &str, &str)]) -> Hub {
+        Hub::start(Some(port), entries)
+    }
+
+    fn start(port: Option<u16>, entries: &[(&str, &str, &str)]) -> Hub {
+        let upstream = Distribution::start(Auth::Anonymous);
+        let secrets = tempfile::tempdir().unwrap();
+        let mut opts = Options::new(&upstream.url());
+        opts.upstream_name = "docker.io".into();
+        opts.port = port;
+        if !entries.is_empty() {
+            let volume = secrets.path().join("clients");
+            SecretVolume::new(&volume, dockerconfigjson(entries).as_bytes());
+            opts.extra = format!("[auth]\nclient_secrets = [\"{}\"]\n", volume.display());
+        }
+        let pullgate = Pullgate::start(opts);
+        Hub {
+            upstream,
+            pullgate,
+            _secrets: secrets,
+        }
+    }
+
+    /// Push `library/<name>:latest` to the upstream.
+    fn push_image(&self, name: &str, image: &Image) {
+        runtime().block_on(Pusher::new(&self.upstream.url(), None).image(
+            &format!("library/{name}"),
+            "latest",
+            image,
+        ));
+    }
+
+    fn push_index(&self, name: &str, index: &Index) {
+        runtime().block_on(Pusher::new(&self.upstream.url(), None).index(
+            &format!("library/{name}"),
+            "latest",
+            index,
+        ));
+    }
+
+    /// pullgate fetched each blob from the upstream exactly once.
+    fn assert_fetched_once<'a>(&self, name: &str, blobs: impl IntoIterator<Item = &'a Blob>) {
+        for b in blobs {
             let path = format!("/v2/library/{name}/blobs/{}", b.digest);
             assert_eq!(
                 self.upstream.count("GET", &path),
                 1,
-                "{path} was not fetched through pullgate:\n{}",
+                "{path} was not fetched through pullgate once:\n{}",
                 self.pullgate.log()
             );
         }
     }
+
+    /// … and never these (another platform's).
+    fn assert_never_fetched<'a>(&self, name: &str, blobs: impl IntoIterator<Item = &'a Blob>) {
+        for b in blobs {
+            let path = format!("/v2/library/{name}/blobs/{}", b.digest);
+            assert_eq!(self.upstream.count("GET", &path), 0, "{path} was fetched");
+        }
+    }
+}
+
+/// The diff IDs of an image's (uncompressed) layers, as clients report `RootFS.Layers`.
+fn diff_ids(image: &Image) -> String {
+    serde_json::to_string(&image.layers.iter().map(|l| &l.digest).collect::<Vec<_>>()).unwrap()
+}
+
+/// containerd's snapshot key for the image's top layer (the OCI chain ID).
+fn chain_id(image: &Image) -> String {
+    image
+        .layers
+        .iter()
+        .map(|l| l.digest.clone())
+        .reduce(|chain, diff| sha256(format!("{chain} {diff}").as_bytes()))
+        .expect("layers")
+}
+
+#[test]
+fn docker_pull_through_registry_mirrors() {
+    run_isolated("clients::docker_pull_through_registry_mirrors", || {
+        let hub = Hub::anonymous();
+        // A Docker manifest list, as most Docker Hub images are; dockerd picks linux/amd64.
+        let list = images::index("e2e-docker", LAYERS, Flavor::Docker);
+        hub.push_index("e2e-docker", &list);
+        let dockerd = Dockerd::start(&hub.pullgate.host());
+
+        // A Docker Hub name: only registry-mirrors can serve it here.
+        run(dockerd.docker().args(["pull", "e2e-docker:latest"]));
+        let inspect = |format: &str| {
+            stdout(dockerd.docker().args([
+                "image",
+                "inspect",
+                "--format",
+                format,
+                "e2e-docker:latest",
+            ]))
+        };
+        let amd64 = &list.images[0];
+        // Schema 2: the image ID is the config's digest.
+        assert_eq!(inspect("{{.Id}}"), amd64.config.digest, "{}", dockerd.log());
+        assert_eq!(
+            inspect("{{json .RepoDigests}}"),
+            format!("[\"e2e-docker@{}\"]", list.manifest.digest)
+        );
+        assert_eq!(inspect("{{json .RootFS.Layers}}"), diff_ids(amd64));
+        hub.assert_fetched_once("e2e-docker", amd64.blobs());
+        hub.assert_never_fetched("e2e-docker", list.images[1].blobs());
+        let log = hub.pullgate.log();
+        assert!(
+            log.contains("/v2/library/e2e-docker/manifests/latest"),
+            "{log}"
+        );
+    });
+}
+
+#[test]
+fn containerd_ctr_pull_with_hosts_toml() {
+    run_isolated("clients::containerd_ctr_pull_with_hosts_toml", || {
+        let hub = Hub::anonymous();
+        let index = images::index("e2e-containerd", LAYERS, Flavor::Oci);
+        hub.push_index("e2e-containerd", &index);
+        let containerd = Containerd::start();
+        containerd.mirror(
+            "docker.io",
+            "https://registry-1.docker.io",
+            &hub.pullgate.url(),
+        );
+
+        let reference = "docker.io/library/e2e-containerd:latest";
+        run(&mut containerd.pull(&[], reference));
+        let list = run(containerd.ctr().args(["images", "ls"]));
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(reference) && l.contains(&index.manifest.digest)),
+            "{list}\n{}",
+            hub.pullgate.log()
+        );
+        // Unpacked: the top layer's snapshot exists.
+        let amd64 = &index.images[0];
+        run(containerd
+            .ctr()
+            .args(["snapshots", "--snapshotter", "native", "info"])
+            .arg(chain_id(amd64)));
+        hub.assert_fetched_once("e2e-containerd", amd64.blobs());
+        hub.assert_never_fetched("e2e-containerd", index.images[1].blobs());
+        // containerd names the registry it mirrors.
+        let log = hub.pullgate.log();
+        assert!(log.contains("/v2/library/e2e-containerd/"), "{log}");
+    });
+}
+
+#[test]
+fn podman_pull_with_registries_conf_mirror() {
+    run_isolated("clients::podman_pull_with_registries_conf_mirror", || {
+        let hub = Hub::anonymous();
+        let index = images::index("e2e-podman", LAYERS, Flavor::Oci);
+        hub.push_index("e2e-podman", &index);
+        let podman = Podman::mirroring_docker_io(&hub.pullgate.host());
+
+        let reference = "docker.io/library/e2e-podman:latest";
+        run(podman.podman().args(["pull", reference]));
+        let inspect = |format: &str| {
+            stdout(
+                podman
+                    .podman()
+                    .args(["image", "inspect", "--format", format, reference]),
+            )
+        };
+        let amd64 = &index.images[0];
+        assert_eq!(
+            inspect("{{.Digest}}"),
+            index.manifest.digest,
+            "{}",
+            hub.pullgate.log()
+        );
+        assert_eq!(
+            format!("sha256:{}", inspect("{{.Id}}")),
+            amd64.config.digest
+        );
+        assert_eq!(inspect("{{json .RootFS.Layers}}"), diff_ids(amd64));
+        hub.assert_fetched_once("e2e-podman", amd64.blobs());
+        hub.assert_never_fetched("e2e-podman", index.images[1].blobs());
+        let log = hub.pullgate.log();
+        assert!(
+            log.contains("/v2/library/e2e-podman/manifests/latest"),
+            "{log}"
+        );
+    });
 }
 
 #[test]
 fn docker_login_and_pull_through_registry_mirrors() {
-    if !isolate("clients::docker_login_and_pull_through_registry_mirrors") {
-        return;
-    }
-    require("dockerd");
-    // Debian's CLI, the one tested with its dockerd (another may sit earlier on PATH).
-    assert!(
-        Path::new("/usr/bin/docker").exists(),
-        "/usr/bin/docker is missing: run ./tests/run-all.sh (it installs docker.io)"
-    );
-    let rt = runtime();
-    let port = free_port();
-    let mirror = format!("127.0.0.1:{port}");
-    let s = setup(
-        &rt,
-        "e2e-docker",
-        Flavor::Docker,
-        port,
-        &[
-            // `docker login <mirror>` then pulls by the mirror's name.
-            (&mirror, "laptop", "laptop-pw"),
-            // registry-mirrors sends the user's Docker Hub credentials.
-            ("https://index.docker.io/v1/", "hubuser", "hub-pw"),
-        ],
-    );
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    let sock = w.join("docker.sock");
-    std::fs::create_dir_all(w.join("cli")).unwrap();
-    let daemon_json = serde_json::json!({
-        "registry-mirrors": [format!("http://{mirror}")],
-        "insecure-registries": [mirror],
-        "storage-driver": "vfs",
-        "iptables": false, "ip6tables": false, "ip-masq": false, "ip-forward": false,
-        "bridge": "none", "userland-proxy": false,
-        "data-root": w.join("root"), "exec-root": w.join("exec"),
-        "pidfile": w.join("dockerd.pid"),
-        "hosts": [format!("unix://{}", sock.display())],
-    });
-    std::fs::write(w.join("daemon.json"), daemon_json.to_string()).unwrap();
-    let key_json_existed = Path::new("/etc/docker/key.json").exists();
-    let log = std::fs::File::create(w.join("dockerd.log")).unwrap();
-    let mut dockerd = Daemon::new(
-        "dockerd",
-        Command::new("dockerd")
-            .arg("--config-file")
-            .arg(w.join("daemon.json"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting dockerd"),
-    );
-    let docker = || {
-        let mut c = Command::new("/usr/bin/docker");
-        c.env("DOCKER_HOST", format!("unix://{}", sock.display()))
-            .env("DOCKER_CONFIG", w.join("cli"));
-        c
-    };
-    let dockerd_log = || std::fs::read_to_string(w.join("dockerd.log")).unwrap_or_default();
-    assert!(
-        eventually(Duration::from_secs(60), || docker()
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success())),
-        "dockerd did not come up:\n{}",
-        dockerd_log()
-    );
-    dockerd.assert_running(&dockerd_log());
+    run_isolated(
+        "clients::docker_login_and_pull_through_registry_mirrors",
+        || {
+            let port = free_port();
+            let mirror = format!("127.0.0.1:{port}");
+            let hub = Hub::with_clients(
+                port,
+                &[
+                    // `docker login <mirror>` then pulls by the mirror's name.
+                    (&mirror, "laptop", "laptop-pw"),
+                    // registry-mirrors sends the user's Docker Hub credentials.
+                    ("https://index.docker.io/v1/", "hubuser", "hub-pw"),
+                ],
+            );
+            let image = images::image("e2e-docker", LAYERS, Flavor::Docker, "amd64");
+            hub.push_image("e2e-docker", &image);
+            let dockerd = Dockerd::start(&mirror);
 
-    // No credentials: the mirror refuses, and so does the (unreachable) Hub.
-    fails(docker().args(["pull", "e2e-docker:latest"]));
+            // No credentials: the mirror refuses, and so does the (unreachable) Hub.
+            fails(dockerd.docker().args(["pull", "e2e-docker:latest"]));
 
-    // Docker Hub credentials in the CLI config reach the mirror through registry-mirrors.
-    std::fs::write(
-        w.join("cli/config.json"),
-        dockerconfigjson(&[("https://index.docker.io/v1/", "hubuser", "hub-pw")]),
-    )
-    .unwrap();
-    run(docker().args(["pull", "e2e-docker:latest"]));
-    let id = run(docker().args([
-        "image",
-        "inspect",
-        "--format",
-        "{{.Id}}",
-        "e2e-docker:latest",
-    ]));
-    assert_eq!(id.trim(), s.image.config.digest, "{}", s.pullgate.log());
-    s.assert_pulled_through_pullgate("e2e-docker");
+            // Docker Hub credentials in the CLI config reach the mirror through
+            // registry-mirrors.
+            std::fs::write(
+                dockerd.cli_config(),
+                dockerconfigjson(&[("https://index.docker.io/v1/", "hubuser", "hub-pw")]),
+            )
+            .unwrap();
+            run(dockerd.docker().args(["pull", "e2e-docker:latest"]));
+            let id = stdout(dockerd.docker().args([
+                "image",
+                "inspect",
+                "--format",
+                "{{.Id}}",
+                "e2e-docker:latest",
+            ]));
+            assert_eq!(id, image.config.digest, "{}", hub.pullgate.log());
+            hub.assert_fetched_once("e2e-docker", image.blobs());
 
-    // docker login to the mirror itself, then pull by the mirror's name.
-    std::fs::write(w.join("cli/config.json"), "{}").unwrap();
-    let mut login = docker();
-    login
-        .args(["login", "-u", "laptop", "--password-stdin", &mirror])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = login.spawn().unwrap();
-    {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"laptop-pw").unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker login: {}",
-        String::from_utf8_lossy(&out.stderr)
+            // docker login to the mirror itself, then pull by the mirror's name.
+            std::fs::write(dockerd.cli_config(), "{}").unwrap();
+            let mut login = dockerd
+                .docker()
+                .args(["login", "-u", "laptop", "--password-stdin", &mirror])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            login.stdin.take().unwrap().write_all(b"laptop-pw").unwrap();
+            let out = login.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "docker login: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let by_mirror = format!("{mirror}/library/e2e-docker:latest");
+            run(dockerd.docker().args(["pull", &by_mirror]));
+            let id = stdout(
+                dockerd
+                    .docker()
+                    .args(["image", "inspect", "--format", "{{.Id}}", &by_mirror]),
+            );
+            assert_eq!(id, image.config.digest);
+            // A wrong password is refused at login.
+            fails(
+                dockerd
+                    .docker()
+                    .args(["login", "-u", "laptop", "-p", "wrong", &mirror]),
+            );
+        },
     );
-    let by_mirror = format!("{mirror}/library/e2e-docker:latest");
-    run(docker().args(["pull", &by_mirror]));
-    let id = run(docker().args(["image", "inspect", "--format", "{{.Id}}", &by_mirror]));
-    assert_eq!(id.trim(), s.image.config.digest);
-    // A wrong password is refused at login.
-    let mut bad = docker();
-    bad.args(["login", "-u", "laptop", "-p", "wrong", &mirror]);
-    fails(&mut bad);
-
-    drop(dockerd);
-    if !key_json_existed {
-        let _ = std::fs::remove_file("/etc/docker/key.json");
-    }
 }
 
 #[test]
 fn containerd_ctr_pull_with_hosts_toml_and_credentials() {
-    if !isolate("clients::containerd_ctr_pull_with_hosts_toml_and_credentials") {
-        return;
-    }
-    require("containerd");
-    require("ctr");
-    let rt = runtime();
-    let port = free_port();
-    // kubelet hands containerd the pod's secret entry for the image's own registry.
-    let s = setup(
-        &rt,
-        "e2e-ctr",
-        Flavor::Oci,
-        port,
-        &[("docker.io", "kube", "kube-pw")],
+    run_isolated(
+        "clients::containerd_ctr_pull_with_hosts_toml_and_credentials",
+        || {
+            // kubelet hands containerd the pod's secret entry for the image's own registry.
+            let hub = Hub::with_clients(free_port(), &[("docker.io", "kube", "kube-pw")]);
+            let image = images::image("e2e-ctr", LAYERS, Flavor::Oci, "amd64");
+            hub.push_image("e2e-ctr", &image);
+            let containerd = Containerd::start();
+            containerd.mirror(
+                "docker.io",
+                "https://registry-1.docker.io",
+                &hub.pullgate.url(),
+            );
+
+            let reference = "docker.io/library/e2e-ctr:latest";
+            fails(&mut containerd.pull(&[], reference));
+            fails(&mut containerd.pull(&["--user", "kube:wrong"], reference));
+            run(&mut containerd.pull(&["--user", "kube:kube-pw"], reference));
+            let list = run(containerd.ctr().args(["images", "ls"]));
+            assert!(
+                list.contains(&image.manifest.digest),
+                "{list}\n{}",
+                hub.pullgate.log()
+            );
+            hub.assert_fetched_once("e2e-ctr", image.blobs());
+        },
     );
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    let sock = w.join("containerd.sock");
-    std::fs::write(
-        w.join("config.toml"),
-        format!(
-            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}.ttrpc\"\n",
-            w.join("root").display(),
-            w.join("state").display(),
-            sock.display(),
-            sock.display()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(w.join("certs.d/docker.io")).unwrap();
-    std::fs::write(
-        w.join("certs.d/docker.io/hosts.toml"),
-        format!(
-            "server = \"https://registry-1.docker.io\"\n[host.\"http://127.0.0.1:{port}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(w.join("containerd.log")).unwrap();
-    let mut containerd = Daemon::new(
-        "containerd",
-        Command::new("containerd")
-            .arg("--config")
-            .arg(w.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting containerd"),
-    );
-    let ctr = || {
-        let mut c = Command::new("ctr");
-        c.arg("--address").arg(&sock).args(["-n", "e2e"]);
-        c
-    };
-    let clog = || std::fs::read_to_string(w.join("containerd.log")).unwrap_or_default();
-    assert!(
-        eventually(Duration::from_secs(30), || ctr()
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success())),
-        "containerd did not come up:\n{}",
-        clog()
-    );
-    containerd.assert_running(&clog());
-    let pull = |user: Option<&str>| {
-        let mut c = ctr();
-        c.args(["images", "pull", "--snapshotter", "native", "--hosts-dir"])
-            .arg(w.join("certs.d"));
-        if let Some(u) = user {
-            c.args(["--user", u]);
-        }
-        c.arg("docker.io/library/e2e-ctr:latest");
-        c
-    };
-    fails(&mut pull(None));
-    fails(&mut pull(Some("kube:wrong")));
-    run(&mut pull(Some("kube:kube-pw")));
-    let list = run(ctr().args(["images", "ls"]));
-    assert!(
-        list.contains(&s.image.manifest.digest),
-        "{list}\n{}",
-        s.pullgate.log()
-    );
-    s.assert_pulled_through_pullgate("e2e-ctr");
 }
 
 #[test]
 fn podman_login_and_pull_with_a_registries_conf_mirror() {
-    if !isolate("clients::podman_login_and_pull_with_a_registries_conf_mirror") {
-        return;
-    }
-    require("podman");
-    let rt = runtime();
-    let port = free_port();
-    let mirror = format!("127.0.0.1:{port}");
-    let s = setup(
-        &rt,
-        "e2e-podman",
-        Flavor::Oci,
-        port,
-        &[(&mirror, "dev", "dev-pw")],
+    run_isolated(
+        "clients::podman_login_and_pull_with_a_registries_conf_mirror",
+        || {
+            let port = free_port();
+            let mirror = format!("127.0.0.1:{port}");
+            let hub = Hub::with_clients(port, &[(&mirror, "dev", "dev-pw")]);
+            let image = images::image("e2e-podman", LAYERS, Flavor::Oci, "amd64");
+            hub.push_image("e2e-podman", &image);
+            let podman = Podman::mirroring_docker_io(&mirror);
+
+            let reference = "docker.io/library/e2e-podman:latest";
+            fails(podman.podman().args(["pull", reference]));
+            run(podman.podman().args([
+                "login",
+                "--tls-verify=false",
+                "-u",
+                "dev",
+                "-p",
+                "dev-pw",
+                &mirror,
+            ]));
+            let auth = std::fs::read_to_string(podman.auth_file()).unwrap();
+            assert!(auth.contains(&mirror), "{auth}");
+            run(podman.podman().args(["pull", reference]));
+            let digest = stdout(podman.podman().args([
+                "image",
+                "inspect",
+                "--format",
+                "{{.Digest}}",
+                reference,
+            ]));
+            assert_eq!(digest, image.manifest.digest, "{}", hub.pullgate.log());
+            hub.assert_fetched_once("e2e-podman", image.blobs());
+        },
     );
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    std::fs::write(
-        w.join("registries.conf"),
-        format!(
-            "unqualified-search-registries = [\"docker.io\"]\n[[registry]]\nprefix = \"docker.io\"\nlocation = \"registry-1.docker.io\"\n[[registry.mirror]]\nlocation = \"{mirror}\"\ninsecure = true\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(w.join("auth.json"), "{}").unwrap();
-    std::fs::write(
-        w.join("storage.conf"),
-        format!(
-            "[storage]\ndriver = \"vfs\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n",
-            w.join("runroot").display(),
-            w.join("root").display()
-        ),
-    )
-    .unwrap();
-    let podman = || {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_REGISTRIES_CONF", w.join("registries.conf"))
-            .env("CONTAINERS_STORAGE_CONF", w.join("storage.conf"))
-            .env("REGISTRY_AUTH_FILE", w.join("auth.json"))
-            .env("XDG_RUNTIME_DIR", w.join("xdg"))
-            .env("HOME", w)
-            .args(["--root"])
-            .arg(w.join("root"))
-            .arg("--runroot")
-            .arg(w.join("runroot"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ]);
-        c
-    };
-    std::fs::create_dir_all(w.join("xdg")).unwrap();
-    fails(podman().args(["pull", "docker.io/library/e2e-podman:latest"]));
-    run(podman().args([
-        "login",
-        "--tls-verify=false",
-        "-u",
-        "dev",
-        "-p",
-        "dev-pw",
-        &mirror,
-    ]));
-    run(podman().args(["pull", "docker.io/library/e2e-podman:latest"]));
-    let digest = run(podman().args([
-        "image",
-        "inspect",
-        "--format",
-        "{{.Digest}}",
-        "docker.io/library/e2e-podman:latest",
-    ]));
-    assert_eq!(
-        digest.trim(),
-        s.image.manifest.digest,
-        "{}",
-        s.pullgate.log()
-    );
-    s.assert_pulled_through_pullgate("e2e-podman");
 }

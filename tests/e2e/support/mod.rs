@@ -1,6 +1,8 @@
 //! The end-to-end harness: real upstreams (CNCF Distribution), our fault upstream, real
-//! clients (skopeo), and pullgate itself, all started by the tests on loopback.
+//! clients (skopeo; dockerd, containerd and podman inside loopback-only network
+//! namespaces), and pullgate itself, all started by the tests on loopback.
 
+pub mod clients;
 pub mod distribution;
 pub mod fault;
 pub mod http;
