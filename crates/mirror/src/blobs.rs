@@ -75,15 +75,9 @@ impl Mirror {
         if let Some(reader) = self.store.open_blob(digest).await? {
             self.ensure_access(target, digest, Wanted::Blob).await?;
             Stats::inc(&self.stats.blob_hits);
-            self.store.touch(digest);
-            let size = reader.size();
-            let range = resolve(range, size)?;
-            let body = (!head).then(|| reader.stream(range));
-            return Ok(BlobResponse {
-                size,
-                range,
-                body,
-                source: Source::Hit,
+            self.store.touch(digest, reader.size());
+            return respond(reader.size(), range, Source::Hit, |r| {
+                (!head).then(|| reader.stream(r))
             });
         }
 
@@ -96,50 +90,28 @@ impl Mirror {
                 .map_err(|e| MirrorError::from_upstream(e, Wanted::Blob))?;
             self.store
                 .link(target.upstream_name(), &target.repo, digest)?;
-            let range = resolve(range, size)?;
-            return Ok(BlobResponse {
-                size,
-                range,
-                body: None,
-                source: Source::Miss,
-            });
+            return respond(size, range, Source::Miss, |_| None);
         }
 
         Stats::inc(&self.stats.blob_misses);
-        let follower = match self.join_fill(target, digest).await? {
-            Some(f) => f,
-            None => {
-                // Committed between our store lookup and the fill: serve it from the store.
-                let reader = self
-                    .store
-                    .open_blob(digest)
-                    .await?
-                    .ok_or_else(|| MirrorError::internal("committed blob vanished"))?;
-                let size = reader.size();
-                let range = resolve(range, size)?;
-                return Ok(BlobResponse {
-                    size,
-                    range,
-                    body: Some(reader.stream(range)),
-                    source: Source::Hit,
-                });
-            }
+        let Some(follower) = self.join_fill(target, digest).await? else {
+            // Committed between our store lookup and the fill: serve it from the store.
+            let reader = self
+                .store
+                .open_blob(digest)
+                .await?
+                .ok_or_else(|| MirrorError::internal("committed blob vanished"))?;
+            return respond(reader.size(), range, Source::Hit, |r| {
+                Some(reader.stream(r))
+            });
         };
-        let size = match follower.size() {
-            Some(s) => s,
-            // No Content-Length upstream: the size is known only when the fill ends.
-            None => follower.wait_size().await?,
-        };
-        let range = resolve(range, size)?;
-        let body = match range {
-            Some(r) => follower.stream(r.start, Some(r.end)),
-            None => follower.stream(0, None),
-        };
-        Ok(BlobResponse {
-            size,
-            range,
-            body: Some(body),
-            source: Source::Miss,
+        // Without a Content-Length upstream, the size is known only when the fill ends.
+        let size = follower.wait_size().await?;
+        respond(size, range, Source::Miss, |r| {
+            Some(match r {
+                Some(r) => follower.stream(r.start, Some(r.end)),
+                None => follower.stream(0, None),
+            })
         })
     }
 
@@ -265,12 +237,27 @@ async fn fill(
             }
         }
     }
-    ingest
-        .commit()
-        .await
-        .map_err(|e| MirrorError::UpstreamBadContent(format!("upstream blob rejected: {e}")))?;
+    // A size or digest mismatch maps to UpstreamBadContent (502); a disk error to Internal.
+    ingest.commit().await?;
     store.link(upstream.name(), repo, digest)?;
     Ok(())
+}
+
+/// The response for a blob of `size` bytes: the range resolved against it (416 when it
+/// cannot be satisfied), and the body for that range.
+fn respond(
+    size: u64,
+    range: Option<RangeSpec>,
+    source: Source,
+    body: impl FnOnce(Option<ByteRange>) -> Option<BlobStream>,
+) -> Result<BlobResponse, MirrorError> {
+    let range = resolve(range, size)?;
+    Ok(BlobResponse {
+        size,
+        range,
+        body: body(range),
+        source,
+    })
 }
 
 fn resolve(range: Option<RangeSpec>, size: u64) -> Result<Option<ByteRange>, MirrorError> {

@@ -171,25 +171,20 @@ impl Index {
         }))
     }
 
-    /// Record a newly committed blob (keeps a media type already recorded).
-    pub(crate) fn put_blob(&self, d: &Digest, size: u64) -> Result<(), StoreError> {
-        self.update_blob(d, |old| BlobValue {
-            size,
-            media_type: old.and_then(|o| o.media_type),
-            last_access_s: now_s(),
-        })
-    }
-
-    pub(crate) fn put_media_type(
+    /// Record a newly committed blob, with its media type if it is a manifest (`None` keeps
+    /// one already recorded).
+    pub(crate) fn put_blob(
         &self,
         d: &Digest,
         size: u64,
-        media_type: &str,
+        media_type: Option<&str>,
     ) -> Result<(), StoreError> {
         self.update_blob(d, |old| BlobValue {
-            size: old.as_ref().map_or(size, |o| o.size),
-            media_type: Some(media_type.to_owned()),
-            last_access_s: old.map_or_else(now_s, |o| o.last_access_s),
+            size,
+            media_type: media_type
+                .map(str::to_owned)
+                .or_else(|| old.and_then(|o| o.media_type)),
+            last_access_s: now_s(),
         })
     }
 

@@ -220,7 +220,7 @@ impl Worker {
         }
         self.inner
             .commit_file(&self.file, &self.tmp, &self.digest)?;
-        self.inner.index.put_blob(&self.digest, written)?;
+        self.inner.index.put_blob(&self.digest, written, None)?;
         Ok(written)
     }
 }

@@ -111,21 +111,28 @@ impl Store {
         .await?
     }
 
-    /// Commit content already held whole in memory (manifests). The bytes are checked
-    /// against `digest` here too: nothing unverified is ever committed.
-    pub async fn put_verified(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError> {
-        if !digest.matches(&bytes) {
-            let mut h = pullgate_oci::Hasher::new(digest.algorithm());
-            h.update(&bytes);
-            return Err(StoreError::DigestMismatch {
-                expected: digest.clone(),
-                actual: h.finish(),
-            });
-        }
+    /// Commit content already held whole in memory (manifests), with its media type when it
+    /// has one. The bytes are hashed here, the one check they get: nothing unverified is
+    /// ever committed.
+    pub async fn put_verified(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+        media_type: Option<&str>,
+    ) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         let d = digest.clone();
         let size = bytes.len() as u64;
         tokio::task::spawn_blocking(move || {
+            let mut h = pullgate_oci::Hasher::new(d.algorithm());
+            h.update(&bytes);
+            let actual = h.finish();
+            if actual != d {
+                return Err(StoreError::DigestMismatch {
+                    expected: d,
+                    actual,
+                });
+            }
             let dest = inner.blob_path(&d);
             if dest.exists() {
                 return Ok(());
@@ -143,7 +150,7 @@ impl Store {
             result
         })
         .await??;
-        self.inner.index.put_blob(digest, size)
+        self.inner.index.put_blob(digest, size, media_type)
     }
 
     /// Start writing a blob. Bytes go to `tmp/` as they arrive, are hashed once, and are
@@ -194,12 +201,6 @@ impl Store {
         self.inner.index.is_linked(upstream, repo, digest)
     }
 
-    /// Remember a committed manifest's media type (its bytes alone do not always say).
-    pub fn put_manifest_meta(&self, digest: &Digest, media_type: &str) -> Result<(), StoreError> {
-        let size = fs::metadata(self.blob_path(digest)).map_or(0, |m| m.len());
-        self.inner.index.put_media_type(digest, size, media_type)
-    }
-
     pub fn manifest_media_type(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
         Ok(self.inner.index.blob(digest)?.and_then(|r| r.media_type))
     }
@@ -208,9 +209,9 @@ impl Store {
         self.inner.index.blob(digest)
     }
 
-    /// Note an access (for eviction). Best effort: a failure is logged, never fatal.
-    pub fn touch(&self, digest: &Digest) {
-        let size = fs::metadata(self.blob_path(digest)).map_or(0, |m| m.len());
+    /// Note an access to a blob of `size` bytes (for eviction). Best effort: a failure is
+    /// logged, never fatal.
+    pub fn touch(&self, digest: &Digest, size: u64) {
         if let Err(e) = self.inner.index.touch(digest, size) {
             tracing::warn!(%digest, error = %e, "could not record a blob access");
         }

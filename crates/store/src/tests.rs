@@ -214,11 +214,18 @@ async fn put_verified_rejects_wrong_bytes_and_read_small_is_bounded() {
     let digest = Digest::sha256_of(&manifest);
     let wrong = Digest::sha256_of(b"x");
     assert!(matches!(
-        store.put_verified(&wrong, manifest.clone()).await,
+        store.put_verified(&wrong, manifest.clone(), None).await,
         Err(StoreError::DigestMismatch { .. })
     ));
     assert_eq!(store.stat(&wrong).await.unwrap(), None);
-    store.put_verified(&digest, manifest.clone()).await.unwrap();
+    store
+        .put_verified(
+            &digest,
+            manifest.clone(),
+            Some("application/vnd.oci.image.manifest.v1+json"),
+        )
+        .await
+        .unwrap();
     assert_eq!(
         store.read_small(&digest, 1024).await.unwrap().unwrap(),
         manifest
@@ -228,9 +235,6 @@ async fn put_verified_rejects_wrong_bytes_and_read_small_is_bounded() {
         Err(StoreError::TooLarge { .. })
     ));
     assert_eq!(store.read_small(&wrong, 1024).await.unwrap(), None);
-    store
-        .put_manifest_meta(&digest, "application/vnd.oci.image.manifest.v1+json")
-        .unwrap();
     assert_eq!(
         store.manifest_media_type(&digest).unwrap().as_deref(),
         Some("application/vnd.oci.image.manifest.v1+json")
