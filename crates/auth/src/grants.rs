@@ -1,5 +1,7 @@
 //! What a credential may pull: grants from secret keys, and rule patterns.
 
+use pullgate_oci::canonical_host;
+
 use crate::Access;
 
 /// What one secret entry's key grants.
@@ -34,26 +36,9 @@ fn under(repo: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// The Docker Hub names credentials normalise to `docker.io`.
-const HUB_ALIASES: &[&str] = &[
-    "docker.io",
-    "index.docker.io",
-    "registry-1.docker.io",
-    "registry.hub.docker.com",
-];
-
-fn fold_hub(host: &str) -> String {
-    let h = host.to_ascii_lowercase();
-    if HUB_ALIASES.contains(&h.as_str()) {
-        "docker.io".to_owned()
-    } else {
-        h
-    }
-}
-
 /// Does a key host (possibly `*.example.com`) name `host`?
 fn host_matches(key_host: &str, host: &str) -> bool {
-    let (key, host) = (fold_hub(key_host), fold_hub(host));
+    let (key, host) = (canonical_host(key_host), canonical_host(host));
     if key == host {
         return true;
     }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use pullgate_credentials::SecretSource;
+use pullgate_credentials::{Credential, SecretSource};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -160,13 +160,6 @@ impl fmt::Debug for IssuedToken {
     }
 }
 
-/// Clients pad `Basic` values, but hand-written `curl -H` headers sometimes do not.
-const BASIC_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    base64::engine::GeneralPurposeConfig::new()
-        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-);
-
 /// `Basic` values longer than this are refused unread.
 const MAX_BASIC_LEN: usize = 4096;
 
@@ -224,15 +217,13 @@ impl Authenticator {
         let rest = rest.trim();
         let result = if scheme.eq_ignore_ascii_case("basic") {
             match decode_basic(rest) {
-                Some((user, password)) if user.is_empty() && password.is_empty() => {
-                    return Ok(None)
-                }
-                Some((user, password)) => {
-                    let principal = self.check_basic(&user, &password);
+                Some(c) if c.username.is_empty() && c.password.is_empty() => return Ok(None),
+                Some(c) => {
+                    let principal = self.check_basic(&c.username, &c.password);
                     if principal.is_none() {
                         // The user name only, Debug-quoted so a crafted one cannot forge
                         // log lines; the password is never logged.
-                        tracing::debug!(client = %peer, user = ?user, "wrong user name or password");
+                        tracing::debug!(client = %peer, user = ?c.username, "wrong user name or password");
                     }
                     principal
                 }
@@ -464,14 +455,11 @@ pub fn load_or_generate_key(path: Option<&Path>) -> Result<Vec<u8>, AuthError> {
     Ok(key)
 }
 
-fn decode_basic(b64: &str) -> Option<(String, String)> {
+fn decode_basic(b64: &str) -> Option<Credential> {
     if b64.len() > MAX_BASIC_LEN {
         return None;
     }
-    let bytes = BASIC_BASE64.decode(b64).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
+    Credential::from_base64(b64).ok()
 }
 
 fn credential_digest(user: &str, password: &str) -> [u8; 32] {

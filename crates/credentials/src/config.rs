@@ -15,18 +15,6 @@ use crate::CredentialsError;
 /// (say, a disk image) from being read into memory.
 pub const MAX_CONFIG_SIZE: usize = 1024 * 1024;
 
-/// The key every Docker Hub alias normalizes to.
-const DOCKER_HUB: &str = "docker.io";
-
-/// Docker writes Hub's key as `https://index.docker.io/v1/`, pulls go to
-/// `registry-1.docker.io`, and users write `docker.io`: all are one registry.
-const DOCKER_HUB_ALIASES: &[&str] = &[
-    "index.docker.io",
-    "docker.io",
-    "registry-1.docker.io",
-    "registry.hub.docker.com",
-];
-
 /// Secret file names inside a mounted `kubernetes.io/dockerconfigjson` or
 /// `kubernetes.io/dockercfg` secret, in order of preference.
 const SECRET_FILE_NAMES: &[&str] = &[".dockerconfigjson", ".dockercfg"];
@@ -42,6 +30,30 @@ const AUTH_BASE64: GeneralPurpose = GeneralPurpose::new(
 pub struct Credential {
     pub username: String,
     pub password: String,
+}
+
+impl Credential {
+    /// From `base64(user:password)`: a docker config's `auth` value, and the payload of an
+    /// `Authorization: Basic` header (one encoding, decoded in one place). Padding is
+    /// optional: Docker's tools pad, hand-made secrets and headers often do not.
+    pub fn from_base64(encoded: &str) -> Result<Credential, &'static str> {
+        let decoded = AUTH_BASE64
+            .decode(encoded.trim())
+            .map_err(|_| "\"auth\" is not valid base64")?;
+        let decoded = String::from_utf8(decoded).map_err(|_| "\"auth\" is not UTF-8")?;
+        let (username, password) = decoded
+            .split_once(':')
+            .ok_or("\"auth\" is not of the form user:password")?;
+        Ok(Credential {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+
+    /// `base64(user:password)`, padded, as Docker writes it and `Basic` carries it.
+    pub fn to_base64(&self) -> String {
+        AUTH_BASE64.encode(format!("{}:{}", self.username, self.password))
+    }
 }
 
 impl fmt::Debug for Credential {
@@ -202,13 +214,8 @@ fn normalize_host(raw: &str) -> String {
         .unwrap_or(raw);
     let host = without_scheme
         .split_once('/')
-        .map_or(without_scheme, |(host, _)| host)
-        .to_ascii_lowercase();
-    if DOCKER_HUB_ALIASES.contains(&host.as_str()) {
-        DOCKER_HUB.to_owned()
-    } else {
-        host
-    }
+        .map_or(without_scheme, |(host, _)| host);
+    pullgate_oci::canonical_host(host)
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -278,7 +285,7 @@ fn parse_entry(registry: &str, entry: &Value) -> Result<Option<Credential>, Cred
 
     // Docker and kubelet both let a non-empty `auth` override `username`/`password`.
     let credential = match string_field(entry, "auth").map_err(bad)? {
-        Some(auth) => decode_auth(auth).map_err(bad)?,
+        Some(auth) => Credential::from_base64(auth).map_err(bad)?,
         None => {
             let username = string_field(entry, "username").map_err(bad)?;
             let password = string_field(entry, "password").map_err(bad)?;
@@ -329,20 +336,6 @@ fn string_field<'a>(
             _ => "a field is not a string",
         }),
     }
-}
-
-fn decode_auth(auth: &str) -> Result<Credential, &'static str> {
-    let decoded = AUTH_BASE64
-        .decode(auth.trim())
-        .map_err(|_| "\"auth\" is not valid base64")?;
-    let decoded = String::from_utf8(decoded).map_err(|_| "\"auth\" is not UTF-8")?;
-    let (username, password) = decoded
-        .split_once(':')
-        .ok_or("\"auth\" is not of the form user:password")?;
-    Ok(Credential {
-        username: username.to_owned(),
-        password: password.to_owned(),
-    })
 }
 
 /// The file to read for `path`: `path` itself, or the secret file inside a mounted secret

@@ -79,11 +79,7 @@ fn looks_like_host(s: &str) -> bool {
 }
 
 fn is_hub_alias(u: &Upstream, host: &str) -> bool {
-    u.is_docker_hub()
-        && matches!(
-            host.to_ascii_lowercase().as_str(),
-            "docker.io" | "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com"
-        )
+    u.is_docker_hub() && pullgate_oci::is_docker_hub(host)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! What it is: [`Digest`], [`RepoName`], [`Tag`], [`Reference`], media types and the merged
 //! client [`AcceptList`], the spec's [`ErrorCode`] table and its JSON [`ErrorBody`],
 //! [`Challenge`] (`WWW-Authenticate` parsing), [`ByteRange`] (single-range `Range` headers),
-//! and [`ManifestInfo`] (what a manifest is and which descriptors it names).
+//! [`ManifestInfo`] (what a manifest is and which descriptors it names), and registry host
+//! names ([`canonical_host`]: Docker Hub's aliases are one registry).
 //!
 //! What it is not: no I/O, no async, no HTTP library. Parsers here are total: any input
 //! yields a value or a typed error, never a panic (proptests beside each parser hold that).
@@ -16,6 +17,7 @@ mod manifest;
 mod media;
 mod name;
 mod range;
+mod registry;
 
 pub use challenge::{Challenge, ChallengeError};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
@@ -24,6 +26,7 @@ pub use manifest::{Descriptor, ManifestError, ManifestInfo, Platform};
 pub use media::{media_types, AcceptList};
 pub use name::{NameError, Reference, RepoName, Tag};
 pub use range::{ByteRange, RangeError, RangeSpec};
+pub use registry::{canonical_host, is_docker_hub, DOCKER_HUB};
 
 /// Largest manifest the mirror fetches or serves. Matches Distribution's limit.
 pub const MANIFEST_SIZE_LIMIT: usize = 4 * 1024 * 1024;

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use http::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue};
 use pullgate_credentials::Credential;
@@ -133,9 +132,7 @@ pub(crate) fn cache_lifetime(expires_in: Option<u64>) -> Option<Duration> {
 
 /// `Basic base64(user:pass)`, marked sensitive so no `Debug` of a request shows it.
 pub(crate) fn basic_header(cred: &Credential) -> Result<HeaderValue, UpstreamError> {
-    let encoded = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", cred.username, cred.password));
-    sensitive(format!("Basic {encoded}"))
+    sensitive(format!("Basic {}", cred.to_base64()))
         // Base64 is always a valid header value; this is unreachable in practice.
         .ok_or_else(|| UpstreamError::Protocol("cannot encode credentials".into()))
 }

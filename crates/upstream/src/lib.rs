@@ -54,14 +54,6 @@ const MAX_LINK_LEN: usize = 8 * 1024;
 /// connect and read; this one keeps a trickling token server from holding a pull forever.
 const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Host names that all mean Docker Hub.
-const DOCKER_HUB_HOSTS: &[&str] = &[
-    "registry-1.docker.io",
-    "index.docker.io",
-    "docker.io",
-    "registry.hub.docker.com",
-];
-
 /// Where an upstream is and how to talk to it.
 #[derive(Clone)]
 pub struct UpstreamConfig {
@@ -146,11 +138,11 @@ impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Upstream, UpstreamError> {
         let base = parse_base(&config.url)?;
         let host = base.host_str().unwrap_or("");
-        let hub_host = DOCKER_HUB_HOSTS.contains(&host);
-        let docker_hub = hub_host || config.name == "docker.io";
+        let hub_host = pullgate_oci::is_docker_hub(host);
+        let docker_hub = hub_host || config.name == pullgate_oci::DOCKER_HUB;
         // Docker Hub's credentials are filed under `docker.io` whichever alias the URL uses.
         let cred_host = if hub_host {
-            "docker.io".to_owned()
+            pullgate_oci::DOCKER_HUB.to_owned()
         } else {
             host_of(&base)
         };
