@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use pullgate_auth::{Rule, Scheme, ThrottleConfig};
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = include_str!("../config/pullgate.toml");
@@ -124,19 +125,18 @@ pub struct Settings {
     pub audit: AuditSettings,
 }
 
+/// `[auth]`, validated, in `pullgate-auth`'s own types where it has them.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     pub client_secrets: Vec<PathBuf>,
     pub anonymous: bool,
-    pub token_scheme: bool,
+    pub scheme: Scheme,
     pub mirror_hosts: Vec<String>,
     pub service: String,
     pub token_ttl: Duration,
     pub signing_key: Option<PathBuf>,
-    pub max_failures: u32,
-    pub failure_window: Duration,
-    pub block: Duration,
-    pub rules: Vec<(String, Vec<String>)>,
+    pub throttle: ThrottleConfig,
+    pub rules: Vec<Rule>,
 }
 
 #[derive(Debug, Clone)]
@@ -277,9 +277,9 @@ fn auth_settings(
     if !anonymous && a.client_secrets.is_empty() {
         bail!("[auth] anonymous = false needs at least one path in [auth] client_secrets");
     }
-    let token_scheme = match a.scheme.as_deref().unwrap_or("basic") {
-        "basic" => false,
-        "token" => true,
+    let scheme = match a.scheme.as_deref().unwrap_or("basic") {
+        "basic" => Scheme::Basic,
+        "token" => Scheme::Token,
         other => bail!("[auth] scheme = {other:?}: use \"basic\" or \"token\""),
     };
     let mut rules = Vec::new();
@@ -297,7 +297,10 @@ fn auth_settings(
                 );
             }
         }
-        rules.push((r.user, r.repositories));
+        rules.push(Rule {
+            user: r.user,
+            patterns: r.repositories,
+        });
     }
     let mut mirror_hosts = a.mirror_hosts;
     // Whatever address clients connect to is one of the mirror's names.
@@ -308,17 +311,20 @@ fn auth_settings(
     Ok(AuthSettings {
         client_secrets: a.client_secrets,
         anonymous,
-        token_scheme,
+        scheme,
         mirror_hosts,
         service: a.service.unwrap_or_else(|| "pullgate".into()),
         token_ttl: duration("auth.token_ttl", a.token_ttl.as_deref().unwrap_or("5m"))?,
         signing_key: a.signing_key,
-        max_failures: a.max_failures.unwrap_or(10).max(1),
-        failure_window: duration(
-            "auth.failure_window",
-            a.failure_window.as_deref().unwrap_or("60s"),
-        )?,
-        block: duration("auth.block", a.block.as_deref().unwrap_or("60s"))?,
+        throttle: ThrottleConfig {
+            max_failures: a.max_failures.unwrap_or(10).max(1),
+            window: duration(
+                "auth.failure_window",
+                a.failure_window.as_deref().unwrap_or("60s"),
+            )?,
+            block: duration("auth.block", a.block.as_deref().unwrap_or("60s"))?,
+            ..ThrottleConfig::default()
+        },
         rules,
     })
 }
@@ -426,7 +432,7 @@ mod tests {
             "scheme = \"token\"\ntoken_ttl = \"2m\"\n[[auth.rule]]\nuser = \"ci\"\nrepositories = [\"docker.io/library/*\"]",
         )
         .unwrap();
-        assert!(s.auth.token_scheme);
+        assert_eq!(s.auth.scheme, Scheme::Token);
         assert_eq!(s.auth.token_ttl, Duration::from_secs(120));
         assert_eq!(s.auth.rules.len(), 1);
     }

@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use pullgate_auth::{
-    load_or_generate_key, AuthConfig, Authenticator, Rule, Scheme, ThrottleConfig,
-};
+use pullgate_auth::{load_or_generate_key, AuthConfig, Authenticator};
 use pullgate_credentials::SecretSource;
 use pullgate_mirror::{Mirror, MirrorConfig};
 use pullgate_server::{App, Audit, ServerConfig};
@@ -157,31 +155,15 @@ fn authenticator(s: &Settings) -> Result<Authenticator> {
     }
     Ok(Authenticator::new(
         AuthConfig {
-            scheme: if a.token_scheme {
-                Scheme::Token
-            } else {
-                Scheme::Basic
-            },
+            scheme: a.scheme,
             anonymous: a.anonymous,
             mirror_hosts: a.mirror_hosts.clone(),
             upstreams: s.upstreams.iter().map(|u| u.name.clone()).collect(),
-            rules: a
-                .rules
-                .iter()
-                .map(|(user, patterns)| Rule {
-                    user: user.clone(),
-                    patterns: patterns.clone(),
-                })
-                .collect(),
+            rules: a.rules.clone(),
             service: a.service.clone(),
             token_ttl: a.token_ttl,
             signing_key,
-            throttle: ThrottleConfig {
-                max_failures: a.max_failures,
-                window: a.failure_window,
-                block: a.block,
-                ..ThrottleConfig::default()
-            },
+            throttle: a.throttle.clone(),
         },
         secrets,
     ))

@@ -121,9 +121,7 @@ enum Kind {
 }
 
 impl Principal {
-    /// Whether this client presented one of our tokens rather than a password. A token is
-    /// never traded for a new one: otherwise it could be renewed forever, outliving the
-    /// credentials it was issued for.
+    /// Whether this client presented one of our tokens rather than a password.
     pub fn via_token(&self) -> bool {
         matches!(self.kind, Kind::Token(_))
     }
@@ -159,6 +157,9 @@ impl fmt::Debug for IssuedToken {
             .finish()
     }
 }
+
+/// The challenge for Basic credentials (also the token endpoint's own).
+pub const BASIC_CHALLENGE: &str = "Basic realm=\"pullgate\"";
 
 /// `Basic` values longer than this are refused unread.
 const MAX_BASIC_LEN: usize = 4096;
@@ -341,8 +342,16 @@ impl Authenticator {
     }
 
     /// A token for the requested accesses this principal may have; the others are left out
-    /// silently, as the Docker token spec asks.
-    pub fn issue_token(&self, principal: &Principal, wanted: &[Access]) -> IssuedToken {
+    /// silently, as the Docker token spec asks. Only a password buys a token: a token
+    /// traded for a new one could be renewed forever, outliving the password it came from.
+    pub fn issue_token(
+        &self,
+        principal: &Principal,
+        wanted: &[Access],
+    ) -> Result<IssuedToken, AuthError> {
+        if principal.via_token() {
+            return Err(AuthError::Unauthorized);
+        }
         let now = token::now_secs();
         let ttl = token::lifetime_secs(self.config.token_ttl);
         let mut access: Vec<token::AccessClaim> = Vec::new();
@@ -367,17 +376,17 @@ impl Authenticator {
             jti: random_id(),
             access,
         };
-        IssuedToken {
+        Ok(IssuedToken {
             token: token::sign(&self.config.signing_key, &claims).unwrap_or_default(),
             expires_in: ttl,
             issued_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        }
+        })
     }
 
     /// `WWW-Authenticate` for a 401.
     pub fn challenge(&self, realm_url: &str, access: Option<&Access>) -> String {
         match self.config.scheme {
-            Scheme::Basic => "Basic realm=\"pullgate\"".to_owned(),
+            Scheme::Basic => BASIC_CHALLENGE.to_owned(),
             Scheme::Token => {
                 let mut c = format!(
                     "Bearer realm=\"{}\",service=\"{}\"",

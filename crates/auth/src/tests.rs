@@ -335,13 +335,15 @@ fn tokens_carry_exactly_the_granted_access() {
         .authenticate(Some(&basic("team", "team-pw")), peer(1))
         .unwrap()
         .unwrap();
-    let issued = a.issue_token(
-        &team,
-        &[
-            access("ghcr.io", "team-a/app"),
-            access("ghcr.io", "team-b/app"),
-        ],
-    );
+    let issued = a
+        .issue_token(
+            &team,
+            &[
+                access("ghcr.io", "team-a/app"),
+                access("ghcr.io", "team-b/app"),
+            ],
+        )
+        .unwrap();
     assert_eq!(issued.expires_in, 300);
     assert!(issued.issued_at.starts_with("20"));
     assert!(!format!("{issued:?}").contains(&issued.token));

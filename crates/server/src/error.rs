@@ -1,7 +1,7 @@
 //! `ApiError`: the only place where errors become HTTP statuses and OCI error bodies.
 
 use http::{header, HeaderValue, Response, StatusCode};
-use pullgate_auth::AuthError;
+use pullgate_auth::{AuthError, BASIC_CHALLENGE};
 use pullgate_mirror::MirrorError;
 use pullgate_oci::{ErrorBody, ErrorCode};
 
@@ -47,6 +47,12 @@ impl ApiError {
 
     fn status(mut self, status: StatusCode) -> Self {
         self.status = status;
+        self
+    }
+
+    /// `Retry-After` in whole seconds, at least one (zero would invite a hot retry loop).
+    fn retry_after(mut self, after: Option<std::time::Duration>) -> Self {
+        self.retry_after = after.map(|d| d.as_secs().max(1));
         self
     }
 
@@ -107,19 +113,16 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             // Callers that can name the access build the challenge themselves.
-            AuthError::Unauthorized => ApiError::unauthorized("Basic realm=\"pullgate\"".into()),
+            AuthError::Unauthorized => ApiError::unauthorized(BASIC_CHALLENGE.to_owned()),
             AuthError::Denied => ApiError::new(
                 ErrorCode::Denied,
                 "you may not pull this repository through this mirror".to_owned(),
             ),
-            AuthError::Throttled { retry_after } => {
-                let mut e = ApiError::new(
-                    ErrorCode::TooManyRequests,
-                    "too many failed logins from this address; try again later".to_owned(),
-                );
-                e.retry_after = Some(retry_after.as_secs().max(1));
-                e
-            }
+            AuthError::Throttled { retry_after } => ApiError::new(
+                ErrorCode::TooManyRequests,
+                "too many failed logins from this address; try again later".to_owned(),
+            )
+            .retry_after(Some(retry_after)),
             other => ApiError::new(ErrorCode::Unknown, None).log(other.to_string()),
         }
     }
@@ -141,14 +144,11 @@ impl From<MirrorError> for ApiError {
                 ErrorCode::Denied,
                 "the upstream registry refused the mirror's credentials".to_owned(),
             ),
-            MirrorError::RateLimited { retry_after } => {
-                let mut e = ApiError::new(
-                    ErrorCode::TooManyRequests,
-                    "the upstream registry is rate limiting the mirror".to_owned(),
-                );
-                e.retry_after = retry_after.map(|d| d.as_secs().max(1));
-                e
-            }
+            MirrorError::RateLimited { retry_after } => ApiError::new(
+                ErrorCode::TooManyRequests,
+                "the upstream registry is rate limiting the mirror".to_owned(),
+            )
+            .retry_after(retry_after),
             MirrorError::UpstreamUnavailable { detail, timeout } => {
                 let status = if timeout {
                     StatusCode::GATEWAY_TIMEOUT

@@ -2,7 +2,7 @@
 //! signed token naming exactly the repositories it asked for and may pull.
 
 use http::{header, HeaderValue, Response};
-use pullgate_auth::{parse_scope, Access, Principal, Scheme};
+use pullgate_auth::{parse_scope, Access, Principal, Scheme, BASIC_CHALLENGE};
 use pullgate_mirror::{Mirror, Target};
 use pullgate_oci::RepoName;
 
@@ -19,12 +19,9 @@ pub(crate) fn issue(
     if app.auth.scheme() != Scheme::Token {
         return Err(RouteError::NotFound.into());
     }
-    let Some(principal) = principal.filter(|p| !p.via_token()) else {
-        // The token endpoint itself takes Basic credentials, never a token.
-        return Err(ApiError::unauthorized(
-            "Basic realm=\"pullgate\"".to_owned(),
-        ));
-    };
+    // The token endpoint itself takes Basic credentials.
+    let refused = || ApiError::unauthorized(BASIC_CHALLENGE.to_owned());
+    let principal = principal.ok_or_else(refused)?;
     let wanted: Vec<Access> = query
         .scopes
         .iter()
@@ -32,7 +29,10 @@ pub(crate) fn issue(
         .filter(|(_, actions)| actions.iter().any(|a| a == "pull" || a == "*"))
         .filter_map(|(name, _)| resolve(&app.mirror, &name))
         .collect();
-    let token = app.auth.issue_token(principal, &wanted);
+    let token = app
+        .auth
+        .issue_token(principal, &wanted)
+        .map_err(|_| refused())?;
     let body = serde_json::json!({
         "token": token.token,
         "access_token": token.token,
