@@ -14,7 +14,7 @@ use crate::support::http::{self, basic, get, request, request_from};
 use crate::support::images::{self, sha256, Flavor, Image, Pusher};
 use crate::support::pullgate::{Options, Pullgate};
 use crate::support::secret::{dockerconfigjson, SecretVolume};
-use crate::support::skopeo::{self, Copy};
+use crate::support::skopeo;
 use crate::support::{eventually, free_port};
 
 const MIB: usize = 1024 * 1024;
@@ -37,23 +37,6 @@ fn auth_opts(upstream: &Distribution, secrets: &Path, extra: &str) -> Options {
         secrets.display()
     );
     opts
-}
-
-async fn skopeo_pull(
-    src: String,
-    dest: std::path::PathBuf,
-    creds: Option<(String, String)>,
-) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || {
-        skopeo::copy(&Copy {
-            src,
-            dest: &dest,
-            all: false,
-            creds: creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
-        })
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,12 +91,13 @@ async fn fails_closed_and_grants_by_secret_key() {
     // A real client: skopeo with and without --src-creds.
     let work = tempfile::tempdir().unwrap();
     let src = format!("{}/e2e/app:v1", pullgate.host());
-    assert!(skopeo_pull(src.clone(), work.path().join("anon"), None)
+    assert!(skopeo::pull(src.clone(), work.path().join("anon"), false)
         .await
         .is_err());
-    skopeo_pull(
+    skopeo::pull_with(
         src,
         work.path().join("reader"),
+        false,
         Some(("reader".into(), "reader-pw-2".into())),
     )
     .await
@@ -368,9 +352,10 @@ async fn token_scheme_issues_scoped_tokens() {
 
     // skopeo follows the bearer flow on its own.
     let work = tempfile::tempdir().unwrap();
-    skopeo_pull(
+    skopeo::pull_with(
         format!("{}/e2e/app:v1", pullgate.host()),
         work.path().join("t"),
+        false,
         Some(("tok".into(), "tok-pw".into())),
     )
     .await

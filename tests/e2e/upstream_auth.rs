@@ -4,23 +4,18 @@
 
 use std::path::PathBuf;
 
-use base64::Engine;
-
 use crate::support::distribution::{Auth, Distribution};
 use crate::support::fault::{FaultAuth, FaultUpstream};
 use crate::support::http::get;
 use crate::support::images::{self, Flavor, Pusher};
 use crate::support::pullgate::{Options, Pullgate};
+use crate::support::secret::dockerconfigjson;
 use crate::support::skopeo;
 
+/// A dockerconfigjson file holding one entry, as a mounted upstream secret would.
 fn dockerconfig(dir: &std::path::Path, host: &str, user: &str, password: &str) -> PathBuf {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let path = dir.join("config.json");
-    std::fs::write(
-        &path,
-        serde_json::json!({"auths": {host: {"auth": auth}}}).to_string(),
-    )
-    .unwrap();
+    std::fs::write(&path, dockerconfigjson(&[(host, user, password)])).unwrap();
     path
 }
 

@@ -77,6 +77,16 @@ fn spawn_logged(program: &Path, args: &[&std::ffi::OsStr], log: &Path) -> std::p
         .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()))
 }
 
+/// Whether `daemon` is still running and `probe`, a CLI call against it, succeeds.
+fn answers(daemon: &mut Daemon, mut probe: Command) -> bool {
+    daemon.exited().is_none()
+        && probe
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
 /// The docker CLI tested against Debian's dockerd 20.10 (the docker.io package). Another,
 /// newer CLI may come earlier on PATH; name Debian's.
 const DOCKER_CLI: &str = "/usr/bin/docker";
@@ -126,18 +136,14 @@ impl Dockerd {
             &w.join("dockerd.log"),
         );
         let mut d = Dockerd {
-            daemon: Daemon::new("dockerd", child),
+            daemon: Daemon::new(child),
             _containerd: containerd,
             dir,
         };
         let up = eventually(Duration::from_secs(30), || {
-            d.daemon.exited().is_none()
-                && d.docker()
-                    .arg("version")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
+            let mut probe = d.docker();
+            probe.arg("version");
+            answers(&mut d.daemon, probe)
         });
         assert!(up, "dockerd did not come up:\n{}", d.log());
         d
@@ -200,17 +206,13 @@ impl Containerd {
             &w.join("containerd.log"),
         );
         let mut d = Containerd {
-            daemon: Daemon::new("containerd", child),
+            daemon: Daemon::new(child),
             dir,
         };
         let up = eventually(Duration::from_secs(30), || {
-            d.daemon.exited().is_none()
-                && d.ctr()
-                    .arg("version")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
+            let mut probe = d.ctr();
+            probe.arg("version");
+            answers(&mut d.daemon, probe)
         });
         assert!(up, "containerd did not come up:\n{}", d.log());
         d

@@ -21,12 +21,11 @@ pub struct Distribution {
     dir: tempfile::TempDir,
     child: Option<Child>,
     pub auth: Option<(String, String)>,
-    restarts: usize,
 }
 
 impl Distribution {
     pub fn start(auth: Auth) -> Distribution {
-        let bin = require("docker-registry");
+        require("docker-registry");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let mut config = format!(
@@ -52,22 +51,18 @@ impl Distribution {
             }
         };
         fs::write(dir.path().join("config.yml"), config).expect("write config");
-        let _ = bin;
         let mut d = Distribution {
             port,
             dir,
             child: None,
             auth: creds,
-            restarts: 0,
         };
         d.spawn();
         d
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir
-            .path()
-            .join(format!("registry-{}.log", self.restarts))
+        self.dir.path().join("registry.log")
     }
 
     fn spawn(&mut self) {
@@ -103,14 +98,7 @@ impl Distribution {
         }
     }
 
-    /// Start again on the same port and storage (a new access log).
-    pub fn restart(&mut self) {
-        self.stop();
-        self.restarts += 1;
-        self.spawn();
-    }
-
-    /// The access log since the last (re)start: lines like `"GET /v2/x/blobs/sha256:… HTTP/1.1" 200`.
+    /// The access log: lines like `"GET /v2/x/blobs/sha256:… HTTP/1.1" 200`.
     pub fn access_log(&self) -> Vec<String> {
         fs::read_to_string(self.log_path())
             .unwrap_or_default()

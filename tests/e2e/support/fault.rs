@@ -1,6 +1,6 @@
 //! A small registry of our own that serves in-memory images and misbehaves on demand:
-//! corrupt or truncated blobs, error statuses, wrong manifest digests, and Basic or
-//! bearer-token auth with its own token endpoint. It runs on its own thread and runtime.
+//! corrupt or truncated blobs, error statuses, wrong manifest digests, and bearer-token
+//! auth with its own token endpoint. It runs on its own thread and runtime.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, Response};
 
-use super::images::{Blob, Image, Index};
+use super::images::{Blob, Image};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
@@ -34,7 +34,6 @@ pub enum Fault {
 #[derive(Clone)]
 pub enum FaultAuth {
     None,
-    Basic { user: String, password: String },
     Token { user: String, password: String },
 }
 
@@ -142,17 +141,6 @@ impl FaultUpstream {
         }
         self.add_manifest(repo, &img.manifest.digest, &img.manifest);
         self.add_manifest(repo, tag, &img.manifest);
-    }
-
-    pub fn add_index(&self, repo: &str, tag: &str, idx: &Index) {
-        for img in &idx.images {
-            for b in img.blobs() {
-                self.add_blob(b);
-            }
-            self.add_manifest(repo, &img.manifest.digest, &img.manifest);
-        }
-        self.add_manifest(repo, &idx.manifest.digest, &idx.manifest);
-        self.add_manifest(repo, tag, &idx.manifest);
     }
 
     /// Misbehave when serving `key`: a blob digest, or a manifest reference (tag or digest).
@@ -267,15 +255,6 @@ fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) ->
     };
     match &st.auth {
         FaultAuth::None => {}
-        FaultAuth::Basic { user, password } => {
-            if !basic_ok(&req, user, password) {
-                return error(
-                    401,
-                    "UNAUTHORIZED",
-                    &[("www-authenticate", r#"Basic realm="fault""#.to_owned())],
-                );
-            }
-        }
         FaultAuth::Token { .. } => {
             let ok = req
                 .headers()

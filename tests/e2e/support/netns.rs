@@ -78,23 +78,12 @@ pub fn assert_isolated() {
 /// A daemon the test started: stopped (TERM, then KILL) and reaped when dropped, even
 /// when the test panics.
 pub struct Daemon {
-    pub name: &'static str,
     child: Option<Child>,
 }
 
 impl Daemon {
-    pub fn new(name: &'static str, child: Child) -> Daemon {
-        Daemon {
-            name,
-            child: Some(child),
-        }
-    }
-
-    /// Panics if the daemon has already exited.
-    pub fn assert_running(&mut self, log: &str) {
-        if let Some(status) = self.exited() {
-            panic!("{} exited ({status}):\n{log}", self.name);
-        }
+    pub fn new(child: Child) -> Daemon {
+        Daemon { child: Some(child) }
     }
 
     /// How it exited, if it has.

@@ -123,36 +123,12 @@ impl Pullgate {
         fs::read_dir(self.cache_dir().join("tmp")).map_or(0, |d| d.count())
     }
 
-    /// A scratch directory that lives as long as this pullgate (for audit logs, secrets).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("pullgate.log")
     }
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// Stop with SIGTERM (graceful), falling back to SIGKILL; returns whether it exited cleanly.
-    pub fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return true;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        false
     }
 }
 

@@ -2,7 +2,7 @@
 //! manifests byte for byte (an `oci:` destination would convert Docker manifests).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::images::sha256;
@@ -66,13 +66,23 @@ pub fn manifest_digest(dir: &Path) -> String {
 }
 
 /// [`copy`] without credentials, off the async runtime's threads.
-pub async fn pull(src: String, dest: std::path::PathBuf, all: bool) -> Result<(), String> {
+pub async fn pull(src: String, dest: PathBuf, all: bool) -> Result<(), String> {
+    pull_with(src, dest, all, None).await
+}
+
+/// [`copy`] off the async runtime's threads, with `--src-creds user:password` if given.
+pub async fn pull_with(
+    src: String,
+    dest: PathBuf,
+    all: bool,
+    creds: Option<(String, String)>,
+) -> Result<(), String> {
     tokio::task::spawn_blocking(move || {
         copy(&Copy {
             src,
             dest: &dest,
             all,
-            creds: None,
+            creds: creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
         })
     })
     .await
