@@ -112,7 +112,11 @@ async fn serve(s: Settings) -> Result<()> {
                 .with_context(|| format!("opening the audit log {}", path.display()))?,
         )),
     };
-    let mirror = Mirror::new(upstreams, store, MirrorConfig { tag_ttl: s.tag_ttl });
+    let mirror = Mirror::new(
+        upstreams,
+        store.clone(),
+        MirrorConfig { tag_ttl: s.tag_ttl },
+    );
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("listening on {}", s.listen))?;
@@ -133,6 +137,8 @@ async fn serve(s: Settings) -> Result<()> {
         ..ServerConfig::default()
     };
     pullgate_server::serve(listener, app, config, shutdown_signal()).await?;
+    // Blob files are fsynced as they commit; the index's last writes are flushed here.
+    store.flush().context("flushing the cache index")?;
     tracing::info!("pullgate stopped");
     Ok(())
 }

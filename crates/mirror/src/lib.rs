@@ -112,10 +112,6 @@ impl Mirror {
         &self.stats
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Fills under way now.
     pub fn fills_in_flight(&self) -> usize {
         self.fills.len()
