@@ -409,6 +409,12 @@ impl Authenticator {
         self.failures.load(Ordering::Relaxed)
     }
 
+    /// Client credentials loaded now, over every secret. Readiness: a mirror that requires
+    /// credentials but holds none can only refuse.
+    pub fn credentials_loaded(&self) -> usize {
+        self.secrets.iter().map(|s| s.current().len()).sum()
+    }
+
     /// Failed secret reloads, summed over every client secret.
     pub fn reload_failures(&self) -> u64 {
         self.secrets.iter().map(SecretSource::reload_failures).sum()

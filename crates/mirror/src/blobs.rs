@@ -182,7 +182,9 @@ async fn run_fill(
     tx: watch::Sender<FillState>,
     stats: Arc<Stats>,
 ) {
+    let started = std::time::Instant::now();
     let outcome = fill(&store, &upstream, &repo, &digest, &tx, &stats).await;
+    stats.fill_durations.observe(started.elapsed());
     if let Err(e) = &outcome {
         Stats::inc(&stats.fills_failed);
         tracing::warn!(upstream = upstream.name(), repository = %repo, %digest, error = %e, "fill failed");
@@ -238,7 +240,10 @@ async fn fill(
         }
     }
     // A size or digest mismatch maps to UpstreamBadContent (502); a disk error to Internal.
-    ingest.commit().await?;
+    ingest
+        .commit()
+        .await
+        .inspect_err(|e| crate::stats::note_bad_content(upstream, e))?;
     store.link(upstream.name(), repo, digest)?;
     Ok(())
 }

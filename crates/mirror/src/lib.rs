@@ -32,7 +32,7 @@ pub use error::MirrorError;
 pub use manifests::ManifestResponse;
 pub use pullgate_store::BlobStream;
 pub use route::Target;
-pub use stats::Stats;
+pub use stats::{Histogram, HistogramSnapshot, Stats};
 
 use error::Wanted;
 use flights::Flights;
@@ -106,6 +106,28 @@ impl Mirror {
     /// The configured upstreams' names, the default first.
     pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
         self.upstreams.iter().map(|u| u.name())
+    }
+
+    /// Each upstream's name with its failure counts by kind (`kind` labels are fixed).
+    pub fn upstream_errors(&self) -> Vec<(&str, &'static str, u64)> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| {
+                u.errors()
+                    .snapshot()
+                    .map(move |(kind, n)| (u.name(), kind.as_str(), n))
+            })
+            .collect()
+    }
+
+    /// What the cache holds now.
+    pub fn cache_usage(&self) -> pullgate_store::Usage {
+        self.store.usage()
+    }
+
+    /// Readiness: can the cache take a new blob? Err says why not.
+    pub async fn check_cache_writable(&self) -> Result<(), MirrorError> {
+        Ok(self.store.check_writable().await?)
     }
 
     pub fn stats(&self) -> &Stats {

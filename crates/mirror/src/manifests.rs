@@ -9,7 +9,7 @@ use pullgate_oci::{
     media_types, AcceptList, Digest, ManifestInfo, Reference, RepoName, Tag, MANIFEST_SIZE_LIMIT,
 };
 use pullgate_store::{Store, TagKey, TagRecord};
-use pullgate_upstream::Upstream;
+use pullgate_upstream::{ErrorKind, Upstream};
 
 use crate::error::{MirrorError, Wanted};
 use crate::stats::Stats;
@@ -300,8 +300,10 @@ async fn fetch_manifest(
         (None, Some(d)) => d.clone(),
         (None, None) => Digest::sha256_of(&m.bytes),
     };
-    let info = ManifestInfo::parse(&m.bytes, m.media_type.as_deref())
-        .map_err(|e| MirrorError::UpstreamBadContent(format!("upstream manifest: {e}")))?;
+    let info = ManifestInfo::parse(&m.bytes, m.media_type.as_deref()).map_err(|e| {
+        upstream.errors().record(ErrorKind::Invalid);
+        MirrorError::UpstreamBadContent(format!("upstream manifest: {e}"))
+    })?;
     // Serve the Content-Type the upstream sent (parameters already dropped) when it is a
     // manifest type: clients compare it.
     let media_type = m
@@ -312,7 +314,8 @@ async fn fetch_manifest(
     // A mismatch is the store's DigestMismatch, which is the upstream's fault: 502.
     store
         .put_verified(&digest, m.bytes, Some(&media_type))
-        .await?;
+        .await
+        .inspect_err(|e| crate::stats::note_bad_content(upstream, e))?;
     store.link(upstream.name(), repo, &digest)?;
     Ok(Stored {
         digest,

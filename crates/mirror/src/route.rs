@@ -26,8 +26,9 @@ impl Target {
 /// Picks an upstream, in order: containerd's `?ns=<host>`; a path prefix naming a
 /// configured upstream (`ghcr.io/org/app`); the default (first) upstream.
 ///
-/// Only configured upstreams are ever chosen: an unknown `ns` is `NAME_UNKNOWN`, so the
-/// mirror can never be used as an open proxy.
+/// Only configured upstreams are ever chosen: an unknown `ns`, or a first path component
+/// that is a host no upstream is configured for, is `NAME_UNKNOWN`, so the mirror can never
+/// be used as an open proxy.
 pub(crate) fn route(
     upstreams: &[Arc<Upstream>],
     ns: Option<&str>,
@@ -56,6 +57,13 @@ pub(crate) fn route(
                 let repo =
                     RepoName::parse(rest).map_err(|e| MirrorError::NameUnknown(e.to_string()))?;
                 (u, repo)
+            }
+            // A host nobody configured: refuse rather than ask the default upstream for
+            // `quay.io/...`, which would answer for the wrong registry.
+            (Some(_), None) if looks_like_host(first) => {
+                return Err(MirrorError::NameUnknown(format!(
+                    "no upstream is configured for {first}"
+                )))
             }
             _ => (default, name.clone()),
         }
@@ -174,11 +182,13 @@ mod tests {
             go(None, "docker.io/alpine").ok(),
             ok("docker.io", "library/alpine").ok()
         );
-        // An unknown host-like prefix is part of the repository name on the default upstream.
-        assert_eq!(
-            go(None, "quay.io/x/y").ok(),
-            ok("docker.io", "quay.io/x/y").ok()
-        );
+        // A host nobody configured is refused, never asked of the default upstream.
+        for name in ["quay.io/x/y", "localhost/x", "registry.other/team/app"] {
+            assert!(
+                matches!(go(None, name), Err(MirrorError::NameUnknown(_))),
+                "{name}"
+            );
+        }
         // With ns, the path is the repository as is.
         assert_eq!(
             go(Some("ghcr.io"), "ghcr.io/org/app").ok(),

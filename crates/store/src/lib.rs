@@ -27,6 +27,7 @@ use pullgate_oci::{Digest, RepoName};
 pub use blob::{BlobReader, BlobStream};
 pub use error::StoreError;
 pub use index::{BlobRecord, TagKey, TagRecord};
+
 pub use ingest::{Follower, Ingest};
 
 use index::Index;
@@ -42,6 +43,16 @@ pub(crate) struct Inner {
     tmp: PathBuf,
     index: Index,
     tmp_seq: AtomicU64,
+    /// Bytes and files under `blobs/`, counted at open and kept as blobs come and go.
+    usage_bytes: AtomicU64,
+    usage_blobs: AtomicU64,
+}
+
+/// What the cache holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub blobs: u64,
 }
 
 impl Store {
@@ -56,14 +67,43 @@ impl Store {
         }
         fs::create_dir_all(&tmp).map_err(StoreError::io("creating tmp/"))?;
         let index = Index::open(&dir.join("index"))?;
+        let usage = measure(&blobs).map_err(StoreError::io("measuring blobs/"))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 blobs,
                 tmp,
                 index,
                 tmp_seq: AtomicU64::new(0),
+                usage_bytes: AtomicU64::new(usage.bytes),
+                usage_blobs: AtomicU64::new(usage.blobs),
             }),
         })
+    }
+
+    /// Bytes and blob files in the cache now.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            bytes: self.inner.usage_bytes.load(Ordering::Relaxed),
+            blobs: self.inner.usage_blobs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a new file can be written where ingests write (readiness): a full or
+    /// read-only disk fails here before it fails a pull.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let path = self.inner.tmp.join(format!(
+            "ready-{}-{}",
+            std::process::id(),
+            self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        tokio::task::spawn_blocking(move || {
+            let result = fs::File::create(&path)
+                .and_then(|mut f| f.write_all(b"ok"))
+                .map_err(StoreError::io("writing a probe file in tmp/"));
+            let _ = fs::remove_file(&path);
+            result
+        })
+        .await?
     }
 
     /// Where a committed blob lives.
@@ -165,8 +205,16 @@ impl Store {
 
     /// Delete a committed blob and its record.
     pub async fn remove(&self, digest: &Digest) -> Result<bool, StoreError> {
-        let removed = match tokio::fs::remove_file(self.blob_path(digest)).await {
-            Ok(()) => true,
+        let path = self.blob_path(digest);
+        let size = tokio::fs::metadata(&path).await.map(|m| m.len()).ok();
+        let removed = match tokio::fs::remove_file(&path).await {
+            Ok(()) => {
+                if let Some(size) = size {
+                    self.inner.usage_bytes.fetch_sub(size, Ordering::Relaxed);
+                    self.inner.usage_blobs.fetch_sub(1, Ordering::Relaxed);
+                }
+                true
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => {
                 return Err(StoreError::Io {
@@ -247,12 +295,37 @@ impl Inner {
             .parent()
             .ok_or_else(|| StoreError::Index("blob path has no parent".into()))?;
         fs::create_dir_all(dir).map_err(StoreError::io("creating blob directory"))?;
+        let size = f.metadata().map_err(StoreError::io("stat tmp file"))?.len();
+        let replaced = dest.exists();
         fs::rename(tmp, &dest).map_err(StoreError::io("renaming into blobs/"))?;
+        if !replaced {
+            self.usage_bytes.fetch_add(size, Ordering::Relaxed);
+            self.usage_blobs.fetch_add(1, Ordering::Relaxed);
+        }
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(StoreError::io("fsync blob directory"))?;
         Ok(())
     }
+}
+
+/// Total size and number of files under `blobs/` (two levels of directories per algorithm).
+fn measure(blobs: &Path) -> std::io::Result<Usage> {
+    let mut usage = Usage::default();
+    let mut dirs = vec![(blobs.to_path_buf(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() && depth < 2 {
+                dirs.push((entry.path(), depth + 1));
+            } else if kind.is_file() && depth == 2 {
+                usage.bytes += entry.metadata()?.len();
+                usage.blobs += 1;
+            }
+        }
+    }
+    Ok(usage)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use pullgate_oci::{ByteRange, Digest, RepoName, Tag};
 
-use crate::{BlobStream, Store, StoreError, TagKey, TagRecord};
+use crate::{BlobStream, Store, StoreError, TagKey, TagRecord, Usage};
 
 fn data(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
@@ -280,4 +280,45 @@ async fn index_survives_reopen_and_tmp_is_emptied() {
     let other = RepoName::parse("library/busybox").unwrap();
     assert!(!store.is_linked("docker.io", &other, &digest).unwrap());
     assert!(!store.is_linked("ghcr.io", &key.repo, &digest).unwrap());
+}
+
+#[tokio::test]
+async fn usage_counts_committed_blobs_across_reopen_and_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.usage(), Usage::default());
+    let a = data(1000);
+    let b = data(2500);
+    for bytes in [&a, &b, &a] {
+        let d = Digest::sha256_of(bytes);
+        store
+            .put_verified(&d, Bytes::copy_from_slice(bytes), None)
+            .await
+            .unwrap();
+    }
+    let mut ingest = store
+        .begin_ingest(Digest::sha256_of(&data(10)), Some(10))
+        .unwrap();
+    ingest.write(Bytes::from(data(10))).await.unwrap();
+    ingest.commit().await.unwrap();
+    let want = Usage {
+        bytes: 3510,
+        blobs: 3,
+    };
+    assert_eq!(store.usage(), want);
+    store.check_writable().await.unwrap();
+    assert_eq!(tmp_entries(dir.path()), 0);
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.usage(), want);
+    assert!(store.remove(&Digest::sha256_of(&b)).await.unwrap());
+    assert!(!store.remove(&Digest::sha256_of(&b)).await.unwrap());
+    assert_eq!(
+        store.usage(),
+        Usage {
+            bytes: 1010,
+            blobs: 2
+        }
+    );
 }

@@ -33,6 +33,98 @@ pub enum UpstreamError {
     Protocol(String),
 }
 
+/// What kind of failure an [`UpstreamError`] is, for the `upstream_errors_total` metric:
+/// a fixed set of labels, so a metric never carries an upstream's free text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Connection refused or reset before an answer, DNS, TLS.
+    Unreachable,
+    Timeout,
+    RateLimited,
+    /// A 5xx answer.
+    ServerError,
+    /// 401 after the handshake, or 403: our credentials are not good enough.
+    Denied,
+    /// An answer we cannot use: bad headers, oversized, unexpected status.
+    Invalid,
+    /// The bytes did not hash to the digest they were asked for (reported by the mirror).
+    DigestMismatch,
+    /// The body ended early or broke off mid-stream.
+    Truncated,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Unreachable,
+        ErrorKind::Timeout,
+        ErrorKind::RateLimited,
+        ErrorKind::ServerError,
+        ErrorKind::Denied,
+        ErrorKind::Invalid,
+        ErrorKind::DigestMismatch,
+        ErrorKind::Truncated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::ServerError => "server_error",
+            ErrorKind::Denied => "denied",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::DigestMismatch => "digest_mismatch",
+            ErrorKind::Truncated => "truncated",
+        }
+    }
+}
+
+impl UpstreamError {
+    /// The kind of failure; `None` for a 404, which is an answer, not a failure.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        Some(match self {
+            UpstreamError::NotFound => return None,
+            UpstreamError::Denied => ErrorKind::Denied,
+            UpstreamError::RateLimited { .. } => ErrorKind::RateLimited,
+            UpstreamError::Unavailable(m) if m.contains("timed out") => ErrorKind::Timeout,
+            UpstreamError::Unavailable(m) if m.starts_with("upstream answered 5") => {
+                ErrorKind::ServerError
+            }
+            UpstreamError::Unavailable(m) if m.starts_with("reading the response") => {
+                ErrorKind::Truncated
+            }
+            UpstreamError::Unavailable(_) => ErrorKind::Unreachable,
+            UpstreamError::TooLarge | UpstreamError::Protocol(_) => ErrorKind::Invalid,
+        })
+    }
+}
+
+/// Failures counted by kind, for one upstream.
+#[derive(Debug, Default)]
+pub struct ErrorCounts([std::sync::atomic::AtomicU64; ErrorKind::ALL.len()]);
+
+impl ErrorCounts {
+    pub fn record(&self, kind: ErrorKind) {
+        self.0[kind as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_error(&self, e: &UpstreamError) {
+        if let Some(kind) = e.kind() {
+            self.record(kind);
+        }
+    }
+
+    /// Every kind with its count, zeros included (so dashboards see the series).
+    pub fn snapshot(&self) -> impl Iterator<Item = (ErrorKind, u64)> + '_ {
+        ErrorKind::ALL.iter().map(|&k| {
+            (
+                k,
+                self.0[k as usize].load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+}
+
 /// Longest `Retry-After` we pass on; a larger value is more likely a bug than a plan.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -134,6 +226,43 @@ mod tests {
             let status = StatusCode::from_u16(*code).unwrap();
             assert_eq!(&from_status(status, &empty), want, "{code}");
         }
+    }
+
+    #[test]
+    fn kinds() {
+        let cases: &[(UpstreamError, Option<ErrorKind>)] = &[
+            (UpstreamError::NotFound, None),
+            (UpstreamError::Denied, Some(ErrorKind::Denied)),
+            (
+                UpstreamError::RateLimited { retry_after: None },
+                Some(ErrorKind::RateLimited),
+            ),
+            (
+                from_status(StatusCode::BAD_GATEWAY, &HeaderMap::new()),
+                Some(ErrorKind::ServerError),
+            ),
+            (
+                UpstreamError::Unavailable("request to h timed out".into()),
+                Some(ErrorKind::Timeout),
+            ),
+            (
+                UpstreamError::Unavailable("cannot connect to h: refused".into()),
+                Some(ErrorKind::Unreachable),
+            ),
+            (
+                UpstreamError::Unavailable("reading the response from h failed: reset".into()),
+                Some(ErrorKind::Truncated),
+            ),
+            (UpstreamError::TooLarge, Some(ErrorKind::Invalid)),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.kind(), *want, "{e}");
+        }
+        let counts = ErrorCounts::default();
+        counts.record_error(&UpstreamError::Denied);
+        counts.record_error(&UpstreamError::NotFound);
+        let got: Vec<_> = counts.snapshot().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(got, vec![(ErrorKind::Denied, 1)]);
     }
 
     #[test]

@@ -23,11 +23,12 @@ mod auth;
 mod error;
 mod transport;
 
-pub use error::UpstreamError;
+pub use error::{ErrorCounts, ErrorKind, UpstreamError};
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,6 +87,8 @@ pub struct Upstream {
     /// up front instead of paying a 401 each.
     wants_basic: AtomicBool,
     token_timeout: Duration,
+    /// Final failures of calls (after retries), by kind.
+    errors: Arc<ErrorCounts>,
 }
 
 /// What a manifest `HEAD` tells: enough to see whether a cached tag is still current.
@@ -180,12 +183,27 @@ impl Upstream {
             tokens: auth::TokenCache::new(),
             wants_basic: AtomicBool::new(false),
             token_timeout,
+            errors: Arc::default(),
         })
     }
 
     /// The upstream's name in the mirror.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Failures talking to this upstream, by kind. The mirror adds the ones only it can
+    /// see (content that does not match its digest).
+    pub fn errors(&self) -> &ErrorCounts {
+        &self.errors
+    }
+
+    /// Count a call's failure, if it failed.
+    fn counted<T>(&self, r: Result<T, UpstreamError>) -> Result<T, UpstreamError> {
+        if let Err(e) = &r {
+            self.errors.record_error(e);
+        }
+        r
     }
 
     /// Whether this is Docker Hub (which puts single-component names under `library/`).
@@ -200,16 +218,21 @@ impl Upstream {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<ManifestHead, UpstreamError> {
-        let url = self.url(repo, &format!("manifests/{reference}"))?;
-        let response = self
-            .request(Method::HEAD, url, Some(&manifest_accept()), &scope(repo))
-            .await?;
-        let headers = response.headers();
-        Ok(ManifestHead {
-            digest: docker_content_digest(headers),
-            media_type: media_type(headers),
-            size: content_length(headers),
-        })
+        self.counted(
+            async {
+                let url = self.url(repo, &format!("manifests/{reference}"))?;
+                let response = self
+                    .request(Method::HEAD, url, Some(&manifest_accept()), &scope(repo))
+                    .await?;
+                let headers = response.headers();
+                Ok(ManifestHead {
+                    digest: docker_content_digest(headers),
+                    media_type: media_type(headers),
+                    size: content_length(headers),
+                })
+            }
+            .await,
+        )
     }
 
     /// `GET` a manifest, refusing one larger than `limit` bytes.
@@ -219,29 +242,39 @@ impl Upstream {
         reference: &Reference,
         limit: usize,
     ) -> Result<FetchedManifest, UpstreamError> {
-        let url = self.url(repo, &format!("manifests/{reference}"))?;
-        let response = self
-            .request(Method::GET, url, Some(&manifest_accept()), &scope(repo))
-            .await?;
-        let digest = docker_content_digest(response.headers());
-        let media_type = media_type(response.headers());
-        let host = host_of(response.url());
-        let bytes = read_bounded(response, limit, &host).await?;
-        Ok(FetchedManifest {
-            bytes,
-            media_type,
-            digest,
-        })
+        self.counted(
+            async {
+                let url = self.url(repo, &format!("manifests/{reference}"))?;
+                let response = self
+                    .request(Method::GET, url, Some(&manifest_accept()), &scope(repo))
+                    .await?;
+                let digest = docker_content_digest(response.headers());
+                let media_type = media_type(response.headers());
+                let host = host_of(response.url());
+                let bytes = read_bounded(response, limit, &host).await?;
+                Ok(FetchedManifest {
+                    bytes,
+                    media_type,
+                    digest,
+                })
+            }
+            .await,
+        )
     }
 
     /// `HEAD` a blob: its size. An answer without `Content-Length` is a protocol error,
     /// since the size is all this is asked for.
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError> {
-        let url = self.url(repo, &format!("blobs/{digest}"))?;
-        let response = self.request(Method::HEAD, url, None, &scope(repo)).await?;
-        content_length(response.headers()).ok_or_else(|| {
-            UpstreamError::Protocol("blob HEAD answered without a Content-Length".into())
-        })
+        self.counted(
+            async {
+                let url = self.url(repo, &format!("blobs/{digest}"))?;
+                let response = self.request(Method::HEAD, url, None, &scope(repo)).await?;
+                content_length(response.headers()).ok_or_else(|| {
+                    UpstreamError::Protocol("blob HEAD answered without a Content-Length".into())
+                })
+            }
+            .await,
+        )
     }
 
     /// `GET` a blob as a stream. Transient failures are retried until the response headers
@@ -251,18 +284,28 @@ impl Upstream {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobDownload, UpstreamError> {
-        let url = self.url(repo, &format!("blobs/{digest}"))?;
-        let response = self.request(Method::GET, url, None, &scope(repo)).await?;
-        let size = content_length(response.headers());
-        // Name the host that serves the bytes (the CDN after a redirect), never its query.
-        let host = host_of(response.url());
-        let stream = response
-            .bytes_stream()
-            .map(move |chunk| chunk.map_err(|e| error::from_reqwest(e, &host)));
-        Ok(BlobDownload {
-            size,
-            stream: Box::pin(stream),
-        })
+        self.counted(
+            async {
+                let url = self.url(repo, &format!("blobs/{digest}"))?;
+                let response = self.request(Method::GET, url, None, &scope(repo)).await?;
+                let size = content_length(response.headers());
+                // Name the host that serves the bytes (the CDN after a redirect), never its query.
+                let host = host_of(response.url());
+                let errors = Arc::clone(&self.errors);
+                let stream = response.bytes_stream().map(move |chunk| {
+                    chunk.map_err(|e| {
+                        let e = error::from_reqwest(e, &host);
+                        errors.record_error(&e);
+                        e
+                    })
+                });
+                Ok(BlobDownload {
+                    size,
+                    stream: Box::pin(stream),
+                })
+            }
+            .await,
+        )
     }
 
     /// `GET {url}/v2/{repo}/{suffix_and_query}` (e.g. `tags/list?n=2&last=a`) and return
@@ -273,32 +316,37 @@ impl Upstream {
         suffix_and_query: &str,
         accept: Option<&str>,
     ) -> Result<Passthrough, UpstreamError> {
-        check_suffix(suffix_and_query)?;
-        let url = self.url(repo, suffix_and_query)?;
-        let response = self.request(Method::GET, url, accept, &scope(repo)).await?;
-        let status = response.status().as_u16();
-        let headers = response.headers();
-        let content_type =
-            header_text(headers, CONTENT_TYPE, MAX_MEDIA_TYPE_LEN).map(str::to_owned);
-        let link = match headers.get(LINK) {
-            None => None,
-            Some(v) if v.len() > MAX_LINK_LEN => {
-                return Err(UpstreamError::Protocol("Link header is too long".into()))
+        self.counted(
+            async {
+                check_suffix(suffix_and_query)?;
+                let url = self.url(repo, suffix_and_query)?;
+                let response = self.request(Method::GET, url, accept, &scope(repo)).await?;
+                let status = response.status().as_u16();
+                let headers = response.headers();
+                let content_type =
+                    header_text(headers, CONTENT_TYPE, MAX_MEDIA_TYPE_LEN).map(str::to_owned);
+                let link = match headers.get(LINK) {
+                    None => None,
+                    Some(v) if v.len() > MAX_LINK_LEN => {
+                        return Err(UpstreamError::Protocol("Link header is too long".into()))
+                    }
+                    Some(v) => Some(
+                        v.to_str()
+                            .map_err(|_| UpstreamError::Protocol("Link header is not text".into()))?
+                            .to_owned(),
+                    ),
+                };
+                let host = host_of(response.url());
+                let body = read_bounded(response, PASSTHROUGH_LIMIT, &host).await?;
+                Ok(Passthrough {
+                    status,
+                    content_type,
+                    link,
+                    body,
+                })
             }
-            Some(v) => Some(
-                v.to_str()
-                    .map_err(|_| UpstreamError::Protocol("Link header is not text".into()))?
-                    .to_owned(),
-            ),
-        };
-        let host = host_of(response.url());
-        let body = read_bounded(response, PASSTHROUGH_LIMIT, &host).await?;
-        Ok(Passthrough {
-            status,
-            content_type,
-            link,
-            body,
-        })
+            .await,
+        )
     }
 
     fn url(&self, repo: &RepoName, suffix: &str) -> Result<Url, UpstreamError> {
