@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use pullgate_auth::{Rule, Scheme, ThrottleConfig};
+use pullgate_server::TlsFiles;
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = include_str!("../config/pullgate.toml");
@@ -74,6 +75,17 @@ pub struct ServerSection {
     pub header_read_timeout: String,
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: String,
+    /// HTTPS with these PEM files (a mounted `kubernetes.io/tls` secret); plain HTTP if absent.
+    pub tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificate chain, leaf first (`tls.crt`).
+    pub cert: PathBuf,
+    /// Its private key (`tls.key`).
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +128,7 @@ fn default_read_timeout() -> String {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
     pub header_read_timeout: Duration,
     pub drain_timeout: Duration,
     pub cache_dir: PathBuf,
@@ -220,6 +233,10 @@ impl FileConfig {
                 path: self.audit.path,
             },
             listen,
+            tls: self.server.tls.map(|t| TlsFiles {
+                cert: t.cert,
+                key: t.key,
+            }),
             header_read_timeout: duration(
                 "server.header_read_timeout",
                 &self.server.header_read_timeout,
@@ -308,6 +325,8 @@ fn auth_settings(
     if listen.ip().is_loopback() {
         mirror_hosts.push(format!("localhost:{}", listen.port()));
     }
+    let mut seen = std::collections::HashSet::new();
+    mirror_hosts.retain(|h| seen.insert(h.to_ascii_lowercase()));
     Ok(AuthSettings {
         client_secrets: a.client_secrets,
         anonymous,
@@ -435,6 +454,32 @@ mod tests {
         assert_eq!(s.auth.scheme, Scheme::Token);
         assert_eq!(s.auth.token_ttl, Duration::from_secs(120));
         assert_eq!(s.auth.rules.len(), 1);
+    }
+
+    /// `check-config` prints TOML that is a configuration yielding the same settings.
+    #[test]
+    fn effective_settings_round_trip() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for path in [
+            root.join("pullgate.toml"),
+            root.join("examples/pullgate-auth.toml"),
+        ] {
+            let settings = FileConfig::load(Some(&path))
+                .and_then(|c| c.into_settings(Overrides::default()))
+                .unwrap();
+            let printed = crate::check::render(&settings);
+            let again = FileConfig::parse(&printed)
+                .and_then(|c| c.into_settings(Overrides::default()))
+                .unwrap_or_else(|e| panic!("{}: {e:#}\n{printed}", path.display()));
+            assert_eq!(crate::check::render(&again), printed, "{}", path.display());
+            assert_eq!(format!("{again:?}"), format!("{settings:?}"));
+        }
+        let tls = FileConfig::parse(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[server.tls]\ncert = \"/c\"\nkey = \"/k\"\n[cache]\ndir = \"d\"\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n",
+        )
+        .and_then(|c| c.into_settings(Overrides::default()))
+        .unwrap();
+        assert!(crate::check::render(&tls).contains("[server.tls]\ncert = \"/c\"\nkey = \"/k\""));
     }
 
     #[test]

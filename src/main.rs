@@ -1,6 +1,7 @@
 //! `pullgate`: the binary. Parses the command line and the configuration, wires the
 //! crates together, and owns the process: signals, logging, exit codes.
 
+mod check;
 mod config;
 
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use clap::{Parser, Subcommand};
 use pullgate_auth::{load_or_generate_key, AuthConfig, Authenticator};
 use pullgate_credentials::SecretSource;
 use pullgate_mirror::{Mirror, MirrorConfig};
-use pullgate_server::{App, Audit, ServerConfig};
+use pullgate_server::{App, Audit, ServerConfig, Tls};
 use pullgate_store::Store;
 use pullgate_upstream::{Upstream, UpstreamConfig};
 
@@ -24,18 +25,30 @@ use crate::config::{FileConfig, Overrides, Settings};
     about = "An authenticating pull-through registry mirror"
 )]
 struct Cli {
+    /// Log lines as human-readable text or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the mirror.
-    Serve(ServeArgs),
+    Serve(ConfigArgs),
+    /// Validate a configuration and print the effective settings (secret paths, never
+    /// secret values). Exits non-zero if the configuration is invalid.
+    CheckConfig(ConfigArgs),
 }
 
 #[derive(clap::Args)]
-struct ServeArgs {
+struct ConfigArgs {
     /// TOML configuration file (default: the embedded config/pullgate.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -51,27 +64,48 @@ struct ServeArgs {
     upstream: Option<String>,
 }
 
+impl ConfigArgs {
+    fn settings(self) -> Result<Settings> {
+        FileConfig::load(self.config.as_deref())?.into_settings(Overrides {
+            listen: self.listen,
+            cache_dir: self.cache_dir,
+            upstream: self.upstream,
+        })
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match cli.command {
         Command::Serve(args) => {
-            let settings = FileConfig::load(args.config.as_deref())?.into_settings(Overrides {
-                listen: args.listen,
-                cache_dir: args.cache_dir,
-                upstream: args.upstream,
-            })?;
+            let settings = args.settings()?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
                 .block_on(serve(settings))
+        }
+        Command::CheckConfig(args) => {
+            let source = args.config.as_ref().map_or_else(
+                || "the embedded default".to_owned(),
+                |p| p.display().to_string(),
+            );
+            let settings = args.settings()?;
+            for line in check::files(&settings) {
+                eprintln!("{line}");
+            }
+            println!("# pullgate check-config: {source} is valid; effective settings:");
+            print!("{}", check::render(&settings));
+            Ok(())
         }
     }
 }
@@ -117,26 +151,44 @@ async fn serve(s: Settings) -> Result<()> {
         store.clone(),
         MirrorConfig { tag_ttl: s.tag_ttl },
     );
+    let tls = s
+        .tls
+        .clone()
+        .map(Tls::load)
+        .transpose()
+        .context("[server.tls]")?;
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("listening on {}", s.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = tls.is_some(),
         cache = %s.cache_dir.display(),
         upstreams = ?s.upstreams.iter().map(|u| format!("{}={}", u.name, u.url)).collect::<Vec<_>>(),
         "pullgate serving"
     );
-    let app = Arc::new(App {
-        mirror: Arc::new(mirror),
-        auth,
-        audit,
-    });
+    let mirror = Arc::new(mirror);
+    let app = Arc::new(App::new(Arc::clone(&mirror), auth, audit));
     let config = ServerConfig {
         header_read_timeout: s.header_read_timeout,
         drain_timeout: s.drain_timeout,
+        tls,
         ..ServerConfig::default()
     };
+    let drain = s.drain_timeout;
     pullgate_server::serve(listener, app, config, shutdown_signal()).await?;
+    // Connections are closed; fills that outlived their clients get what is left of the
+    // deadline to commit. One cut short leaves only a tmp file, emptied at the next start.
+    let deadline = tokio::time::Instant::now() + drain;
+    while mirror.fills_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if mirror.fills_in_flight() > 0 {
+        tracing::warn!(
+            fills = mirror.fills_in_flight(),
+            "drain deadline passed with fills unfinished; their partial files are discarded"
+        );
+    }
     // Blob files are fsynced as they commit; the index's last writes are flushed here.
     store.flush().context("flushing the cache index")?;
     tracing::info!("pullgate stopped");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use crate::support::distribution::{Auth, Distribution};
-use crate::support::http::{self, basic, get, request, request_from};
+use crate::support::http::{self, basic, get, metric, request, request_from};
 use crate::support::images::{self, sha256, Flavor, Image, Pusher};
 use crate::support::pullgate::{Options, Pullgate};
 use crate::support::secret::{dockerconfigjson, SecretVolume};
@@ -253,7 +253,7 @@ async fn secret_rotation_is_followed_without_restart_or_dropped_pulls() {
         assert_eq!(b.status, 200);
     }
     assert!(
-        metric(&pullgate, "pullgate_secret_reload_failures_total").await >= 4
+        metric(&pullgate.url(), "pullgate_secret_reload_failures_total").await >= 4.0
             && pullgate.log().matches("ERROR").count() >= 4
             && pullgate.log().contains("cannot reload credentials"),
         "a failed reload is not logged:\n{}",
@@ -422,7 +422,7 @@ async fn failed_logins_are_throttled_per_address_and_audited_without_secrets() {
     let r = request_from(elsewhere, "GET", &manifest, &[("authorization", &alice)]).await;
     assert_eq!(r.status, 200);
 
-    assert!(metric(&pullgate, "pullgate_auth_failures_total").await >= 5);
+    assert!(metric(&pullgate.url(), "pullgate_auth_failures_total").await >= 5.0);
 
     // The audit log: JSON lines, one per manifest pull and per refusal.
     let mut lines = Vec::new();
@@ -523,14 +523,4 @@ async fn blob_content_survives_auth_checks() {
     let r = request("GET", &url, &[("authorization", &basic("u", "p"))]).await;
     assert_eq!(r.status, 200);
     assert_eq!(sha256(r.bytes()), img.layers[0].digest);
-}
-
-/// A value from `/metrics` (served without credentials, like the probes).
-async fn metric(pullgate: &Pullgate, name: &str) -> u64 {
-    let r = get(&format!("{}/metrics", pullgate.url())).await;
-    assert_eq!(r.status, 200);
-    let text = String::from_utf8_lossy(r.bytes()).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
 }

@@ -8,5 +8,6 @@ mod client_auth;
 mod clients;
 mod errors;
 mod faults;
+mod ops;
 mod pull;
 mod upstream_auth;

@@ -8,6 +8,10 @@ use futures_util::Stream;
 use http_body::{Frame, SizeHint};
 use pullgate_mirror::BlobStream;
 
+use crate::metrics::Metrics;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub enum Body {
@@ -18,6 +22,8 @@ pub enum Body {
     Blob {
         stream: BlobStream,
         remaining: u64,
+        /// Counts bytes as they go out, so aborted downloads count what was sent.
+        metrics: Arc<Metrics>,
     },
 }
 
@@ -42,7 +48,11 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Body::Blob { stream, remaining } => {
+            Body::Blob {
+                stream,
+                remaining,
+                metrics,
+            } => {
                 if *remaining == 0 {
                     return Poll::Ready(None);
                 }
@@ -50,6 +60,9 @@ impl http_body::Body for Body {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Some(Ok(chunk))) => {
                         *remaining = remaining.saturating_sub(chunk.len() as u64);
+                        metrics
+                            .served_blob_bytes
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                         Poll::Ready(Some(Ok(Frame::data(chunk))))
                     }
                     Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),

@@ -45,6 +45,17 @@ impl ApiError {
         e
     }
 
+    /// 503 from `/readyz`: the reason is generic on purpose (details go to the log).
+    pub fn not_ready(reason: &str) -> Self {
+        ApiError::new(ErrorCode::Unavailable, reason.to_owned())
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+    }
+
+    /// 500 for a bug: the client learns nothing, the log learns `what`.
+    pub fn internal(what: &str) -> Self {
+        ApiError::new(ErrorCode::Unknown, "internal error".to_owned()).log(what.to_owned())
+    }
+
     fn status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self

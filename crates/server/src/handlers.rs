@@ -11,6 +11,7 @@ use pullgate_mirror::{BlobResponse, ManifestResponse, Mirror, PassthroughRespons
 use pullgate_oci::{AcceptList, RangeSpec, RepoName};
 
 use crate::audit::{Audit, AuditEvent};
+use crate::metrics::Metrics;
 use crate::token;
 
 use crate::body::Body;
@@ -25,6 +26,18 @@ pub struct App {
     /// Who may pull: checked once, centrally, before any handler runs.
     pub auth: Authenticator,
     pub audit: Audit,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl App {
+    pub fn new(mirror: Arc<Mirror>, auth: Authenticator, audit: Audit) -> App {
+        App {
+            mirror,
+            auth,
+            audit,
+            metrics: Arc::default(),
+        }
+    }
 }
 
 /// What the audit line and the access log say about a request, filled in as it is handled.
@@ -37,6 +50,8 @@ struct Ctx {
     digest: Option<String>,
     /// Manifest pulls are audited whatever their outcome.
     manifest: bool,
+    /// The metrics label of the route, once known.
+    route: &'static str,
     source: Option<&'static str>,
     bytes: u64,
 }
@@ -47,7 +62,10 @@ pub(crate) async fn handle<B>(app: Arc<App>, req: Request<B>, peer: SocketAddr) 
     let head = method == http::Method::HEAD;
     let path = req.uri().path().to_owned();
     let query = Query::parse(req.uri().query());
-    let mut ctx = Ctx::default();
+    let mut ctx = Ctx {
+        route: "invalid",
+        ..Ctx::default()
+    };
 
     let mut resp = match dispatch(&app, &req, &method, &path, &query, peer, &mut ctx).await {
         Ok(resp) => resp,
@@ -60,6 +78,11 @@ pub(crate) async fn handle<B>(app: Arc<App>, req: Request<B>, peer: SocketAddr) 
         "Docker-Distribution-API-Version",
         HeaderValue::from_static(API_VERSION),
     );
+    app.metrics
+        .request(ctx.route, &method, resp.status(), started.elapsed());
+    if ctx.manifest && !head && resp.status().is_success() {
+        app.metrics.manifest_served(ctx.bytes);
+    }
     let status = resp.status().as_u16();
     let refused = match status {
         401 => Some("unauthorized"),
@@ -133,11 +156,13 @@ async fn dispatch<B>(
     peer: SocketAddr,
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
-    let route = Route::parse(method, path)?;
-    // Probes and scrapes come from the cluster, without credentials; neither says anything
+    let route = Route::parse(method, path).inspect_err(|e| ctx.route = e.label())?;
+    ctx.route = route.label();
+    // Probes and scrapes come from the cluster, without credentials; none says anything
     // about what is cached or who pulls it.
     match route {
         Route::Healthz => return Ok(text_ok("ok\n")),
+        Route::Readyz => return readiness(app).await,
         Route::Metrics => return Ok(crate::metrics::render(app)),
         _ => {}
     }
@@ -176,7 +201,9 @@ async fn dispatch<B>(
     };
 
     match route {
-        Route::Healthz | Route::Metrics => Ok(text_ok("ok\n")),
+        Route::Healthz | Route::Readyz | Route::Metrics => Err(ApiError::internal(
+            "probe routes are answered before authentication",
+        )),
         Route::Base => {
             if principal.is_none() && !auth.anonymous() {
                 return Err(unauthorized(None));
@@ -213,7 +240,7 @@ async fn dispatch<B>(
                 .and_then(|v| RangeSpec::parse(v).ok());
             let b = mirror.blob(&t, &digest, range, head).await?;
             ctx.source = Some(b.source.as_str());
-            Ok(blob_response(b, &digest.to_string()))
+            Ok(blob_response(b, &digest.to_string(), &app.metrics))
         }
         Route::Tags { name } => {
             let t = target(&name, ctx)?;
@@ -228,6 +255,20 @@ async fn dispatch<B>(
             Ok(passthrough_response(p))
         }
     }
+}
+
+/// `/readyz`: 200 when a pull could succeed here, else 503 with the reason (no secrets,
+/// no paths: the details are in the log).
+async fn readiness(app: &App) -> Result<Response<Body>, ApiError> {
+    if let Err(e) = app.mirror.check_cache_writable().await {
+        tracing::warn!(error = %e, "not ready: the cache is not writable");
+        return Err(ApiError::not_ready("the cache is not writable"));
+    }
+    if !app.auth.anonymous() && app.auth.credentials_loaded() == 0 {
+        tracing::warn!("not ready: the client secrets hold no credentials");
+        return Err(ApiError::not_ready("no client credentials are loaded"));
+    }
+    Ok(text_ok("ready\n"))
 }
 
 /// A 200 with a small body held whole, its type and exact length.
@@ -270,7 +311,7 @@ fn manifest_response(m: ManifestResponse, head: bool) -> Response<Body> {
     resp
 }
 
-fn blob_response(b: BlobResponse, digest: &str) -> Response<Body> {
+fn blob_response(b: BlobResponse, digest: &str, metrics: &Arc<Metrics>) -> Response<Body> {
     let len = b.content_length();
     let (status, content_range) = match b.range {
         Some(r) => (StatusCode::PARTIAL_CONTENT, Some(r.content_range(b.size))),
@@ -280,6 +321,7 @@ fn blob_response(b: BlobResponse, digest: &str) -> Response<Body> {
         Some(stream) => Body::Blob {
             stream,
             remaining: len,
+            metrics: Arc::clone(metrics),
         },
         None => Body::Empty,
     };

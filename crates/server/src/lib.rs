@@ -13,6 +13,7 @@ mod error;
 mod handlers;
 mod metrics;
 mod route;
+mod tls;
 mod token;
 
 use std::convert::Infallible;
@@ -32,6 +33,7 @@ pub use body::Body;
 pub use error::ApiError;
 pub use handlers::App;
 pub use route::{Query, Route, RouteError};
+pub use tls::{Tls, TlsError, TlsFiles};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -41,6 +43,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
+    /// Serve HTTPS with this certificate (reloaded when its files change); plain HTTP if
+    /// `None`, for loopback or behind a TLS-terminating proxy.
+    pub tls: Option<Tls>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +54,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             max_connections: 4096,
             drain_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -72,6 +78,15 @@ pub async fn serve(
     builder.http2().max_header_list_size(64 * 1024);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
+
+    let (stop_reload, stopped) = tokio::sync::watch::channel(());
+    if let Some(tls) = &config.tls {
+        tokio::spawn(watch_certificate(
+            tls.clone(),
+            Arc::clone(&app),
+            stopped.clone(),
+        ));
+    }
 
     loop {
         let permit = tokio::select! {
@@ -99,12 +114,35 @@ pub async fn serve(
             let app = Arc::clone(&app);
             async move { Ok::<_, Infallible>(handlers::handle(app, req, peer).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let tls = config.tls.clone();
+        let handshake_timeout = config.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(handshake_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -112,6 +150,7 @@ pub async fn serve(
     }
 
     drop(listener);
+    drop(stop_reload);
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(config.drain_timeout) => {
@@ -119,4 +158,17 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Look at the certificate files every [`tls::RELOAD_INTERVAL`] until the server stops.
+async fn watch_certificate(tls: Tls, app: Arc<App>, mut stopped: tokio::sync::watch::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(tls::RELOAD_INTERVAL) => {}
+        }
+        let (tls, app) = (tls.clone(), Arc::clone(&app));
+        // File reads: keep them off the async workers.
+        let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed(&app.metrics)).await;
+    }
 }

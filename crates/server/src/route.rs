@@ -28,6 +28,8 @@ pub enum Route {
     },
     /// Liveness: the process answers HTTP.
     Healthz,
+    /// Readiness: the cache is writable and client credentials are loaded.
+    Readyz,
     /// `GET /token`: the Docker token endpoint (when the token scheme is on).
     Token,
     /// Prometheus metrics.
@@ -64,7 +66,47 @@ pub struct Query {
 /// Scopes honoured in one token request; a client asks for one or two.
 pub const MAX_SCOPES: usize = 16;
 
+/// Every value [`Route::label`] and [`RouteError::label`] can return, for metrics.
+pub const ROUTE_LABELS: [&str; 11] = [
+    "base",
+    "manifest",
+    "blob",
+    "tags",
+    "referrers",
+    "token",
+    "metrics",
+    "healthz",
+    "readyz",
+    "unsupported",
+    "invalid",
+];
+
+impl RouteError {
+    /// The metrics label of a request that could not be routed.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RouteError::Unsupported(_) => "unsupported",
+            _ => "invalid",
+        }
+    }
+}
+
 impl Route {
+    /// A fixed label for metrics: never a repository name or anything else a client chose.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::Tags { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Token => "token",
+            Route::Metrics => "metrics",
+        }
+    }
+
     pub fn parse(method: &http::Method, path: &str) -> Result<Route, RouteError> {
         use http::Method;
         if path.len() > MAX_PATH {
@@ -74,6 +116,7 @@ impl Route {
         let head = *method == Method::HEAD;
         match path {
             "/healthz" if read => return Ok(Route::Healthz),
+            "/readyz" if read => return Ok(Route::Readyz),
             "/token" if *method == Method::GET => return Ok(Route::Token),
             "/metrics" if read => return Ok(Route::Metrics),
             "/v2" | "/v2/" if read => return Ok(Route::Base),

@@ -85,3 +85,26 @@ pub fn basic(user: &str, password: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     )
 }
+
+/// The value of one series on `/metrics` (served without credentials, like the probes),
+/// named exactly as exported: `name` or `name{label="value",...}`.
+pub async fn metric(base_url: &str, series: &str) -> f64 {
+    metric_value(&metrics_text(base_url).await, series)
+}
+
+/// One series' value in a `/metrics` text.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{text}"))
+}
+
+pub async fn metrics_text(base_url: &str) -> String {
+    let r = get(&format!("{base_url}/metrics")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    String::from_utf8_lossy(r.bytes()).into_owned()
+}

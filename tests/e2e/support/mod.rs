@@ -11,6 +11,7 @@ pub mod netns;
 pub mod pullgate;
 pub mod secret;
 pub mod skopeo;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

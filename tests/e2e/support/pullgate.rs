@@ -18,6 +18,8 @@ pub struct Options {
     pub port: Option<u16>,
     /// More TOML appended to the configuration (`[auth]`, `[audit]` ...).
     pub extra: String,
+    /// More command-line arguments after `serve --config <file>`.
+    pub args: Vec<String>,
 }
 
 impl Options {
@@ -36,6 +38,7 @@ impl Options {
             read_timeout: "30s".into(),
             port: None,
             extra: String::new(),
+            args: Vec::new(),
         }
     }
 }
@@ -44,6 +47,7 @@ pub struct Pullgate {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    args: Vec<String>,
 }
 
 impl Pullgate {
@@ -69,6 +73,7 @@ impl Pullgate {
             port,
             dir,
             child: None,
+            args: opts.args,
         };
         p.spawn(&config_path);
         p
@@ -83,6 +88,7 @@ impl Pullgate {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pullgate"))
             .args(["serve", "--config"])
             .arg(config)
+            .args(&self.args)
             .env("RUST_LOG", "info,pullgate=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -95,6 +101,36 @@ impl Pullgate {
             panic!("pullgate did not listen; log:\n{}", self.log());
         }
         self.child = Some(child);
+    }
+
+    /// Send SIGTERM and wait for the process to exit (at most `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("pullgate is running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "pullgate still running {timeout:?} after SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Start it again, on the same port, configuration and cache.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "terminate it first");
+        let config = self.dir.path().join("pullgate.toml");
+        self.spawn(&config);
     }
 
     pub fn url(&self) -> String {

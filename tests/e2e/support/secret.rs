@@ -25,20 +25,33 @@ pub fn dockerconfigjson(entries: &[(&str, &str, &str)]) -> String {
 }
 
 impl SecretVolume {
+    /// A `kubernetes.io/dockerconfigjson` secret.
     pub fn new(dir: &Path, content: &[u8]) -> SecretVolume {
+        SecretVolume::with_files(dir, &[(".dockerconfigjson", content)])
+    }
+
+    /// A secret with these keys (e.g. `tls.crt` and `tls.key` of a `kubernetes.io/tls`).
+    pub fn with_files(dir: &Path, files: &[(&str, &[u8])]) -> SecretVolume {
         std::fs::create_dir_all(dir).expect("secret dir");
         let mut v = SecretVolume {
             dir: dir.to_owned(),
             generation: 0,
             current: None,
         };
-        v.rotate(content);
-        symlink("..data/.dockerconfigjson", dir.join(".dockerconfigjson")).expect("symlink");
+        v.rotate_files(files);
+        for (name, _) in files {
+            symlink(format!("..data/{name}"), dir.join(name)).expect("symlink");
+        }
         v
     }
 
-    /// Publish new content as kubelet does.
+    /// Publish new dockerconfigjson content as kubelet does.
     pub fn rotate(&mut self, content: &[u8]) {
+        self.rotate_files(&[(".dockerconfigjson", content)]);
+    }
+
+    /// Publish new content for every key at once, as kubelet does: one `..data` swap.
+    pub fn rotate_files(&mut self, files: &[(&str, &[u8])]) {
         self.generation += 1;
         let name = format!(
             "..2026_11_22_00_00_{:02}.{:09}",
@@ -47,7 +60,9 @@ impl SecretVolume {
         );
         let ts = self.dir.join(&name);
         std::fs::create_dir(&ts).expect("timestamp dir");
-        std::fs::write(ts.join(".dockerconfigjson"), content).expect("write secret");
+        for (file, content) in files {
+            std::fs::write(ts.join(file), content).expect("write secret");
+        }
         let tmp = self.dir.join("..data_tmp");
         let _ = std::fs::remove_file(&tmp);
         symlink(&name, &tmp).expect("symlink ..data_tmp");

@@ -1,0 +1,158 @@
+//! `pullgate check-config`: validate a configuration and print the settings it yields, as
+//! TOML that is itself a valid configuration. Paths of secrets are printed, never what they
+//! hold; each mounted file is looked at and its state reported on standard error, without
+//! failing the check (a config is usually checked where the secrets are not mounted).
+
+use std::path::Path;
+use std::time::Duration;
+
+use pullgate_auth::Scheme;
+use pullgate_credentials::SecretSource;
+use pullgate_server::Tls;
+use toml::{Table, Value};
+
+use crate::config::Settings;
+
+/// The effective settings as a TOML document.
+pub fn render(s: &Settings) -> String {
+    let mut doc = Table::new();
+
+    let mut server = Table::new();
+    server.insert("listen".into(), s.listen.to_string().into());
+    server.insert(
+        "header_read_timeout".into(),
+        dur(s.header_read_timeout).into(),
+    );
+    server.insert("drain_timeout".into(), dur(s.drain_timeout).into());
+    if let Some(tls) = &s.tls {
+        let mut t = Table::new();
+        t.insert("cert".into(), path(&tls.cert));
+        t.insert("key".into(), path(&tls.key));
+        server.insert("tls".into(), Value::Table(t));
+    }
+    doc.insert("server".into(), Value::Table(server));
+
+    let mut cache = Table::new();
+    cache.insert("dir".into(), path(&s.cache_dir));
+    cache.insert("tag_ttl".into(), dur(s.tag_ttl).into());
+    doc.insert("cache".into(), Value::Table(cache));
+
+    let upstreams = s
+        .upstreams
+        .iter()
+        .map(|u| {
+            let mut t = Table::new();
+            t.insert("name".into(), u.name.clone().into());
+            t.insert("url".into(), u.url.clone().into());
+            if let Some(c) = &u.credentials {
+                t.insert("credentials".into(), path(c));
+            }
+            t.insert("connect_timeout".into(), dur(u.connect_timeout).into());
+            t.insert("read_timeout".into(), dur(u.read_timeout).into());
+            Value::Table(t)
+        })
+        .collect();
+    doc.insert("upstream".into(), Value::Array(upstreams));
+
+    let a = &s.auth;
+    let mut auth = Table::new();
+    auth.insert(
+        "client_secrets".into(),
+        Value::Array(a.client_secrets.iter().map(|p| path(p)).collect()),
+    );
+    auth.insert("anonymous".into(), a.anonymous.into());
+    auth.insert(
+        "scheme".into(),
+        match a.scheme {
+            Scheme::Basic => "basic",
+            Scheme::Token => "token",
+        }
+        .into(),
+    );
+    auth.insert(
+        "mirror_hosts".into(),
+        Value::Array(a.mirror_hosts.iter().map(|h| h.clone().into()).collect()),
+    );
+    auth.insert("service".into(), a.service.clone().into());
+    auth.insert("token_ttl".into(), dur(a.token_ttl).into());
+    if let Some(k) = &a.signing_key {
+        auth.insert("signing_key".into(), path(k));
+    }
+    auth.insert(
+        "max_failures".into(),
+        i64::from(a.throttle.max_failures).into(),
+    );
+    auth.insert("failure_window".into(), dur(a.throttle.window).into());
+    auth.insert("block".into(), dur(a.throttle.block).into());
+    let rules: Vec<Value> = a
+        .rules
+        .iter()
+        .map(|r| {
+            let mut t = Table::new();
+            t.insert("user".into(), r.user.clone().into());
+            t.insert(
+                "repositories".into(),
+                Value::Array(r.patterns.iter().map(|p| p.clone().into()).collect()),
+            );
+            Value::Table(t)
+        })
+        .collect();
+    if !rules.is_empty() {
+        auth.insert("rule".into(), Value::Array(rules));
+    }
+    doc.insert("auth".into(), Value::Table(auth));
+
+    let mut audit = Table::new();
+    audit.insert("enabled".into(), s.audit.enabled.into());
+    if let Some(p) = &s.audit.path {
+        audit.insert("path".into(), path(p));
+    }
+    doc.insert("audit".into(), Value::Table(audit));
+
+    toml::to_string(&doc).unwrap_or_else(|e| format!("# cannot render the settings: {e}\n"))
+}
+
+/// One line per file the settings name: loaded, or why not. Never the contents.
+pub fn files(s: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut secret = |what: &str, p: &Path| {
+        out.push(match SecretSource::open(p) {
+            Ok(src) => format!(
+                "ok       {what} {}: {} registries",
+                p.display(),
+                src.current().len()
+            ),
+            Err(e) => format!("warning  {what} {}: {e}", p.display()),
+        })
+    };
+    for p in &s.auth.client_secrets {
+        secret("client secret", p);
+    }
+    for u in &s.upstreams {
+        if let Some(p) = &u.credentials {
+            secret(&format!("upstream {} credentials", u.name), p);
+        }
+    }
+    if let Some(k) = &s.auth.signing_key {
+        out.push(match std::fs::metadata(k) {
+            Ok(m) if m.is_file() => format!("ok       signing key {}", k.display()),
+            Ok(_) => format!("warning  signing key {}: not a file", k.display()),
+            Err(e) => format!("warning  signing key {}: {e}", k.display()),
+        });
+    }
+    if let Some(tls) = &s.tls {
+        out.push(match Tls::load(tls.clone()) {
+            Ok(_) => format!("ok       TLS certificate {}", tls.cert.display()),
+            Err(e) => format!("warning  TLS: {e}"),
+        });
+    }
+    out
+}
+
+fn dur(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn path(p: &Path) -> Value {
+    p.display().to_string().into()
+}
