@@ -150,6 +150,16 @@ fn docker_pull_through_registry_mirrors() {
         assert_eq!(inspect("{{json .RootFS.Layers}}"), diff_ids(amd64));
         hub.assert_fetched_once("e2e-docker", amd64.blobs());
         hub.assert_never_fetched("e2e-docker", list.images[1].blobs());
+
+        // The other platform, asked for by name.
+        run(dockerd
+            .docker()
+            .args(["pull", "--platform", "linux/arm64", "e2e-docker:latest"]));
+        let arm64 = &list.images[1];
+        assert_eq!(inspect("{{.Architecture}}"), "arm64");
+        assert_eq!(inspect("{{.Id}}"), arm64.config.digest);
+        assert_eq!(inspect("{{json .RootFS.Layers}}"), diff_ids(arm64));
+        hub.assert_fetched_once("e2e-docker", list.images.iter().flat_map(Image::blobs));
         let log = hub.pullgate.log();
         assert!(
             log.contains("/v2/library/e2e-docker/manifests/latest"),
@@ -188,6 +198,15 @@ fn containerd_ctr_pull_with_hosts_toml() {
             .arg(chain_id(amd64)));
         hub.assert_fetched_once("e2e-containerd", amd64.blobs());
         hub.assert_never_fetched("e2e-containerd", index.images[1].blobs());
+
+        // The other platform, asked for by name, fetched and unpacked too.
+        let arm64 = &index.images[1];
+        run(&mut containerd.pull(&["--platform", "linux/arm64"], reference));
+        run(containerd
+            .ctr()
+            .args(["snapshots", "--snapshotter", "native", "info"])
+            .arg(chain_id(arm64)));
+        hub.assert_fetched_once("e2e-containerd", index.images.iter().flat_map(Image::blobs));
         // containerd names the registry it mirrors.
         let log = hub.pullgate.log();
         assert!(log.contains("/v2/library/e2e-containerd/"), "{log}");
@@ -225,12 +244,64 @@ fn podman_pull_with_registries_conf_mirror() {
         assert_eq!(inspect("{{json .RootFS.Layers}}"), diff_ids(amd64));
         hub.assert_fetched_once("e2e-podman", amd64.blobs());
         hub.assert_never_fetched("e2e-podman", index.images[1].blobs());
+
+        // The other platform, asked for by name.
+        let arm64 = &index.images[1];
+        run(podman.podman().args(["pull", "--arch", "arm64", reference]));
+        assert_eq!(inspect("{{.Architecture}}"), "arm64");
+        assert_eq!(
+            format!("sha256:{}", inspect("{{.Id}}")),
+            arm64.config.digest
+        );
+        hub.assert_fetched_once("e2e-podman", index.images.iter().flat_map(Image::blobs));
         let log = hub.pullgate.log();
         assert!(
             log.contains("/v2/library/e2e-podman/manifests/latest"),
             "{log}"
         );
     });
+}
+
+#[test]
+fn skopeo_copy_through_a_registries_conf_mirror() {
+    run_isolated(
+        "clients::skopeo_copy_through_a_registries_conf_mirror",
+        || {
+            let hub = Hub::anonymous();
+            let index = images::index("e2e-skopeo", LAYERS, Flavor::Docker);
+            hub.push_index("e2e-skopeo", &index);
+            let client = Podman::mirroring_docker_io(&hub.pullgate.host());
+            let reference = "docker://docker.io/library/e2e-skopeo:latest";
+
+            // One platform, chosen by name: only its manifest and blobs are fetched.
+            let arm64_dir = client.scratch("arm64");
+            run(client
+                .skopeo()
+                .args(["copy", "--quiet", "--override-arch", "arm64", reference])
+                .arg(format!("dir:{}", arm64_dir.display())));
+            let arm64 = &index.images[1];
+            assert_eq!(
+                crate::support::skopeo::manifest_digest(&arm64_dir),
+                arm64.manifest.digest
+            );
+            hub.assert_fetched_once("e2e-skopeo", arm64.blobs());
+            hub.assert_never_fetched("e2e-skopeo", index.images[0].blobs());
+
+            // The whole list, byte for byte.
+            let all_dir = client.scratch("all");
+            run(client
+                .skopeo()
+                .args(["copy", "--quiet", "--all", reference])
+                .arg(format!("dir:{}", all_dir.display())));
+            assert_eq!(
+                crate::support::skopeo::manifest_digest(&all_dir),
+                index.manifest.digest
+            );
+            hub.assert_fetched_once("e2e-skopeo", index.images.iter().flat_map(Image::blobs));
+            let log = hub.pullgate.log();
+            assert!(log.contains("skopeo/"), "{log}");
+        },
+    );
 }
 
 #[test]

@@ -335,6 +335,29 @@ impl Podman {
         c
     }
 
+    /// skopeo with the same registries.conf, storage and auth file. skopeo ignores
+    /// `CONTAINERS_REGISTRIES_CONF`, so the file is passed with `--registries-conf`.
+    pub fn skopeo(&self) -> Command {
+        require("skopeo");
+        let w = self.dir.path();
+        let mut c = Command::new("skopeo");
+        c.env("CONTAINERS_CONF", w.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", w.join("storage.conf"))
+            .env("REGISTRY_AUTH_FILE", w.join("auth.json"))
+            .env("XDG_RUNTIME_DIR", w.join("xdg"))
+            .env("TMPDIR", w.join("tmp"))
+            .env("HOME", w.join("home"))
+            .arg("--registries-conf")
+            .arg(w.join("registries.conf"))
+            .arg("--insecure-policy");
+        c
+    }
+
+    /// A scratch directory of this client's.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
     /// The auth file podman reads and `podman login` writes.
     pub fn auth_file(&self) -> PathBuf {
         self.dir.path().join("auth.json")
