@@ -482,6 +482,90 @@ mod tests {
         assert!(crate::check::render(&tls).contains("[server.tls]\ncert = \"/c\"\nkey = \"/k\""));
     }
 
+    /// docs/configuration.md documents exactly the keys the structs accept, and its full
+    /// example is a valid configuration.
+    #[test]
+    fn reference_documents_every_key() {
+        use serde_aux::serde_introspection::serde_introspect;
+        let doc = include_str!("../docs/configuration.md");
+        let accepted: Vec<String> = [
+            ("server", serde_introspect::<ServerSection>()),
+            ("server.tls", serde_introspect::<TlsSection>()),
+            ("cache", serde_introspect::<CacheSection>()),
+            ("upstream", serde_introspect::<UpstreamSection>()),
+            ("auth", serde_introspect::<AuthSection>()),
+            ("auth.rule", serde_introspect::<RuleSection>()),
+            ("audit", serde_introspect::<AuditSection>()),
+        ]
+        .iter()
+        .flat_map(|(section, fields)| fields.iter().map(move |f| format!("{section}.{f}")))
+        // Sub-tables are documented as sections of their own.
+        .filter(|k| k != "server.tls" && k != "auth.rule")
+        .collect();
+        let top: Vec<&str> = serde_introspect::<FileConfig>().to_vec();
+        assert_eq!(top, ["server", "cache", "upstream", "auth", "audit"]);
+
+        let documented: Vec<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .map(str::to_owned)
+            .collect();
+        for key in &accepted {
+            assert!(documented.contains(key), "{key} is not documented");
+        }
+        for key in &documented {
+            assert!(
+                accepted.contains(key),
+                "{key} is documented but not accepted"
+            );
+        }
+        assert_eq!(
+            documented.len(),
+            accepted.len(),
+            "a key is documented twice"
+        );
+
+        let example = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the complete example");
+        let file: toml::Table = toml::from_str(example).unwrap();
+        let s = FileConfig::parse(example)
+            .and_then(|c| c.into_settings(Overrides::default()))
+            .unwrap();
+        assert!(s.tls.is_some() && s.audit.path.is_some() && !s.auth.anonymous);
+        // The example sets every key.
+        let mut set = Vec::new();
+        for (section, value) in &file {
+            let tables = match value {
+                toml::Value::Array(a) => a.iter().filter_map(|v| v.as_table()).collect(),
+                toml::Value::Table(t) => vec![t],
+                _ => vec![],
+            };
+            for t in tables {
+                for (k, v) in t {
+                    match v {
+                        toml::Value::Table(sub) => {
+                            set.extend(sub.keys().map(|s| format!("{section}.{k}.{s}")))
+                        }
+                        toml::Value::Array(a)
+                            if a.iter().all(|v| v.is_table()) && !a.is_empty() =>
+                        {
+                            for sub in a.iter().filter_map(|v| v.as_table()) {
+                                set.extend(sub.keys().map(|s| format!("{section}.{k}.{s}")))
+                            }
+                        }
+                        _ => set.push(format!("{section}.{k}")),
+                    }
+                }
+            }
+        }
+        for key in &accepted {
+            assert!(set.contains(key), "the complete example lacks {key}");
+        }
+    }
+
     #[test]
     fn every_file_in_config_parses() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
