@@ -25,6 +25,17 @@ pub struct Distribution {
 
 impl Distribution {
     pub fn start(auth: Auth) -> Distribution {
+        Distribution::start_with(auth, "")
+    }
+
+    #[allow(dead_code)] // benches/e2e_proxy.rs compares pullgate with it
+    /// Distribution in pull-through proxy mode in front of `remote` (its own mirror mode,
+    /// for comparisons), optionally requiring Basic credentials of its clients.
+    pub fn proxy(remote: &str, auth: Auth) -> Distribution {
+        Distribution::start_with(auth, &format!("proxy:\n  remoteurl: {remote}\n"))
+    }
+
+    fn start_with(auth: Auth, extra: &str) -> Distribution {
         require("docker-registry");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
@@ -50,6 +61,7 @@ impl Distribution {
                 Some((user, password))
             }
         };
+        config.push_str(extra);
         fs::write(dir.path().join("config.yml"), config).expect("write config");
         let mut d = Distribution {
             port,
@@ -81,6 +93,12 @@ impl Distribution {
             "docker-registry did not listen on {}",
             self.port
         );
+    }
+
+    #[allow(dead_code)] // benches/e2e_proxy.rs reads its peak memory
+    /// The server's process id (for memory figures).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn url(&self) -> String {

@@ -20,6 +20,8 @@ pub struct Options {
     pub extra: String,
     /// More command-line arguments after `serve --config <file>`.
     pub args: Vec<String>,
+    /// `RUST_LOG` for the process.
+    pub log_filter: String,
 }
 
 impl Options {
@@ -39,6 +41,7 @@ impl Options {
             port: None,
             extra: String::new(),
             args: Vec::new(),
+            log_filter: "info,pullgate=debug".into(),
         }
     }
 }
@@ -48,6 +51,7 @@ pub struct Pullgate {
     dir: tempfile::TempDir,
     child: Option<Child>,
     args: Vec<String>,
+    log_filter: String,
 }
 
 impl Pullgate {
@@ -74,6 +78,7 @@ impl Pullgate {
             dir,
             child: None,
             args: opts.args,
+            log_filter: opts.log_filter,
         };
         p.spawn(&config_path);
         p
@@ -89,7 +94,7 @@ impl Pullgate {
             .args(["serve", "--config"])
             .arg(config)
             .args(&self.args)
-            .env("RUST_LOG", "info,pullgate=debug")
+            .env("RUST_LOG", &self.log_filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -131,6 +136,12 @@ impl Pullgate {
         assert!(self.child.is_none(), "terminate it first");
         let config = self.dir.path().join("pullgate.toml");
         self.spawn(&config);
+    }
+
+    #[allow(dead_code)] // benches/e2e_proxy.rs reads its peak memory
+    /// The process id, while it runs (for memory figures).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,537 @@
+//! pullgate against CNCF Distribution's proxy mode, in one run, on loopback.
+//!
+//! `cargo bench --bench e2e_proxy` starts a Distribution upstream holding 1 MiB, 64 MiB and
+//! 1 GiB blobs, Distribution in proxy mode in front of it, and pullgate in front of it (each
+//! mirror once anonymous and once with Basic auth), then measures both mirrors phase by
+//! phase and prints a table of pullgate / Distribution ratios, which it also writes into
+//! `docs/benchmarks.md` between the `e2e` markers. It needs `docker-registry` and
+//! `htpasswd` (`./tests/run-all.sh` installs them) and about 8 GiB of free disk.
+//!
+//! `PULLGATE_BENCH_QUICK=1` shrinks sizes and durations for a smoke run (figures not
+//! recorded).
+
+#[allow(dead_code)]
+#[path = "../tests/e2e/support/mod.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::distribution::{Auth, Distribution};
+use support::images::{self, noise, Blob, Flavor, Pusher};
+use support::pullgate::{Options, Pullgate};
+use support::secret::{dockerconfigjson, SecretVolume};
+
+const MIB: usize = 1024 * 1024;
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-password";
+/// What pull clients send; Distribution answers an OCI manifest only to a client that
+/// accepts it.
+const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+struct Sizes {
+    small: usize,
+    medium: usize,
+    large: usize,
+    load_secs: u64,
+}
+
+/// One row of the report.
+struct Row {
+    what: String,
+    pullgate: f64,
+    distribution: f64,
+    unit: &'static str,
+    /// Higher is better (throughput) or lower is better (time, memory, requests).
+    higher_is_better: bool,
+    note: String,
+}
+
+struct Mirror<'a> {
+    url: String,
+    pid: u32,
+    upstream: &'a Distribution,
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let quick = std::env::var_os("PULLGATE_BENCH_QUICK").is_some();
+    let sizes = if quick {
+        Sizes {
+            small: MIB,
+            medium: 8 * MIB,
+            large: 64 * MIB,
+            load_secs: 1,
+        }
+    } else {
+        Sizes {
+            small: MIB,
+            medium: 64 * MIB,
+            large: 1024 * MIB,
+            load_secs: 4,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = rt.block_on(run(&sizes));
+    println!("{report}");
+    if !quick {
+        record(&report);
+    }
+}
+
+async fn run(sizes: &Sizes) -> String {
+    let upstream = Distribution::start(Auth::Anonymous);
+    let push = Pusher::new(&upstream.url(), None);
+    let repo = "bench/blobs";
+    // Separate blobs per mirror for the cold phases, so each mirror starts cold on its own.
+    let blob = |seed: &str, len: usize| Blob::new("application/octet-stream", noise(seed, len));
+    let mut cold = Vec::new();
+    for len in [sizes.small, sizes.medium, sizes.large] {
+        let label = human(len);
+        let b = blob(&format!("cold-{label}"), len);
+        push.blob(repo, &b).await;
+        cold.push((label, b.digest.clone(), len));
+    }
+    let herd = [
+        blob("herd-pullgate", sizes.large),
+        blob("herd-distribution", sizes.large),
+    ];
+    for b in &herd {
+        push.blob(repo, b).await;
+    }
+    let herd: Vec<String> = herd.iter().map(|b| b.digest.clone()).collect();
+    let image = images::image("bench-manifest", &[4096], Flavor::Oci, "amd64");
+    push.image(repo, "v1", &image).await;
+
+    // The mirrors: each anonymous and with Basic auth.
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An entry keyed by the mirror's own address may pull from every upstream.
+    let auth_port = support::free_port();
+    let secret = SecretVolume::new(
+        &dir.path().join("clients"),
+        dockerconfigjson(&[(&format!("127.0.0.1:{auth_port}"), USER, PASSWORD)]).as_bytes(),
+    );
+    let pullgate_opts = |auth: bool| {
+        let mut o = Options::new(&upstream.url());
+        o.log_filter = "info".into();
+        // The brief's target is measured within tag_ttl.
+        o.tag_ttl = "10m".into();
+        if auth {
+            o.port = Some(auth_port);
+            o.extra = format!("[auth]\nclient_secrets = [\"{}\"]\n", secret.dir.display());
+        }
+        o
+    };
+    let pullgate = Pullgate::start(pullgate_opts(false));
+    let pullgate_auth = Pullgate::start(pullgate_opts(true));
+    let proxy = Distribution::proxy(&upstream.url(), Auth::Anonymous);
+    let proxy_auth = Distribution::proxy(
+        &upstream.url(),
+        Auth::Basic {
+            user: USER.into(),
+            password: PASSWORD.into(),
+        },
+    );
+    let mirrors = [
+        Mirror {
+            url: pullgate.url(),
+            pid: pullgate.pid().expect("pid"),
+            upstream: &upstream,
+        },
+        Mirror {
+            url: proxy.url(),
+            pid: proxy.pid().expect("pid"),
+            upstream: &upstream,
+        },
+    ];
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .build()
+        .expect("client");
+    let mut rows: Vec<Row> = Vec::new();
+    let mut direct_rows: Vec<String> = Vec::new();
+    let mut peak = [0f64; 2];
+
+    // Cold pulls: throughput and time to first byte, against the upstream read directly.
+    for (label, digest, len) in &cold {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let direct = timed_get(&client, &format!("{}{path}", upstream.url()), None).await;
+        let mut got = [(0.0, 0.0); 2];
+        for (i, m) in mirrors.iter().enumerate() {
+            reset_peak(m.pid);
+            got[i] = timed_get(&client, &format!("{}{path}", m.url), None).await;
+            peak[i] = peak[i].max(peak_rss_mib(m.pid));
+        }
+        let mibs = |secs: f64| *len as f64 / MIB as f64 / secs;
+        rows.push(Row {
+            what: format!("cold GET {label}: throughput"),
+            pullgate: mibs(got[0].1),
+            distribution: mibs(got[1].1),
+            unit: "MiB/s",
+            higher_is_better: true,
+            note: format!(
+                "upstream direct {:.0} MiB/s; pullgate {:.2}× direct, Distribution {:.2}×",
+                mibs(direct.1),
+                direct.1 / got[0].1,
+                direct.1 / got[1].1
+            ),
+        });
+        rows.push(Row {
+            what: format!("cold GET {label}: time to first byte"),
+            pullgate: got[0].0 * 1e3,
+            distribution: got[1].0 * 1e3,
+            unit: "ms",
+            higher_is_better: false,
+            note: format!("upstream direct {:.1} ms", direct.0 * 1e3),
+        });
+        direct_rows.push(format!(
+            "{label}: {:.0} MiB/s, TTFB {:.1} ms",
+            mibs(direct.1),
+            direct.0 * 1e3
+        ));
+    }
+
+    // Warm GETs of the 64 MiB blob (cached by the cold phase) with 1, 8 and 32 clients.
+    let (_, warm_digest, warm_len) = &cold[1];
+    for clients in [1usize, 8, 32] {
+        let mut rate = [0.0; 2];
+        for (i, m) in mirrors.iter().enumerate() {
+            reset_peak(m.pid);
+            let url = format!("{}/v2/{repo}/blobs/{warm_digest}", m.url);
+            let bytes = load(&client, &url, None, clients, sizes.load_secs, false)
+                .await
+                .1;
+            rate[i] = bytes as f64 / MIB as f64 / sizes.load_secs as f64;
+            peak[i] = peak[i].max(peak_rss_mib(m.pid));
+        }
+        rows.push(Row {
+            what: format!("warm GET {}: {clients} clients", human(*warm_len)),
+            pullgate: rate[0],
+            distribution: rate[1],
+            unit: "MiB/s",
+            higher_is_better: true,
+            note: String::new(),
+        });
+    }
+
+    // A thundering herd: 32 clients ask for the same cold 1 GiB blob at once.
+    let herd_direct = {
+        let url = format!("{}/v2/{repo}/blobs/{}", upstream.url(), herd[0]);
+        let started = Instant::now();
+        concurrent_gets(&client, &url, 32).await;
+        started.elapsed().as_secs_f64()
+    };
+    let mut herd_wall = [0.0; 2];
+    let mut herd_gets = [0.0; 2];
+    for (i, m) in mirrors.iter().enumerate() {
+        reset_peak(m.pid);
+        let path = format!("/v2/{repo}/blobs/{}", herd[i]);
+        let before = upstream_gets(m.upstream, &path);
+        let started = Instant::now();
+        concurrent_gets(&client, &format!("{}{path}", m.url), 32).await;
+        herd_wall[i] = started.elapsed().as_secs_f64();
+        // Distribution's proxy may still be finishing its own copy: let the log settle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        herd_gets[i] = (upstream_gets(m.upstream, &path) - before) as f64;
+        peak[i] = peak[i].max(peak_rss_mib(m.pid));
+    }
+    rows.push(Row {
+        what: format!("32 concurrent cold GETs of {}: wall", human(sizes.large)),
+        pullgate: herd_wall[0],
+        distribution: herd_wall[1],
+        unit: "s",
+        higher_is_better: false,
+        note: format!(
+            "32 direct GETs {herd_direct:.2} s; pullgate {:.2}× direct, Distribution {:.2}×",
+            herd_wall[0] / herd_direct,
+            herd_wall[1] / herd_direct
+        ),
+    });
+    rows.push(Row {
+        what: "… upstream GETs caused".into(),
+        pullgate: herd_gets[0],
+        distribution: herd_gets[1],
+        unit: "GETs",
+        higher_is_better: false,
+        note: String::new(),
+    });
+
+    // Manifests at 64 connections: by digest and by tag, without and with Basic auth.
+    let by_digest = format!("/v2/{repo}/manifests/{}", image.manifest.digest);
+    let by_tag = format!("/v2/{repo}/manifests/v1");
+    let auth_header = support::http::basic(USER, PASSWORD);
+    let upstream_rate = {
+        let url = format!("{}{by_digest}", upstream.url());
+        load(&client, &url, None, 64, sizes.load_secs, true).await.0 as f64 / sizes.load_secs as f64
+    };
+    let auth_mirrors = [
+        (pullgate_auth.url(), pullgate_auth.pid().expect("pid")),
+        (proxy_auth.url(), proxy_auth.pid().expect("pid")),
+    ];
+    for (label, path) in [("by digest", &by_digest), ("by tag", &by_tag)] {
+        for auth in [false, true] {
+            let mut rate = [0.0; 2];
+            let mut upstream_requests = [0usize; 2];
+            for i in 0..2 {
+                let (url, pid) = if auth {
+                    (auth_mirrors[i].0.clone(), auth_mirrors[i].1)
+                } else {
+                    (mirrors[i].url.clone(), mirrors[i].pid)
+                };
+                let header = auth.then_some(auth_header.as_str());
+                // Warm the mirror's cache first: this phase measures hits.
+                let _ = timed_get(&client, &format!("{url}{path}"), header).await;
+                reset_peak(pid);
+                let before = upstream.access_log().len();
+                let n = load(
+                    &client,
+                    &format!("{url}{path}"),
+                    header,
+                    64,
+                    sizes.load_secs,
+                    true,
+                )
+                .await
+                .0;
+                upstream_requests[i] = upstream.access_log().len() - before;
+                rate[i] = n as f64 / sizes.load_secs as f64;
+                peak[i] = peak[i].max(peak_rss_mib(pid));
+            }
+            rows.push(Row {
+                what: format!(
+                    "manifest GET {label}, 64 conns, {}",
+                    if auth { "Basic auth" } else { "anonymous" }
+                ),
+                pullgate: rate[0],
+                distribution: rate[1],
+                unit: "req/s",
+                higher_is_better: true,
+                note: format!(
+                    "upstream direct (anonymous) {upstream_rate:.0} req/s; pullgate {:.2}× it, Distribution {:.2}×; upstream requests during the run: {} / {}",
+                    rate[0] / upstream_rate,
+                    rate[1] / upstream_rate,
+                    upstream_requests[0],
+                    upstream_requests[1]
+                ),
+            });
+        }
+    }
+
+    // HEAD latency on a cached blob, one request at a time.
+    let mut head_ms = [0.0; 2];
+    for (i, m) in mirrors.iter().enumerate() {
+        let url = format!("{}/v2/{repo}/blobs/{warm_digest}", m.url);
+        let mut times = Vec::new();
+        for _ in 0..200 {
+            let started = Instant::now();
+            let r = client.head(&url).send().await.expect("HEAD");
+            assert!(r.status().is_success(), "HEAD {url}: {}", r.status());
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        head_ms[i] = times[times.len() / 2];
+    }
+    rows.push(Row {
+        what: "HEAD cached blob: median latency".into(),
+        pullgate: head_ms[0],
+        distribution: head_ms[1],
+        unit: "ms",
+        higher_is_better: false,
+        note: String::new(),
+    });
+    rows.push(Row {
+        what: "peak RSS over the phases above".into(),
+        pullgate: peak[0],
+        distribution: peak[1],
+        unit: "MiB",
+        higher_is_better: false,
+        note: "VmHWM, reset before each phase".into(),
+    });
+
+    render(&rows, &direct_rows, sizes)
+}
+
+fn human(len: usize) -> String {
+    if len >= 1024 * MIB {
+        format!("{} GiB", len / (1024 * MIB))
+    } else {
+        format!("{} MiB", len / MIB)
+    }
+}
+
+/// GET a URL once, reading the whole body: (seconds to the first body byte, seconds total).
+async fn timed_get(client: &reqwest::Client, url: &str, auth: Option<&str>) -> (f64, f64) {
+    let started = Instant::now();
+    let mut req = client.get(url).header("accept", ACCEPT);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let mut resp = req.send().await.expect("GET");
+    assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    let mut first = None;
+    while let Some(chunk) = resp.chunk().await.expect("body") {
+        if first.is_none() && !chunk.is_empty() {
+            first = Some(started.elapsed().as_secs_f64());
+        }
+    }
+    let total = started.elapsed().as_secs_f64();
+    (first.unwrap_or(total), total)
+}
+
+/// `n` clients GET the same URL at once; every body is read to the end.
+async fn concurrent_gets(client: &reqwest::Client, url: &str, n: usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.to_owned());
+            tokio::spawn(async move { timed_get(&client, &url, None).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client task");
+    }
+}
+
+/// `conns` clients GET `url` in a loop for `secs`: (requests completed, body bytes).
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    conns: usize,
+    secs: u64,
+    small: bool,
+) -> (u64, u64) {
+    let requests = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.to_owned());
+            let auth = auth.map(str::to_owned);
+            let (requests, bytes) = (Arc::clone(&requests), Arc::clone(&bytes));
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let mut req = client.get(&url).header("accept", ACCEPT);
+                    if let Some(a) = &auth {
+                        req = req.header("authorization", a);
+                    }
+                    let mut resp = req.send().await.expect("GET");
+                    assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+                    let mut n = 0;
+                    if small {
+                        n = resp.bytes().await.expect("body").len() as u64;
+                    } else {
+                        while let Some(c) = resp.chunk().await.expect("body") {
+                            n += c.len() as u64;
+                            // A bulk transfer counts what arrived within the window.
+                            if Instant::now() >= deadline {
+                                break;
+                            }
+                        }
+                    }
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    bytes.fetch_add(n, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    (
+        requests.load(Ordering::Relaxed),
+        bytes.load(Ordering::Relaxed),
+    )
+}
+
+/// GETs of `path` in the upstream's access log so far (both mirrors share the upstream; the
+/// phases run one mirror at a time, so a difference belongs to the mirror under test).
+fn upstream_gets(upstream: &Distribution, path: &str) -> usize {
+    let needle = format!("\"GET {path} HTTP/1.1\"");
+    upstream
+        .access_log()
+        .iter()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// Reset the kernel's peak-RSS mark (VmHWM) of a process.
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn render(rows: &[Row], direct: &[String], sizes: &Sizes) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "`cargo bench --bench e2e_proxy`, {} (blobs of {}, {} and {}; load phases {} s each).\n",
+        today(),
+        human(sizes.small),
+        human(sizes.medium),
+        human(sizes.large),
+        sizes.load_secs
+    );
+    let _ = writeln!(
+        out,
+        "| measurement | pullgate | Distribution proxy | pullgate / Distribution | notes |\n|---|---|---|---|---|"
+    );
+    for r in rows {
+        let ratio = if r.distribution > 0.0 {
+            r.pullgate / r.distribution
+        } else {
+            f64::NAN
+        };
+        let better = if (ratio > 1.0) == r.higher_is_better {
+            "better"
+        } else {
+            "worse"
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} {} | {:.1} {} | {ratio:.2}× ({better}) | {} |",
+            r.what, r.pullgate, r.unit, r.distribution, r.unit, r.note
+        );
+    }
+    let _ = writeln!(out, "\nUpstream read directly: {}.", direct.join("; "));
+    out
+}
+
+fn today() -> String {
+    let out = std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    out
+}
+
+/// Replace the text between the e2e markers of docs/benchmarks.md.
+fn record(report: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
+    let Ok(doc) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let (begin, end) = ("<!-- e2e:begin -->", "<!-- e2e:end -->");
+    let (Some(b), Some(e)) = (doc.find(begin), doc.find(end)) else {
+        eprintln!("docs/benchmarks.md has no e2e markers; not recorded");
+        return;
+    };
+    let updated = format!("{}{begin}\n{report}\n{}", &doc[..b], &doc[e..]);
+    if let Err(e) = std::fs::write(path, updated) {
+        eprintln!("cannot write {path}: {e}");
+    }
+}
