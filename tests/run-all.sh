@@ -23,12 +23,28 @@ missing=()
 for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
 done
+# tests/k8s_check.py (run by tests/e2e/config_files.rs) needs a venv for kubernetes-validate.
+if ! command -v kubernetes-validate >/dev/null 2>&1 && [[ ! -x target/pyenv/bin/kubernetes-validate ]]; then
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+fi
 if ((${#missing[@]})); then
   echo "installing end-to-end test dependencies: ${missing[*]}"
   sudo=""
   [[ $(id -u) -eq 0 ]] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# kubernetes-validate (schemas for tests/k8s_check.py), in a venv of our own under target/.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  if [[ ! -x target/pyenv/bin/kubernetes-validate ]]; then
+    echo "installing kubernetes-validate into target/pyenv"
+    rm -rf target/pyenv
+    python3 -m venv target/pyenv
+    target/pyenv/bin/pip install --quiet kubernetes-validate==1.37.0 pyyaml
+  fi
+  export PATH="$PWD/target/pyenv/bin:$PATH"
 fi
 
 cargo fmt --all --check

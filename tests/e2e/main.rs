@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod client_auth;
 mod clients;
+mod config_files;
 mod errors;
 mod faults;
 mod ops;
