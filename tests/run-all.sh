@@ -17,6 +17,8 @@ declare -A packages=(
   [podman]=podman
   [runc]=runc
   [ip]=iproute2
+  [curl]=curl
+  [openssl]=openssl
   [unshare]=util-linux
 )
 missing=()
