@@ -26,6 +26,8 @@ use support::secret::{dockerconfigjson, SecretVolume};
 
 const MIB: usize = 1024 * 1024;
 const USER: &str = "bench";
+/// The bench's own requests carry this, so the upstream's log tells them from the mirrors'.
+const BENCH_AGENT: &str = "pullgate-e2e-bench";
 const PASSWORD: &str = "bench-password";
 /// What pull clients send; Distribution answers an OCI manifest only to a client that
 /// accepts it.
@@ -151,6 +153,7 @@ async fn run(sizes: &Sizes) -> String {
         },
     ];
     let client = reqwest::Client::builder()
+        .user_agent(BENCH_AGENT)
         .pool_max_idle_per_host(128)
         .build()
         .expect("client");
@@ -232,13 +235,10 @@ async fn run(sizes: &Sizes) -> String {
     for (i, m) in mirrors.iter().enumerate() {
         reset_peak(m.pid);
         let path = format!("/v2/{repo}/blobs/{}", herd[i]);
-        let before = upstream_gets(m.upstream, &path);
         let started = Instant::now();
         concurrent_gets(&client, &format!("{}{path}", m.url), 32).await;
         herd_wall[i] = started.elapsed().as_secs_f64();
-        // Distribution's proxy may still be finishing its own copy: let the log settle.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        herd_gets[i] = (upstream_gets(m.upstream, &path) - before) as f64;
+        herd_gets[i] = settled_upstream_gets(m.upstream, &path).await as f64;
         peak[i] = peak[i].max(peak_rss_mib(m.pid));
     }
     rows.push(Row {
@@ -449,15 +449,27 @@ async fn load(
     )
 }
 
-/// GETs of `path` in the upstream's access log so far (both mirrors share the upstream; the
-/// phases run one mirror at a time, so a difference belongs to the mirror under test).
-fn upstream_gets(upstream: &Distribution, path: &str) -> usize {
+/// GETs of `path` a mirror made upstream (the bench's own are told apart by their user
+/// agent; each herd blob is asked of one mirror only), once the count has stopped moving:
+/// a mirror may still be finishing its copies after the clients are served.
+async fn settled_upstream_gets(upstream: &Distribution, path: &str) -> usize {
     let needle = format!("\"GET {path} HTTP/1.1\"");
-    upstream
-        .access_log()
-        .iter()
-        .filter(|l| l.contains(&needle))
-        .count()
+    let count = || {
+        upstream
+            .access_log()
+            .iter()
+            .filter(|l| l.contains(&needle) && !l.contains(BENCH_AGENT))
+            .count()
+    };
+    let mut last = count();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
 }
 
 /// Reset the kernel's peak-RSS mark (VmHWM) of a process.
