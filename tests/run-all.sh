@@ -18,6 +18,8 @@ declare -A packages=(
   [runc]=runc
   [ip]=iproute2
   [curl]=curl
+  [buildah]=buildah
+  [chroot]=coreutils
   [openssl]=openssl
   [unshare]=util-linux
 )

@@ -9,6 +9,7 @@ mod clients;
 mod config_files;
 mod errors;
 mod faults;
+mod image;
 mod ops;
 mod pull;
 mod upstream_auth;
