@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use crate::support::distribution::{Auth, Distribution};
-use crate::support::http::get;
+use crate::support::http::{fills_settled, get};
 use crate::support::images::{self, sha256, Flavor, Pusher};
 use crate::support::{free_port, wait_port};
 
@@ -60,6 +60,7 @@ async fn flags_override_the_embedded_default() {
     let r = get(&format!("{base}/v2/e2e/cli/blobs/{}", img.layers[0].digest)).await;
     assert_eq!(r.status, 200);
     assert_eq!(sha256(r.bytes()), img.layers[0].digest);
+    fills_settled(&base).await;
     assert!(dir.path().join("cache/blobs/sha256").is_dir());
 
     Command::new("kill")

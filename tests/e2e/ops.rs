@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::distribution::{Auth, Distribution};
 use crate::support::eventually;
-use crate::support::http::{get, metric_value, metrics_text, request};
+use crate::support::http::{fills_settled, get, metric_value, metrics_text, request};
 use crate::support::images::{self, sha256, Flavor, Pusher};
 use crate::support::pullgate::{Options, Pullgate};
 use crate::support::require;
@@ -63,6 +63,7 @@ async fn several_upstreams_route_by_ns_prefix_and_default_and_share_blobs() {
         |prefix: &str, query: &str| format!("{base}/v2/{prefix}/blobs/{}{query}", layer.digest);
     let r = get(&blob("app", "")).await;
     assert_eq!(sha256(r.bytes()), layer.digest);
+    fills_settled(&base).await;
     let r = get(&blob("ghcr.io/org/app", "")).await;
     assert_eq!(sha256(r.bytes()), layer.digest);
     let r = get(&blob("org/app", "?ns=ghcr.io")).await;
@@ -252,6 +253,8 @@ async fn metrics_probes_and_json_logs() {
         for _ in 0..2 {
             let r = get(&format!("{base}/v2/e2e/metrics/blobs/{}", layer.digest)).await;
             assert_eq!(sha256(r.bytes()), layer.digest);
+            // The second GET is then a hit, not a join of the committing fill.
+            fills_settled(&base).await;
         }
     }
     let r = request("HEAD", &format!("{base}/v2/e2e/metrics/manifests/v1"), &[]).await;
@@ -269,6 +272,7 @@ async fn metrics_probes_and_json_logs() {
     .await;
     assert!(r.status >= 500, "{}", r.status);
 
+    fills_settled(&base).await;
     let text = metrics_text(&base).await;
     let v = |series: &str| metric_value(&text, series);
     let layers: f64 = img.layers.iter().map(|l| l.bytes.len() as f64).sum();

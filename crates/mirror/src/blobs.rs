@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use pullgate_oci::{ByteRange, Digest, RangeError, RangeSpec, RepoName};
-use pullgate_store::{BlobStream, Follower, Store};
+use pullgate_store::{BlobStream, Follower, Store, BATCH_BYTES, BATCH_CHUNKS};
 use pullgate_upstream::Upstream;
 use tokio::sync::watch;
 
@@ -224,13 +224,14 @@ async fn fill(
     let _ = tx.send(FillState::Started(ingest.follower()));
 
     let mut stream = download.stream;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(chunk) => {
+    while let Some(batch) = next_batch(&mut stream).await {
+        match batch {
+            Ok(chunks) => {
+                let len: usize = chunks.iter().map(|c| c.len()).sum();
                 stats
                     .bytes_fetched
-                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                ingest.write(chunk).await?;
+                    .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+                ingest.write_batch(chunks).await?;
             }
             Err(e) => {
                 let e = MirrorError::from_upstream(e, Wanted::Blob);
@@ -246,6 +247,34 @@ async fn fill(
         .inspect_err(|e| crate::stats::note_bad_content(upstream, e))?;
     store.link(upstream.name(), repo, digest)?;
     Ok(())
+}
+
+/// The next chunk from the network and every further one already there, up to a batch: a
+/// fast upstream delivers tens of small chunks per wake-up, and the store's per-batch costs
+/// are paid once for all of them. Never waits for more than the first chunk, so a slow
+/// upstream's bytes reach the followers as soon as they arrive.
+async fn next_batch<S, E>(stream: &mut S) -> Option<Result<Vec<bytes::Bytes>, E>>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    let first = match stream.next().await? {
+        Ok(c) => c,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut len = first.len();
+    let mut chunks = vec![first];
+    while len < BATCH_BYTES && chunks.len() < BATCH_CHUNKS {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(c))) => {
+                len += c.len();
+                chunks.push(c);
+            }
+            // An error fails the whole fill: the chunks gathered before it need not be written.
+            Some(Some(Err(e))) => return Some(Err(e)),
+            Some(None) | None => break,
+        }
+    }
+    Some(Ok(chunks))
 }
 
 /// The response for a blob of `size` bytes: the range resolved against it (416 when it

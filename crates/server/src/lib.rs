@@ -32,6 +32,7 @@ pub use audit::{Audit, AuditEvent};
 pub use body::Body;
 pub use error::ApiError;
 pub use handlers::App;
+pub use metrics::Metrics;
 pub use route::{Query, Route, RouteError};
 pub use tls::{Tls, TlsError, TlsFiles};
 

@@ -1,13 +1,12 @@
 //! Reading committed blobs as bounded-chunk streams.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use pullgate_oci::ByteRange;
 
@@ -98,13 +97,7 @@ impl BlobReader {
                 if pos >= end {
                     return None;
                 }
-                let want = chunk_len(pos, end);
-                let f = Arc::clone(&file);
-                let read = tokio::task::spawn_blocking(move || read_at(&f, pos, want))
-                    .await
-                    .map_err(StoreError::from)
-                    .and_then(|r| r);
-                match read {
+                match read_at_async(&file, pos, chunk_len(pos, end)).await {
                     // A committed blob never shrinks; reading short means something outside
                     // pullgate changed the file. End the stream with an error, not short.
                     Ok(b) if b.is_empty() => Some((
@@ -128,23 +121,137 @@ pub(crate) fn chunk_len(pos: u64, end: u64) -> usize {
     usize::try_from(end - pos).map_or(CHUNK, |n| n.min(CHUNK))
 }
 
-/// `pread` up to `len` bytes at `offset`; shorter only at end of file.
-pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> Result<Bytes, StoreError> {
-    let mut buf = BytesMut::zeroed(len);
-    let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(StoreError::Io {
-                    op: "reading blob",
-                    source: e,
-                })
-            }
+/// Up to `len` bytes at `offset`, from the calling task when the page cache holds them
+/// (the common case: a blob just written, or served recently), else from the blocking
+/// pool. Shorter than `len` only at the end of the file, or when only part was cached.
+pub(crate) async fn read_at_async(
+    file: &Arc<File>,
+    offset: u64,
+    len: usize,
+) -> Result<Bytes, StoreError> {
+    match sys::read_cached(file, offset, len) {
+        Ok(Some(b)) if !b.is_empty() => return Ok(b),
+        Ok(_) => {}
+        Err(e) => {
+            return Err(StoreError::Io {
+                op: "reading blob",
+                source: e,
+            })
         }
     }
-    buf.truncate(filled);
-    Ok(buf.freeze())
+    let f = Arc::clone(file);
+    tokio::task::spawn_blocking(move || read_at(&f, offset, len)).await?
+}
+
+/// `pread` up to `len` bytes at `offset`, waiting for the disk; shorter only at end of file.
+pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> Result<Bytes, StoreError> {
+    sys::read_full(file, offset, len)
+        .map(Bytes::from)
+        .map_err(|source| StoreError::Io {
+            op: "reading blob",
+            source,
+        })
+}
+
+/// Reads into fresh buffers without zeroing them first: a blob is read once per client per
+/// byte, so a `memset` before every `pread` would be a third of the copying.
+#[cfg(target_os = "linux")]
+mod sys {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use bytes::Bytes;
+
+    /// Cleared when the kernel or filesystem refuses `RWF_NOWAIT`; every read then takes
+    /// the blocking pool.
+    static NOWAIT: AtomicBool = AtomicBool::new(true);
+
+    /// What the page cache holds at `offset` (up to `len`), without blocking on the disk.
+    /// `None`: nothing there now, or the kernel cannot say; read it the blocking way.
+    pub(super) fn read_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+        if !NOWAIT.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut buf = Vec::with_capacity(len);
+        match pread_into(file, &mut buf, offset, libc::RWF_NOWAIT) {
+            Ok(_) => Ok(Some(Bytes::from(buf))),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+                ) =>
+            {
+                NOWAIT.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn read_full(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = offset + buf.len() as u64;
+            match pread_into(file, &mut buf, at, 0) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(buf)
+    }
+
+    /// One `preadv2` into `buf`'s spare capacity, appending what was read.
+    fn pread_into(
+        file: &File,
+        buf: &mut Vec<u8>,
+        offset: u64,
+        flags: libc::c_int,
+    ) -> io::Result<usize> {
+        let spare = buf.spare_capacity_mut();
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `iov` covers exactly the vector's spare capacity, which stays allocated
+        // and unaliased for the call; the kernel writes at most `iov_len` bytes into it.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, flags) };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        // SAFETY: the kernel initialised the first `n <= iov_len` bytes of the spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+        Ok(n)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    use std::fs::File;
+    use std::io;
+
+    use bytes::Bytes;
+
+    pub(super) fn read_cached(_: &File, _: u64, _: usize) -> io::Result<Option<Bytes>> {
+        Ok(None)
+    }
+
+    pub(super) fn read_full(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        let mut filled = 0;
+        while filled < len {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
 }

@@ -1,42 +1,72 @@
 //! Writing one blob while others read it.
 //!
-//! One blocking worker per ingest writes chunks to a `tmp/` file at their offsets, hashes
-//! them (the only hash of these bytes, ever), and publishes how much is on disk through a
-//! `watch` channel. Followers read the same open file behind it, woken by that channel: no
-//! polling, and a follower never waits for more than the bytes it needs next.
+//! The bytes of an ingest take two paths at once, on two blocking threads: a writer puts
+//! them in a `tmp/` file with one vectored `write` per batch, and a hasher hashes them (the
+//! only hash of these bytes, ever). Both get the same reference-counted buffers, so nothing
+//! is copied between them, and hashing, which costs about as much as the whole loopback
+//! transfer, overlaps with the write and with the network instead of following them.
 //!
-//! A follower's stream withholds its final byte until the whole blob has been verified and
-//! committed, so a client can never receive a clean, complete-looking body of bad content:
-//! on a mismatch its stream ends in an error instead.
+//! The writer publishes how much is on disk through a `watch` channel. Followers read the
+//! same open file behind it, woken by that channel: no polling, and a follower never waits
+//! for more than the bytes it needs next.
+//!
+//! A follower's stream withholds its final byte until the whole blob has been verified, so
+//! a client can never receive a clean, complete-looking body of bad content: on a mismatch
+//! its stream ends in an error instead. Verification, not durability, releases that byte:
+//! the commit's `fsync` of a large blob takes as long as writing it, and a client holding
+//! verified bytes need not wait for the disk.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::io::{IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pullgate_oci::{Digest, Hasher};
+use pullgate_oci::{Algorithm, Digest, Hasher};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::blob::{chunk_len, read_at, BlobStream};
+use crate::blob::{chunk_len, read_at_async, BlobStream};
 use crate::{Inner, StoreError};
 
-/// Chunks queued between the network and the disk: bounds an ingest's memory.
-const QUEUE: usize = 16;
+/// Batches queued to each of the writer and the hasher. Both queues hold the same buffers,
+/// so an ingest pins at most about `QUEUE` batches of memory.
+const QUEUE: usize = 4;
+
+/// Bytes worth gathering into one batch: large enough that the per-batch costs (two queue
+/// hops, one `write`, one wake-up of every follower) vanish against the copy itself.
+pub const BATCH_BYTES: usize = 1024 * 1024;
+
+/// Buffers per batch at most: one `writev` takes up to `IOV_MAX` (1024) of them.
+pub const BATCH_CHUNKS: usize = 512;
+
+/// Buffers that arrived together and are written with one vectored write.
+type Batch = Arc<Vec<Bytes>>;
 
 #[derive(Debug, Clone)]
 enum State {
-    Writing { written: u64 },
-    Complete { size: u64 },
+    Writing {
+        written: u64,
+    },
+    /// Every byte is on disk and hashed to the expected digest. The commit (fsync, rename)
+    /// may still be under way; readers need not wait for it.
+    Verified {
+        size: u64,
+    },
     Failed(Arc<str>),
 }
 
 /// Writes one blob into the store. Dropping it without [`Ingest::commit`] aborts it.
 pub struct Ingest {
-    tx: Option<mpsc::Sender<Bytes>>,
-    worker: Option<JoinHandle<Result<u64, StoreError>>>,
+    inner: Arc<Inner>,
+    digest: Digest,
+    expected_size: Option<u64>,
+    tmp: PathBuf,
+    file: Arc<File>,
+    senders: Option<(mpsc::Sender<Batch>, mpsc::Sender<Batch>)>,
+    writer: Option<JoinHandle<Result<u64, StoreError>>>,
+    hasher: Option<JoinHandle<Digest>>,
     state: Arc<watch::Sender<State>>,
     cancelled: Arc<AtomicBool>,
     follower: Follower,
@@ -48,16 +78,6 @@ pub struct Follower {
     file: Arc<File>,
     state: watch::Receiver<State>,
     expected_size: Option<u64>,
-}
-
-struct Worker {
-    inner: Arc<Inner>,
-    file: Arc<File>,
-    tmp: PathBuf,
-    digest: Digest,
-    expected_size: Option<u64>,
-    state: Arc<watch::Sender<State>>,
-    cancelled: Arc<AtomicBool>,
 }
 
 impl Ingest {
@@ -77,20 +97,27 @@ impl Ingest {
         let (state_tx, state_rx) = watch::channel(State::Writing { written: 0 });
         let state = Arc::new(state_tx);
         let cancelled = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let worker = Worker {
-            inner,
+        let (write_tx, write_rx) = mpsc::channel(QUEUE);
+        let (hash_tx, hash_rx) = mpsc::channel(QUEUE);
+        let writer = Writer {
             file: Arc::clone(&file),
-            tmp,
-            digest,
+            tmp: tmp.clone(),
             expected_size,
             state: Arc::clone(&state),
             cancelled: Arc::clone(&cancelled),
         };
-        let handle = tokio::task::spawn_blocking(move || worker.run(rx));
+        let writer = tokio::task::spawn_blocking(move || writer.run(write_rx));
+        let algorithm = digest.algorithm();
+        let hasher = tokio::task::spawn_blocking(move || hash_all(algorithm, hash_rx));
         Ok(Ingest {
-            tx: Some(tx),
-            worker: Some(handle),
+            inner,
+            digest,
+            expected_size,
+            tmp,
+            file: Arc::clone(&file),
+            senders: Some((write_tx, hash_tx)),
+            writer: Some(writer),
+            hasher: Some(hasher),
             state,
             cancelled,
             follower: Follower {
@@ -106,17 +133,33 @@ impl Ingest {
         self.follower.clone()
     }
 
-    /// Queue the next chunk. Waits when the disk is behind (backpressure to the network).
+    /// Queue one chunk. See [`Ingest::write_batch`].
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        let Some(tx) = &self.tx else {
+        self.write_batch(vec![chunk]).await
+    }
+
+    /// Queue chunks that arrived together (at most [`BATCH_CHUNKS`] of them; more are
+    /// split). Waits when the disk or the hash is behind: backpressure to the network.
+    pub async fn write_batch(&mut self, mut chunks: Vec<Bytes>) -> Result<(), StoreError> {
+        while chunks.len() > BATCH_CHUNKS {
+            let rest = chunks.split_off(BATCH_CHUNKS);
+            self.send(chunks).await?;
+            chunks = rest;
+        }
+        self.send(chunks).await
+    }
+
+    async fn send(&mut self, chunks: Vec<Bytes>) -> Result<(), StoreError> {
+        let Some((write_tx, hash_tx)) = &self.senders else {
             return Err(StoreError::IngestFailed("ingest already finished".into()));
         };
-        if tx.send(chunk).await.is_ok() {
+        let batch = Arc::new(chunks);
+        if write_tx.send(Arc::clone(&batch)).await.is_ok() && hash_tx.send(batch).await.is_ok() {
             return Ok(());
         }
-        // The worker stopped early (disk error, too many bytes): report why.
-        self.tx = None;
-        match self.worker.take() {
+        // The writer stopped early (disk error, too many bytes): report why.
+        self.senders = None;
+        match self.writer.take() {
             Some(h) => match h.await? {
                 Err(e) => Err(e),
                 Ok(_) => Err(StoreError::IngestFailed("ingest ended early".into())),
@@ -125,81 +168,52 @@ impl Ingest {
         }
     }
 
-    /// Finish: check size and digest, fsync, rename into `blobs/`. Returns the size.
+    /// Finish: check size and digest (followers may read the last byte from then on),
+    /// fsync, rename into `blobs/`. Returns the size.
     pub async fn commit(mut self) -> Result<u64, StoreError> {
-        self.tx = None;
-        match self.worker.take() {
-            Some(h) => h.await?,
-            None => Err(StoreError::IngestFailed("ingest already finished".into())),
-        }
-    }
-
-    /// Give up: the tmp file is deleted and every follower's stream fails with `reason`.
-    pub fn abort(&mut self, reason: &str) {
-        if self.tx.is_none() && self.worker.is_none() {
-            return;
-        }
-        // Order matters: the worker checks the flag once the channel closes, so it must be
-        // set before the sender is dropped, or the worker could commit.
-        self.cancelled.store(true, Ordering::SeqCst);
-        self.state.send_replace(State::Failed(reason.into()));
-        self.tx = None;
-        self.worker = None;
-    }
-}
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        if self.tx.is_some() {
-            self.abort("ingest abandoned");
-        }
-    }
-}
-
-impl Worker {
-    fn run(self, mut rx: mpsc::Receiver<Bytes>) -> Result<u64, StoreError> {
-        let result = self.write_all(&mut rx);
-        match &result {
-            Ok(size) => {
-                self.state.send_replace(State::Complete { size: *size });
-            }
+        self.senders = None;
+        let (Some(writer), Some(hasher)) = (self.writer.take(), self.hasher.take()) else {
+            return Err(StoreError::IngestFailed("ingest already finished".into()));
+        };
+        let written = writer.await;
+        let actual = hasher.await;
+        let verified = match (written, actual) {
+            (Ok(Ok(written)), Ok(actual)) => self.verify(written, actual),
+            (Ok(Err(e)), _) => return Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(StoreError::from(e)),
+        };
+        let size = match verified {
+            Ok(size) => size,
             Err(e) => {
-                let _ = std::fs::remove_file(&self.tmp);
-                self.state.send_if_modified(|s| match s {
-                    State::Failed(_) => false,
-                    _ => {
-                        *s = State::Failed(e.to_string().into());
-                        true
-                    }
-                });
+                self.fail(&e.to_string());
+                let tmp = self.tmp.clone();
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(tmp)).await;
+                return Err(e);
             }
-        }
-        result
+        };
+        self.state.send_replace(State::Verified { size });
+
+        let (inner, file, tmp, digest) = (
+            Arc::clone(&self.inner),
+            Arc::clone(&self.file),
+            self.tmp.clone(),
+            self.digest.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let result = inner
+                .commit_file(&file, &tmp, &digest)
+                .and_then(|()| inner.index.put_blob(&digest, size, None));
+            if result.is_err() {
+                // Readers already hold verified bytes; only the cache loses this blob.
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        })
+        .await??;
+        Ok(size)
     }
 
-    fn write_all(&self, rx: &mut mpsc::Receiver<Bytes>) -> Result<u64, StoreError> {
-        let mut hasher = Hasher::new(self.digest.algorithm());
-        let mut written: u64 = 0;
-        while let Some(chunk) = rx.blocking_recv() {
-            if self.cancelled.load(Ordering::SeqCst) {
-                return Err(StoreError::IngestFailed("aborted".into()));
-            }
-            let next = written + chunk.len() as u64;
-            if let Some(expected) = self.expected_size {
-                if next > expected {
-                    return Err(StoreError::SizeMismatch {
-                        expected,
-                        actual: next,
-                    });
-                }
-            }
-            self.file
-                .write_all_at(&chunk, written)
-                .map_err(StoreError::io("writing tmp file"))?;
-            hasher.update(&chunk);
-            written = next;
-            self.state.send_replace(State::Writing { written });
-        }
+    fn verify(&self, written: u64, actual: Digest) -> Result<u64, StoreError> {
         if self.cancelled.load(Ordering::SeqCst) {
             return Err(StoreError::IngestFailed("aborted".into()));
         }
@@ -211,16 +225,134 @@ impl Worker {
                 });
             }
         }
-        let actual = hasher.finish();
         if actual != self.digest {
             return Err(StoreError::DigestMismatch {
                 expected: self.digest.clone(),
                 actual,
             });
         }
-        self.inner
-            .commit_file(&self.file, &self.tmp, &self.digest)?;
-        self.inner.index.put_blob(&self.digest, written, None)?;
+        Ok(written)
+    }
+
+    fn fail(&self, reason: &str) {
+        self.state.send_if_modified(|s| match s {
+            State::Writing { .. } => {
+                *s = State::Failed(reason.into());
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Give up: the tmp file is deleted and every follower's stream fails with `reason`.
+    pub fn abort(&mut self, reason: &str) {
+        if self.senders.is_none() && self.writer.is_none() {
+            return;
+        }
+        // Order matters: the writer checks the flag once its queue closes, so it must be
+        // set before the senders are dropped, or the writer would keep the tmp file.
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.fail(reason);
+        self.senders = None;
+        self.writer = None;
+        self.hasher = None;
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if self.senders.is_some() {
+            self.abort("ingest abandoned");
+        }
+    }
+}
+
+/// Hashes every batch; the digest of whatever arrived once the queue closes.
+fn hash_all(algorithm: Algorithm, mut rx: mpsc::Receiver<Batch>) -> Digest {
+    let mut hasher = Hasher::new(algorithm);
+    while let Some(batch) = rx.blocking_recv() {
+        for chunk in batch.iter() {
+            hasher.update(chunk);
+        }
+    }
+    hasher.finish()
+}
+
+struct Writer {
+    file: Arc<File>,
+    tmp: PathBuf,
+    expected_size: Option<u64>,
+    state: Arc<watch::Sender<State>>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(self, mut rx: mpsc::Receiver<Batch>) -> Result<u64, StoreError> {
+        let result = self.write_all(&mut rx);
+        if let Err(e) = &result {
+            let _ = std::fs::remove_file(&self.tmp);
+            self.state.send_if_modified(|s| match s {
+                State::Writing { .. } => {
+                    *s = State::Failed(e.to_string().into());
+                    true
+                }
+                _ => false,
+            });
+        }
+        result
+    }
+
+    fn write_all(&self, rx: &mut mpsc::Receiver<Batch>) -> Result<u64, StoreError> {
+        let mut written: u64 = 0;
+        // Only this thread writes, through the file's own position; followers use `pread`,
+        // which leaves it alone.
+        let mut file: &File = &self.file;
+        while let Some(batch) = rx.blocking_recv() {
+            if self.cancelled.load(Ordering::SeqCst) {
+                return Err(StoreError::IngestFailed("aborted".into()));
+            }
+            let len: u64 = batch.iter().map(|c| c.len() as u64).sum();
+            let next = written + len;
+            if let Some(expected) = self.expected_size {
+                if next > expected {
+                    return Err(StoreError::SizeMismatch {
+                        expected,
+                        actual: next,
+                    });
+                }
+            }
+            let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|c| IoSlice::new(c)).collect();
+            let mut slices = &mut slices[..];
+            while !slices.is_empty() {
+                match file.write_vectored(slices) {
+                    Ok(0) => {
+                        return Err(StoreError::Io {
+                            op: "writing tmp file",
+                            source: std::io::ErrorKind::WriteZero.into(),
+                        })
+                    }
+                    Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(StoreError::Io {
+                            op: "writing tmp file",
+                            source: e,
+                        })
+                    }
+                }
+            }
+            written = next;
+            self.state.send_if_modified(|s| match s {
+                State::Writing { written: w } => {
+                    *w = written;
+                    true
+                }
+                _ => false,
+            });
+        }
+        if self.cancelled.load(Ordering::SeqCst) {
+            return Err(StoreError::IngestFailed("aborted".into()));
+        }
         Ok(written)
     }
 }
@@ -231,7 +363,7 @@ impl Follower {
         self.expected_size
     }
 
-    /// The final size: known at once if announced, else when the ingest completes.
+    /// The final size: known at once if announced, else when the ingest is verified.
     pub async fn wait_size(&self) -> Result<u64, StoreError> {
         match self.expected_size {
             Some(s) => Ok(s),
@@ -239,7 +371,7 @@ impl Follower {
         }
     }
 
-    /// Wait for the ingest to end: the committed size, or why it failed.
+    /// Wait for the ingest to end: the verified size, or why it failed.
     pub async fn finished(&self) -> Result<u64, StoreError> {
         let mut rx = self.state.clone();
         let state = rx
@@ -248,7 +380,7 @@ impl Follower {
             .map_err(|_| StoreError::IngestFailed("ingest vanished".into()))?
             .clone();
         match state {
-            State::Complete { size } => Ok(size),
+            State::Verified { size } => Ok(size),
             State::Failed(r) => Err(StoreError::IngestFailed(r.to_string())),
             State::Writing { .. } => Err(StoreError::IngestFailed("ingest vanished".into())),
         }
@@ -288,7 +420,7 @@ async fn next_chunk(
         let state = rx.borrow_and_update().clone();
         let limit = match state {
             State::Failed(r) => return Err(StoreError::IngestFailed(r.to_string())),
-            State::Complete { size } => {
+            State::Verified { size } => {
                 let end = want_end.map_or(size, |e| e.min(size));
                 if pos >= end {
                     return Ok(None);
@@ -303,9 +435,7 @@ async fn next_chunk(
             },
         };
         if pos < limit {
-            let len = chunk_len(pos, limit);
-            let f = Arc::clone(file);
-            let b = tokio::task::spawn_blocking(move || read_at(&f, pos, len)).await??;
+            let b = read_at_async(file, pos, chunk_len(pos, limit)).await?;
             if b.is_empty() {
                 return Err(StoreError::IngestFailed(
                     "tmp file shorter than written".into(),
@@ -314,7 +444,7 @@ async fn next_chunk(
             return Ok(Some(b));
         }
         if rx.changed().await.is_err() {
-            // The worker dropped its sender: only after publishing a final state, so look once more.
+            // Every sender is gone: only after a final state, so look once more.
             let state = rx.borrow().clone();
             if matches!(state, State::Writing { .. }) {
                 return Err(StoreError::IngestFailed("ingest vanished".into()));

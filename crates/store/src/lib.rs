@@ -28,7 +28,7 @@ pub use blob::{BlobReader, BlobStream};
 pub use error::StoreError;
 pub use index::{BlobRecord, TagKey, TagRecord};
 
-pub use ingest::{Follower, Ingest};
+pub use ingest::{Follower, Ingest, BATCH_BYTES, BATCH_CHUNKS};
 
 use index::Index;
 

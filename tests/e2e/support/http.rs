@@ -108,3 +108,20 @@ pub async fn metrics_text(base_url: &str) -> String {
     );
     String::from_utf8_lossy(r.bytes()).into_owned()
 }
+
+/// Wait until no fill is under way. A client has its last byte once the blob is verified;
+/// the commit (fsync, rename, index) finishes just after, and some tests look at the cache.
+pub async fn fills_settled(base_url: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = metrics_text(base_url).await;
+        if metric_value(&text, "pullgate_fills_in_flight") == 0.0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fills still in flight after 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
