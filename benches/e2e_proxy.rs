@@ -7,8 +7,9 @@
 //! `docs/benchmarks.md` between the `e2e` markers. It needs `docker-registry` and
 //! `htpasswd` (`./tests/run-all.sh` installs them) and about 8 GiB of free disk.
 //!
-//! `PULLGATE_BENCH_QUICK=1` shrinks sizes and durations for a smoke run (figures not
-//! recorded).
+//! `PULLGATE_BENCH_QUICK=1` shrinks sizes and durations for a smoke run, and
+//! `PULLGATE_BENCH_PHASES=cold,warm,herd,manifest,head` runs only the phases named (while
+//! tuning one); neither kind of run is recorded.
 
 #[allow(dead_code)]
 #[path = "../tests/e2e/support/mod.rs"]
@@ -80,14 +81,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = rt.block_on(run(&sizes));
+    let phases = std::env::var("PULLGATE_BENCH_PHASES").ok();
+    let report = rt.block_on(run(&sizes, phases.as_deref()));
     println!("{report}");
-    if !quick {
+    if !quick && phases.is_none() {
         record(&report);
     }
 }
 
-async fn run(sizes: &Sizes) -> String {
+async fn run(sizes: &Sizes, phases: Option<&str>) -> String {
+    let phase = |name: &str| phases.is_none_or(|p| p.split(',').any(|p| p.trim() == name));
     let upstream = Distribution::start(Auth::Anonymous);
     let push = Pusher::new(&upstream.url(), None);
     let repo = "bench/blobs";
@@ -162,13 +165,16 @@ async fn run(sizes: &Sizes) -> String {
     let mut peak = [0f64; 2];
 
     // Cold pulls: throughput and time to first byte, against the upstream read directly.
-    for (label, digest, len) in &cold {
+    for (label, digest, len) in cold.iter().filter(|_| phase("cold")) {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let direct = timed_get(&client, &format!("{}{path}", upstream.url()), None).await;
         let mut got = [(0.0, 0.0); 2];
+        let mut cpu = [0.0; 2];
         for (i, m) in mirrors.iter().enumerate() {
             reset_peak(m.pid);
+            let before = cpu_secs(m.pid);
             got[i] = timed_get(&client, &format!("{}{path}", m.url), None).await;
+            cpu[i] = cpu_secs(m.pid) - before;
             peak[i] = peak[i].max(peak_rss_mib(m.pid));
         }
         let mibs = |secs: f64| *len as f64 / MIB as f64 / secs;
@@ -179,10 +185,12 @@ async fn run(sizes: &Sizes) -> String {
             unit: "MiB/s",
             higher_is_better: true,
             note: format!(
-                "upstream direct {:.0} MiB/s; pullgate {:.2}× direct, Distribution {:.2}×",
+                "upstream direct {:.0} MiB/s; pullgate {:.2}× direct, Distribution {:.2}×; mirror CPU {:.2} s / {:.2} s",
                 mibs(direct.1),
                 direct.1 / got[0].1,
-                direct.1 / got[1].1
+                direct.1 / got[1].1,
+                cpu[0],
+                cpu[1]
             ),
         });
         rows.push(Row {
@@ -202,7 +210,14 @@ async fn run(sizes: &Sizes) -> String {
 
     // Warm GETs of the 64 MiB blob (cached by the cold phase) with 1, 8 and 32 clients.
     let (_, warm_digest, warm_len) = &cold[1];
-    for clients in [1usize, 8, 32] {
+    if !phase("cold") {
+        // The warm and HEAD phases read what the cold phase cached.
+        for m in &mirrors {
+            let url = format!("{}/v2/{repo}/blobs/{warm_digest}", m.url);
+            timed_get(&client, &url, None).await;
+        }
+    }
+    for clients in [1usize, 8, 32].into_iter().filter(|_| phase("warm")) {
         let mut rate = [0.0; 2];
         for (i, m) in mirrors.iter().enumerate() {
             reset_peak(m.pid);
@@ -224,49 +239,58 @@ async fn run(sizes: &Sizes) -> String {
     }
 
     // A thundering herd: 32 clients ask for the same cold 1 GiB blob at once.
-    let herd_direct = {
-        let url = format!("{}/v2/{repo}/blobs/{}", upstream.url(), herd[0]);
-        let started = Instant::now();
-        concurrent_gets(&client, &url, 32).await;
-        started.elapsed().as_secs_f64()
-    };
-    let mut herd_wall = [0.0; 2];
-    let mut herd_gets = [0.0; 2];
-    for (i, m) in mirrors.iter().enumerate() {
-        reset_peak(m.pid);
-        let path = format!("/v2/{repo}/blobs/{}", herd[i]);
-        let started = Instant::now();
-        concurrent_gets(&client, &format!("{}{path}", m.url), 32).await;
-        herd_wall[i] = started.elapsed().as_secs_f64();
-        herd_gets[i] = settled_upstream_gets(m.upstream, &path).await as f64;
-        peak[i] = peak[i].max(peak_rss_mib(m.pid));
-    }
-    rows.push(Row {
+    if phase("herd") {
+        let herd_direct = {
+            let url = format!("{}/v2/{repo}/blobs/{}", upstream.url(), herd[0]);
+            let started = Instant::now();
+            concurrent_gets(&client, &url, 32).await;
+            started.elapsed().as_secs_f64()
+        };
+        let mut herd_wall = [0.0; 2];
+        let mut herd_gets = [0.0; 2];
+        let mut herd_cpu = [0.0; 2];
+        for (i, m) in mirrors.iter().enumerate() {
+            reset_peak(m.pid);
+            let path = format!("/v2/{repo}/blobs/{}", herd[i]);
+            let before = cpu_secs(m.pid);
+            let started = Instant::now();
+            concurrent_gets(&client, &format!("{}{path}", m.url), 32).await;
+            herd_wall[i] = started.elapsed().as_secs_f64();
+            herd_cpu[i] = cpu_secs(m.pid) - before;
+            herd_gets[i] = settled_upstream_gets(m.upstream, &path).await as f64;
+            peak[i] = peak[i].max(peak_rss_mib(m.pid));
+        }
+        rows.push(Row {
         what: format!("32 concurrent cold GETs of {}: wall", human(sizes.large)),
         pullgate: herd_wall[0],
         distribution: herd_wall[1],
         unit: "s",
         higher_is_better: false,
         note: format!(
-            "32 direct GETs {herd_direct:.2} s; pullgate {:.2}× direct, Distribution {:.2}×",
+            "32 direct GETs {herd_direct:.2} s; pullgate {:.2}× direct, Distribution {:.2}×; mirror CPU {:.1} s / {:.1} s",
             herd_wall[0] / herd_direct,
-            herd_wall[1] / herd_direct
+            herd_wall[1] / herd_direct,
+            herd_cpu[0],
+            herd_cpu[1]
         ),
     });
-    rows.push(Row {
-        what: "… upstream GETs caused".into(),
-        pullgate: herd_gets[0],
-        distribution: herd_gets[1],
-        unit: "GETs",
-        higher_is_better: false,
-        note: String::new(),
-    });
+        rows.push(Row {
+            what: "… upstream GETs caused".into(),
+            pullgate: herd_gets[0],
+            distribution: herd_gets[1],
+            unit: "GETs",
+            higher_is_better: false,
+            note: String::new(),
+        });
+    }
 
     // Manifests at 64 connections: by digest and by tag, without and with Basic auth.
     let by_digest = format!("/v2/{repo}/manifests/{}", image.manifest.digest);
     let by_tag = format!("/v2/{repo}/manifests/v1");
     let auth_header = support::http::basic(USER, PASSWORD);
-    let upstream_rate = {
+    let upstream_rate = if !phase("manifest") {
+        0.0
+    } else {
         let url = format!("{}{by_digest}", upstream.url());
         load(&client, &url, None, 64, sizes.load_secs, true).await.0 as f64 / sizes.load_secs as f64
     };
@@ -274,7 +298,12 @@ async fn run(sizes: &Sizes) -> String {
         (pullgate_auth.url(), pullgate_auth.pid().expect("pid")),
         (proxy_auth.url(), proxy_auth.pid().expect("pid")),
     ];
-    for (label, path) in [("by digest", &by_digest), ("by tag", &by_tag)] {
+    let manifest_phases = if phase("manifest") {
+        &[("by digest", &by_digest), ("by tag", &by_tag)][..]
+    } else {
+        &[]
+    };
+    for &(label, path) in manifest_phases {
         for auth in [false, true] {
             let mut rate = [0.0; 2];
             let mut upstream_requests = [0usize; 2];
@@ -325,7 +354,7 @@ async fn run(sizes: &Sizes) -> String {
 
     // HEAD latency on a cached blob, one request at a time.
     let mut head_ms = [0.0; 2];
-    for (i, m) in mirrors.iter().enumerate() {
+    for (i, m) in mirrors.iter().enumerate().filter(|_| phase("head")) {
         let url = format!("{}/v2/{repo}/blobs/{warm_digest}", m.url);
         let mut times = Vec::new();
         for _ in 0..200 {
@@ -470,6 +499,23 @@ async fn settled_upstream_gets(upstream: &Distribution, path: &str) -> usize {
         }
         last = now;
     }
+}
+
+/// CPU time (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Reset the kernel's peak-RSS mark (VmHWM) of a process.

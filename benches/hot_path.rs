@@ -1,12 +1,18 @@
-//! The blob hot path, piece by piece: hashing, a verified ingest with a client following
-//! it, and streaming a committed blob. Run: `cargo bench --bench hot_path`.
-//! Throughput is reported per byte of blob; compare runs as ratios (shared machines).
+//! The blob hot path, piece by piece: hashing (two SHA-256 implementations side by side),
+//! a verified ingest with clients following it, a committed blob served through the
+//! server's body type, route parsing and index lookups. Run: `cargo bench --bench hot_path`.
+//! Each bench checks its result once before it is timed, so a fast wrong answer cannot
+//! pass. Throughput is per byte of blob; compare runs as ratios (shared machines).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_util::StreamExt;
-use pullgate_oci::{Algorithm, Digest, Hasher};
-use pullgate_store::Store;
+use http_body_util::BodyExt;
+use pullgate_oci::{Algorithm, Digest, Hasher, RepoName, Tag};
+use pullgate_server::{Body, Metrics, Route};
+use pullgate_store::{Store, TagKey, TagRecord, BATCH_BYTES};
 
 const SIZE: usize = 16 * 1024 * 1024;
 /// Chunks the size reqwest tends to yield from a socket.
@@ -24,14 +30,41 @@ fn blob() -> Vec<u8> {
         .collect()
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// SHA-256 as the ingest path runs it (`pullgate_oci::Hasher`, over `sha2`), next to ring's,
+/// over the network-sized chunks the hasher is fed.
 fn hashing(c: &mut Criterion) {
     let data = blob();
-    let mut g = c.benchmark_group("verify");
+    let ours = {
+        let mut h = Hasher::new(Algorithm::Sha256);
+        h.update(&data);
+        h.finish()
+    };
+    let ring_hex = hex::encode(ring::digest::digest(&ring::digest::SHA256, &data));
+    assert_eq!(ours.hex(), ring_hex, "the two implementations disagree");
+
+    let mut g = c.benchmark_group("sha256");
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.sample_size(10);
-    g.bench_function("sha256_in_net_chunks", |b| {
+    g.bench_function("sha2", |b| {
         b.iter(|| {
             let mut h = Hasher::new(Algorithm::Sha256);
+            for chunk in data.chunks(NET_CHUNK) {
+                h.update(chunk);
+            }
+            h.finish()
+        })
+    });
+    g.bench_function("ring", |b| {
+        b.iter(|| {
+            let mut h = ring::digest::Context::new(&ring::digest::SHA256);
             for chunk in data.chunks(NET_CHUNK) {
                 h.update(chunk);
             }
@@ -41,17 +74,63 @@ fn hashing(c: &mut Criterion) {
     g.finish();
 }
 
+/// Network chunks grouped into batches the way the mirror's fill groups them.
+fn batches(data: &[u8]) -> Vec<Vec<Bytes>> {
+    data.chunks(BATCH_BYTES)
+        .map(|batch| {
+            batch
+                .chunks(NET_CHUNK)
+                .map(Bytes::copy_from_slice)
+                .collect()
+        })
+        .collect()
+}
+
 fn ingest(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let data = blob();
     let digest = Digest::sha256_of(&data);
-    let chunks: Vec<Bytes> = data.chunks(NET_CHUNK).map(Bytes::copy_from_slice).collect();
+    let batches = batches(&data);
+
+    let run = |followers: usize| {
+        rt.block_on(async {
+            store.remove(&digest).await.unwrap();
+            let mut ingest = store
+                .begin_ingest(digest.clone(), Some(SIZE as u64))
+                .unwrap();
+            let readers: Vec<_> = (0..followers)
+                .map(|_| {
+                    let mut s = ingest.follower().stream(0, None);
+                    tokio::spawn(async move {
+                        let mut h = Hasher::new(Algorithm::Sha256);
+                        let mut n = 0;
+                        while let Some(c) = s.next().await {
+                            let c = c.unwrap();
+                            n += c.len();
+                            h.update(&c);
+                        }
+                        (n, h.finish())
+                    })
+                })
+                .collect();
+            for b in &batches {
+                ingest.write_batch(b.clone()).await.unwrap();
+            }
+            ingest.commit().await.unwrap();
+            let mut seen = Vec::new();
+            for r in readers {
+                seen.push(r.await.unwrap());
+            }
+            seen
+        })
+    };
+    // Once, checked: the commit lands at the digest and every follower saw the whole blob.
+    for (n, d) in run(2) {
+        assert_eq!((n, &d), (SIZE, &digest));
+    }
+    assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap().len(), SIZE);
 
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Bytes(SIZE as u64));
@@ -60,35 +139,7 @@ fn ingest(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("ingest_and_follow", followers),
             &followers,
-            |b, &followers| {
-                b.iter(|| {
-                    rt.block_on(async {
-                        store.remove(&digest).await.unwrap();
-                        let mut ingest = store
-                            .begin_ingest(digest.clone(), Some(SIZE as u64))
-                            .unwrap();
-                        let readers: Vec<_> = (0..followers)
-                            .map(|_| {
-                                let mut s = ingest.follower().stream(0, None);
-                                tokio::spawn(async move {
-                                    let mut n = 0;
-                                    while let Some(c) = s.next().await {
-                                        n += c.unwrap().len();
-                                    }
-                                    n
-                                })
-                            })
-                            .collect();
-                        for c in &chunks {
-                            ingest.write(c.clone()).await.unwrap();
-                        }
-                        ingest.commit().await.unwrap();
-                        for r in readers {
-                            assert_eq!(r.await.unwrap(), SIZE);
-                        }
-                    })
-                })
-            },
+            |b, &followers| b.iter(|| run(followers)),
         );
     }
     g.bench_function("read_committed", |b| {
@@ -100,12 +151,126 @@ fn ingest(c: &mut Criterion) {
                 while let Some(c) = s.next().await {
                     n += c.unwrap().len();
                 }
-                assert_eq!(n, SIZE);
+                n
+            })
+        })
+    });
+
+    // A cache hit as the server sends it: the blob's stream inside the response body type,
+    // polled frame by frame the way hyper polls it.
+    let metrics = Arc::new(Metrics::default());
+    let serve = || {
+        rt.block_on(async {
+            let reader = store.open_blob(&digest).await.unwrap().unwrap();
+            let mut body = Body::Blob {
+                stream: reader.stream(None),
+                remaining: reader.size(),
+                metrics: Arc::clone(&metrics),
+            };
+            let mut h = Hasher::new(Algorithm::Sha256);
+            let mut n = 0;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    n += data.len();
+                    h.update(&data);
+                }
+            }
+            (n, h.finish())
+        })
+    };
+    assert_eq!(serve(), (SIZE, digest.clone()));
+    g.bench_function("serve_cached_blob_body", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let reader = store.open_blob(&digest).await.unwrap().unwrap();
+                let mut body = Body::Blob {
+                    stream: reader.stream(None),
+                    remaining: reader.size(),
+                    metrics: Arc::clone(&metrics),
+                };
+                let mut n = 0;
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame.unwrap().into_data() {
+                        n += data.len();
+                    }
+                }
+                n
             })
         })
     });
     g.finish();
 }
 
-criterion_group!(benches, hashing, ingest);
+/// What every request pays before any I/O: routing, and the index lookups of a hit.
+fn lookups(c: &mut Criterion) {
+    let digest = Digest::sha256_of(b"a layer");
+    let paths = [
+        format!("/v2/library/nginx/blobs/{digest}"),
+        "/v2/library/nginx/manifests/1.27-alpine".to_owned(),
+        format!("/v2/ghcr.io/org/team/app/manifests/{digest}"),
+        "/v2/library/nginx/tags/list".to_owned(),
+    ];
+    let routes: Vec<_> = paths
+        .iter()
+        .map(|p| Route::parse(&http::Method::GET, p).unwrap())
+        .collect();
+    assert!(
+        matches!(&routes[0], Route::Blob { digest: d, .. } if *d == digest),
+        "{routes:?}"
+    );
+    assert!(
+        matches!(&routes[2], Route::Manifest { name, .. } if name.as_str() == "ghcr.io/org/team/app")
+    );
+
+    let mut g = c.benchmark_group("request");
+    g.throughput(Throughput::Elements(paths.len() as u64));
+    g.bench_function("route_parse", |b| {
+        b.iter(|| {
+            for p in &paths {
+                std::hint::black_box(Route::parse(&http::Method::GET, p).unwrap());
+            }
+        })
+    });
+
+    // An index the size of a busy cache: 10,000 blobs, tags and repository links.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let repo = RepoName::parse("library/nginx").unwrap();
+    let digests: Vec<Digest> = (0..10_000u32)
+        .map(|i| Digest::sha256_of(&i.to_le_bytes()))
+        .collect();
+    for (i, d) in digests.iter().enumerate() {
+        store.link("docker.io", &repo, d).unwrap();
+        store.touch(d, 1000);
+        let key = TagKey {
+            upstream: "docker.io".into(),
+            repo: repo.clone(),
+            tag: Tag::parse(&format!("v{i}")).unwrap(),
+        };
+        let record = TagRecord {
+            digest: d.clone(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 1000,
+            fetched_at: std::time::SystemTime::now(),
+        };
+        store.put_tag(&key, &record).unwrap();
+    }
+    let key = TagKey {
+        upstream: "docker.io".into(),
+        repo: repo.clone(),
+        tag: Tag::parse("v4321").unwrap(),
+    };
+    let lookup = || {
+        let tag = store.tag(&key).unwrap().unwrap();
+        let linked = store.is_linked("docker.io", &repo, &tag.digest).unwrap();
+        let record = store.blob_record(&tag.digest).unwrap();
+        (tag.digest, linked, record.map(|r| r.size))
+    };
+    assert_eq!(lookup(), (digests[4321].clone(), true, Some(1000)));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("index_tag_link_blob", |b| b.iter(lookup));
+    g.finish();
+}
+
+criterion_group!(benches, hashing, ingest, lookups);
 criterion_main!(benches);
