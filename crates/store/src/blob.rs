@@ -14,7 +14,7 @@ use crate::StoreError;
 
 /// How much one read hands to the client: large enough to amortise the blocking-pool hop,
 /// small enough that a slow client pins little memory.
-pub(crate) const CHUNK: usize = 256 * 1024;
+pub(crate) const CHUNK: usize = 512 * 1024;
 
 /// A stream of a blob's bytes. Ends early with an error (never cleanly) if the content
 /// turns out to be bad or the file cannot be read.
