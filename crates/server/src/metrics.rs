@@ -305,6 +305,39 @@ pub(crate) fn render(app: &App) -> Response<Body> {
         "Committed blobs (layers, configs, manifests) in the cache.",
         usage.blobs,
     );
+    if let Some(limits) = app.mirror.cache_limits() {
+        out.single(
+            "pullgate_cache_max_size_bytes",
+            "gauge",
+            "The cache's configured maximum size (cache.max_size).",
+            limits.max_bytes(),
+        );
+        out.single(
+            "pullgate_cache_high_watermark_bytes",
+            "gauge",
+            "Usage above which least recently used blobs are evicted.",
+            limits.high_bytes(),
+        );
+        out.single(
+            "pullgate_cache_low_watermark_bytes",
+            "gauge",
+            "Usage eviction brings the cache down to.",
+            limits.low_bytes(),
+        );
+    }
+    let evictions = app.mirror.cache_evictions();
+    out.single(
+        "pullgate_cache_evictions_total",
+        "counter",
+        "Blobs evicted from the cache to keep it under its size limit.",
+        evictions.blobs,
+    );
+    out.single(
+        "pullgate_cache_evicted_bytes_total",
+        "counter",
+        "Bytes of blobs evicted from the cache.",
+        evictions.bytes,
+    );
 
     out.single(
         "pullgate_auth_failures_total",

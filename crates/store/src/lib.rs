@@ -104,16 +104,11 @@ impl Store {
         let blobs = dir.join("blobs");
         let tmp = dir.join("tmp");
         fs::create_dir_all(&blobs).map_err(StoreError::io("creating blobs/"))?;
-        let mut tmp_removed = 0;
-        if !options.inspect_only {
-            if tmp.exists() {
-                tmp_removed = fs::read_dir(&tmp)
-                    .map_err(StoreError::io("listing tmp/"))?
-                    .count() as u64;
-                fs::remove_dir_all(&tmp).map_err(StoreError::io("emptying tmp/"))?;
-            }
-            fs::create_dir_all(&tmp).map_err(StoreError::io("creating tmp/"))?;
-        }
+        let tmp_removed = if options.inspect_only {
+            0
+        } else {
+            repair::empty_tmp(&tmp)?
+        };
         let index = Index::open(&dir.join("index"))?;
         let mut inner = Inner {
             blobs,

@@ -92,6 +92,12 @@ impl Store {
         Ok(r)
     }
 
+    /// Empty `tmp/`, as start-up does; returns how many entries went. Blocking; same
+    /// conditions as [`Store::repair_blocking`]: an ingest in progress writes there.
+    pub fn clear_tmp_blocking(&self) -> Result<u64, StoreError> {
+        empty_tmp(&self.inner.tmp)
+    }
+
     /// Drop tags and links that point at digests the cache does not hold. Blocking.
     pub fn prune_index_blocking(&self, dry_run: bool) -> Result<Prune, StoreError> {
         let mut p = Prune::default();
@@ -282,6 +288,19 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// Remove everything in `tmp/` (creating it if missing); returns how many entries went.
+pub(crate) fn empty_tmp(tmp: &Path) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    if tmp.exists() {
+        removed = fs::read_dir(tmp)
+            .map_err(StoreError::io("listing tmp/"))?
+            .count() as u64;
+        fs::remove_dir_all(tmp).map_err(StoreError::io("emptying tmp/"))?;
+    }
+    fs::create_dir_all(tmp).map_err(StoreError::io("creating tmp/"))?;
+    Ok(removed)
 }
 
 fn remove(path: &Path) -> Result<(), StoreError> {
