@@ -10,6 +10,11 @@
 //!
 //! The work runs on a blocking thread in the background, woken when a commit crosses the
 //! high watermark and once a minute; no request ever waits for it.
+//!
+//! Candidates come from a scan of the index's blob records in bounded batches (the oldest
+//! few thousand, no more than the bytes needed), not from a second tree ordered by access
+//! time: there is nothing to keep in step on every touch, and a run is rare (it frees the
+//! whole band between the watermarks).
 
 use std::collections::BinaryHeap;
 use std::fs;
@@ -111,8 +116,9 @@ const MAX_PASSES: usize = 1024;
 /// The evictor's periodic look, for usage that crossed the watermark without a commit
 /// saying so (a limit lowered by a restart, a failed run).
 const PERIOD: Duration = Duration::from_secs(60);
-/// Least time between two runs, so a burst of commits over the watermark coalesces.
-const MIN_GAP: Duration = Duration::from_millis(200);
+/// Pause after a run that could not get under the high watermark (or failed), so commits
+/// over it do not set off one fruitless run each.
+const BACKOFF: Duration = Duration::from_secs(1);
 
 /// Position in least-recently-used order: access time, then digest to make it total.
 type Cursor = (u64, Digest);
@@ -160,45 +166,62 @@ impl Store {
 }
 
 async fn evictor(weak: Weak<Inner>, wake: Arc<Notify>) {
+    // The first look is at once: a cache can start above its mark (a crash before an
+    // eviction ran, a lowered max_size).
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(PERIOD) => {}
+        if !first {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(PERIOD) => {}
+            }
         }
+        first = false;
         let Some(inner) = weak.upgrade() else {
             return;
         };
         let Some(limits) = inner.limits else {
             return;
         };
-        let before = inner.usage_bytes.load(Ordering::Relaxed);
-        if before > limits.high_bytes() {
-            let run = Arc::clone(&inner);
-            let outcome = tokio::task::spawn_blocking(move || {
-                run.evict(limits.low_bytes(), false, &mut |_| {})
-            })
-            .await;
-            match outcome {
-                Ok(Ok(s)) if s.usage_after > limits.low_bytes() => tracing::warn!(
+        if inner.usage_bytes.load(Ordering::Relaxed) <= limits.high_bytes() {
+            continue;
+        }
+        let run = Arc::clone(&inner);
+        drop(inner);
+        let outcome =
+            tokio::task::spawn_blocking(move || run.evict(limits.low_bytes(), false, &mut |_| {}))
+                .await;
+        match outcome {
+            // Commits land while a run goes on; only ending above the high mark means it
+            // could not keep up (everything left is pinned, or being filled).
+            Ok(Ok(s)) if s.usage_after > limits.high_bytes() => {
+                tracing::warn!(
                     evicted = s.blobs,
                     evicted_bytes = s.bytes,
                     pinned = s.pinned,
                     usage = s.usage_after,
-                    low_watermark = limits.low_bytes(),
-                    "cache still above its low watermark after eviction"
-                ),
-                Ok(Ok(s)) => tracing::info!(
-                    evicted = s.blobs,
-                    evicted_bytes = s.bytes,
-                    usage = s.usage_after,
-                    "cache evicted down to its low watermark"
-                ),
-                Ok(Err(e)) => tracing::error!(error = %e, "cache eviction failed"),
-                Err(e) => tracing::error!(error = %e, "cache eviction task failed"),
+                    high_watermark = limits.high_bytes(),
+                    "cache still above its high watermark after eviction: what is left is in use"
+                );
+                // Nothing more to take now: wait before trying again rather than spin on
+                // every commit.
+                tokio::time::sleep(BACKOFF).await;
+            }
+            Ok(Ok(s)) => tracing::info!(
+                evicted = s.blobs,
+                evicted_bytes = s.bytes,
+                usage = s.usage_after,
+                "cache evicted down to its low watermark"
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cache eviction failed");
+                tokio::time::sleep(BACKOFF).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cache eviction task failed");
+                tokio::time::sleep(BACKOFF).await;
             }
         }
-        drop(inner);
-        tokio::time::sleep(MIN_GAP).await;
     }
 }
 
@@ -229,6 +252,9 @@ impl Inner {
         let mut usage = self.usage_bytes.load(Ordering::Relaxed);
         let mut cursor: Option<Cursor> = None;
         for _ in 0..MAX_PASSES {
+            if !dry_run {
+                usage = self.usage_bytes.load(Ordering::Relaxed);
+            }
             if usage <= target {
                 break;
             }
@@ -252,7 +278,12 @@ impl Inner {
                 };
                 match gone {
                     Some(freed) => {
-                        usage = usage.saturating_sub(freed);
+                        usage = if dry_run {
+                            usage.saturating_sub(freed)
+                        } else {
+                            // Fills commit while a run goes on: keep up with them.
+                            self.usage_bytes.load(Ordering::Relaxed)
+                        };
                         summary.blobs += 1;
                         summary.bytes += freed;
                         on_evict(&Evicted {
