@@ -305,25 +305,30 @@ pub(crate) fn render(app: &App) -> Response<Body> {
         "Committed blobs (layers, configs, manifests) in the cache.",
         usage.blobs,
     );
-    if let Some(limits) = app.mirror.cache_limits() {
-        out.single(
+    // The families are declared either way, so dashboards and alerts see the same set;
+    // an unbounded cache has no value for them.
+    let limits = app.mirror.cache_limits();
+    for (name, help, value) in [
+        (
             "pullgate_cache_max_size_bytes",
-            "gauge",
-            "The cache's configured maximum size (cache.max_size).",
-            limits.max_bytes(),
-        );
-        out.single(
+            "The cache's configured maximum size (cache.max_size); absent when unbounded.",
+            limits.map(|l| l.max_bytes()),
+        ),
+        (
             "pullgate_cache_high_watermark_bytes",
-            "gauge",
             "Usage above which least recently used blobs are evicted.",
-            limits.high_bytes(),
-        );
-        out.single(
+            limits.map(|l| l.high_bytes()),
+        ),
+        (
             "pullgate_cache_low_watermark_bytes",
-            "gauge",
             "Usage eviction brings the cache down to.",
-            limits.low_bytes(),
-        );
+            limits.map(|l| l.low_bytes()),
+        ),
+    ] {
+        out.header(name, "gauge", help);
+        if let Some(v) = value {
+            out.value(name, &[], v);
+        }
     }
     let evictions = app.mirror.cache_evictions();
     out.single(
