@@ -186,7 +186,9 @@ fn gc(s: &Settings, dry_run: bool) -> Result<()> {
     let store = open_existing(s, dry_run)?;
     let would = if dry_run { "would " } else { "" };
     let repair = if dry_run {
-        store.repair_blocking(true)?
+        let mut r = store.repair_blocking(true)?;
+        r.tmp_removed = std::fs::read_dir(s.cache_dir.join("tmp")).map_or(0, |d| d.count() as u64);
+        r
     } else {
         store.repaired_at_open().clone()
     };
