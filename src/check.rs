@@ -11,7 +11,7 @@ use pullgate_credentials::SecretSource;
 use pullgate_server::Tls;
 use toml::{Table, Value};
 
-use crate::config::Settings;
+use crate::config::{format_size, Settings};
 
 /// The effective settings as a TOML document.
 pub fn render(s: &Settings) -> String {
@@ -35,6 +35,11 @@ pub fn render(s: &Settings) -> String {
     let mut cache = Table::new();
     cache.insert("dir".into(), path(&s.cache_dir));
     cache.insert("tag_ttl".into(), dur(s.tag_ttl).into());
+    if let Some(l) = &s.cache_limits {
+        cache.insert("max_size".into(), format_size(l.max_bytes()).into());
+        cache.insert("high_watermark".into(), l.high().into());
+        cache.insert("low_watermark".into(), l.low().into());
+    }
     doc.insert("cache".into(), Value::Table(cache));
 
     let upstreams = s

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use pullgate_auth::{Rule, Scheme, ThrottleConfig};
 use pullgate_server::TlsFiles;
+use pullgate_store::Limits;
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = include_str!("../config/pullgate.toml");
@@ -94,7 +95,17 @@ pub struct CacheSection {
     pub dir: PathBuf,
     #[serde(default = "default_tag_ttl")]
     pub tag_ttl: String,
+    /// `"50GiB"`, `"500MB"`: the cache evicts least recently used blobs to stay under it.
+    /// Unset: it only grows.
+    pub max_size: Option<String>,
+    /// Fraction of `max_size` above which eviction starts.
+    pub high_watermark: Option<f64>,
+    /// Fraction of `max_size` eviction brings usage down to.
+    pub low_watermark: Option<f64>,
 }
+
+pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
+pub const DEFAULT_LOW_WATERMARK: f64 = 0.85;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +144,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub cache_dir: PathBuf,
     pub tag_ttl: Duration,
+    /// `None`: unbounded.
+    pub cache_limits: Option<Limits>,
     pub upstreams: Vec<UpstreamSettings>,
     pub auth: AuthSettings,
     pub audit: AuditSettings,
@@ -226,7 +239,9 @@ impl FileConfig {
             }
         }
         let auth = auth_settings(self.auth, listen, &upstreams)?;
+        let cache_limits = cache_limits(&self.cache)?;
         Ok(Settings {
+            cache_limits,
             auth,
             audit: AuditSettings {
                 enabled: self.audit.enabled.unwrap_or(true),
@@ -348,6 +363,73 @@ fn auth_settings(
     })
 }
 
+fn cache_limits(c: &CacheSection) -> Result<Option<Limits>> {
+    let Some(text) = &c.max_size else {
+        if c.high_watermark.is_some() || c.low_watermark.is_some() {
+            bail!("cache.high_watermark and cache.low_watermark need cache.max_size");
+        }
+        return Ok(None);
+    };
+    let max = parse_size(text)
+        .with_context(|| format!("cache.max_size: {text:?} is not a size like \"50GiB\""))?;
+    let high = c.high_watermark.unwrap_or(DEFAULT_HIGH_WATERMARK);
+    let low = c.low_watermark.unwrap_or(DEFAULT_LOW_WATERMARK);
+    Limits::new(max, high, low)
+        .map(Some)
+        .context("cache.high_watermark, cache.low_watermark")
+}
+
+/// A size in bytes from `"50GiB"`, `"1.5 GiB"`, `"500MB"`, `"4096"`: binary units (KiB,
+/// MiB, GiB, TiB) are powers of 1024, decimal ones (KB, MB, GB, TB, and K, M, G, T) powers
+/// of 1000, `B` or no unit bytes.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1000_u64.pow(2),
+        "g" | "gb" => 1000_u64.pow(3),
+        "t" | "tb" => 1000_u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => bail!("unknown unit {other:?}"),
+    };
+    let bytes = match number.split_once('.') {
+        None => number.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)),
+        Some((whole, frac)) if !frac.is_empty() && frac.len() <= 9 => {
+            let whole: u64 = if whole.is_empty() { 0 } else { whole.parse()? };
+            let scale = 10_u64.pow(frac.len() as u32);
+            let frac: u64 = frac.parse()?;
+            whole.checked_mul(unit).and_then(|w| {
+                // unit * frac fits: unit <= 2^40 and frac < 10^9 < 2^30.
+                w.checked_add(unit * frac / scale)
+            })
+        }
+        Some(_) => None,
+    };
+    match bytes {
+        Some(b) if b > 0 => Ok(b),
+        Some(_) => bail!("the size must be above zero"),
+        None => bail!("not a number of bytes"),
+    }
+}
+
+/// The exact size in the largest binary unit that divides it: `parse_size` reads it back.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
+}
+
 fn check_url(url: &str) -> Result<()> {
     let rest = url
         .strip_prefix("https://")
@@ -413,6 +495,72 @@ mod tests {
         for text in bad {
             let r = FileConfig::parse(&text).and_then(|c| c.into_settings(Overrides::default()));
             assert!(r.is_err(), "accepted:\n{text}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_cache_limits() {
+        let gib = 1 << 30;
+        for (text, want) in [
+            ("50GiB", 50 * gib),
+            ("50 GiB", 50 * gib),
+            ("1.5GiB", 3 * gib / 2),
+            ("500MB", 500_000_000),
+            ("2M", 2_000_000),
+            ("4096", 4096),
+            ("10B", 10),
+            ("64kib", 65536),
+            ("1TiB", 1 << 40),
+        ] {
+            assert_eq!(parse_size(text).unwrap(), want, "{text}");
+        }
+        for bad in [
+            "",
+            "GiB",
+            "0",
+            "0GiB",
+            "1.GiB",
+            "-1GiB",
+            "1PB",
+            "1e9",
+            "99999999999TiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+        for n in [1, 1023, 1024, 3 << 29, 50 * gib, 1 << 40, 12345] {
+            assert_eq!(
+                parse_size(&format_size(n)).unwrap(),
+                n,
+                "{}",
+                format_size(n)
+            );
+        }
+        assert_eq!(format_size(50 * gib), "50GiB");
+        assert_eq!(format_size(1536), "1536B");
+
+        let cache = |extra: &str| {
+            FileConfig::parse(&format!(
+                "[server]\nlisten = \"127.0.0.1:5000\"\n[cache]\ndir = \"d\"\n{extra}\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n"
+            ))
+            .and_then(|c| c.into_settings(Overrides::default()))
+        };
+        assert_eq!(cache("").unwrap().cache_limits, None);
+        let l = cache("max_size = \"10GiB\"").unwrap().cache_limits.unwrap();
+        assert_eq!(l.max_bytes(), 10 * gib);
+        assert_eq!((l.high(), l.low()), (0.95, 0.85));
+        let l = cache("max_size = \"100MB\"\nhigh_watermark = 0.9\nlow_watermark = 0.5")
+            .unwrap()
+            .cache_limits
+            .unwrap();
+        assert_eq!((l.high_bytes(), l.low_bytes()), (90_000_000, 50_000_000));
+        for bad in [
+            "max_size = \"lots\"",
+            "max_size = \"1GiB\"\nhigh_watermark = 0.5\nlow_watermark = 0.6",
+            "max_size = \"1GiB\"\nhigh_watermark = 1.5",
+            "max_size = \"1GiB\"\nlow_watermark = 0.99",
+            "high_watermark = 0.9",
+        ] {
+            assert!(cache(bad).is_err(), "accepted {bad}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! `pullgate`: the binary. Parses the command line and the configuration, wires the
 //! crates together, and owns the process: signals, logging, exit codes.
 
+mod cache;
 mod check;
 mod config;
 
@@ -13,7 +14,7 @@ use pullgate_auth::{load_or_generate_key, AuthConfig, Authenticator};
 use pullgate_credentials::SecretSource;
 use pullgate_mirror::{Mirror, MirrorConfig};
 use pullgate_server::{App, Audit, ServerConfig, Tls};
-use pullgate_store::Store;
+use pullgate_store::{Store, StoreOptions};
 use pullgate_upstream::{Upstream, UpstreamConfig};
 
 use crate::config::{FileConfig, Overrides, Settings};
@@ -45,6 +46,10 @@ enum Command {
     /// Validate a configuration and print the effective settings (secret paths, never
     /// secret values). Exits non-zero if the configuration is invalid.
     CheckConfig(ConfigArgs),
+    /// Inspect and maintain the cache, with the server stopped (a running server holds the
+    /// cache's lock, and these commands then fail saying so).
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 #[derive(clap::Args)]
@@ -107,12 +112,26 @@ fn main() -> Result<()> {
             print!("{}", check::render(&settings));
             Ok(())
         }
+        Command::Cache(command) => cache::run(command, |args| {
+            FileConfig::load(args.config.as_deref())?.into_settings(Overrides {
+                cache_dir: args.cache_dir.clone(),
+                ..Overrides::default()
+            })
+        }),
     }
 }
 
 async fn serve(s: Settings) -> Result<()> {
-    let store = Store::open(&s.cache_dir)
-        .with_context(|| format!("opening the cache at {}", s.cache_dir.display()))?;
+    // Repairs what a crash left before anything is served; see pullgate_store::Repair.
+    let store = Store::open_with(
+        &s.cache_dir,
+        StoreOptions {
+            limits: s.cache_limits,
+            inspect_only: false,
+        },
+    )
+    .with_context(|| format!("opening the cache at {}", s.cache_dir.display()))?;
+    store.spawn_evictor();
     let upstreams = s
         .upstreams
         .iter()
@@ -164,6 +183,7 @@ async fn serve(s: Settings) -> Result<()> {
         listen = %listener.local_addr()?,
         tls = tls.is_some(),
         cache = %s.cache_dir.display(),
+        cache_max_size = s.cache_limits.map(|l| l.max_bytes()),
         upstreams = ?s.upstreams.iter().map(|u| format!("{}={}", u.name, u.url)).collect::<Vec<_>>(),
         "pullgate serving"
     );

@@ -72,12 +72,14 @@ impl Mirror {
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<BlobResponse, MirrorError> {
+        // Before the lookup: whatever it finds stays in the cache until the response ends.
+        let pin = self.store.pin(digest);
         if let Some(reader) = self.store.open_blob(digest).await? {
             self.ensure_access(target, digest, Wanted::Blob).await?;
             Stats::inc(&self.stats.blob_hits);
             self.store.touch(digest, reader.size());
             return respond(reader.size(), range, Source::Hit, |r| {
-                (!head).then(|| reader.stream(r))
+                (!head).then(|| reader.stream(r).pinned(pin))
             });
         }
 
@@ -102,16 +104,17 @@ impl Mirror {
                 .await?
                 .ok_or_else(|| MirrorError::internal("committed blob vanished"))?;
             return respond(reader.size(), range, Source::Hit, |r| {
-                Some(reader.stream(r))
+                Some(reader.stream(r).pinned(pin))
             });
         };
         // Without a Content-Length upstream, the size is known only when the fill ends.
         let size = follower.wait_size().await?;
         respond(size, range, Source::Miss, |r| {
-            Some(match r {
+            let stream = match r {
                 Some(r) => follower.stream(r.start, Some(r.end)),
                 None => follower.stream(0, None),
-            })
+            };
+            Some(stream.pinned(pin))
         })
     }
 
@@ -183,7 +186,11 @@ async fn run_fill(
     stats: Arc<Stats>,
 ) {
     let started = std::time::Instant::now();
+    // Held to the end, so the blob cannot be evicted between its commit and its link even
+    // when every client has gone.
+    let pin = store.pin(&digest);
     let outcome = fill(&store, &upstream, &repo, &digest, &tx, &stats).await;
+    drop(pin);
     stats.fill_durations.observe(started.elapsed());
     if let Err(e) = &outcome {
         Stats::inc(&stats.fills_failed);

@@ -79,7 +79,7 @@ pub struct Mirror {
     config: MirrorConfig,
     stats: Arc<Stats>,
     manifest_flights: Flights<(String, RepoName, Digest), Result<manifests::Stored, MirrorError>>,
-    tag_flights: Flights<TagKey, Result<(Digest, Source), MirrorError>>,
+    tag_flights: Flights<TagKey, Result<(manifests::Stored, Source), MirrorError>>,
     fills: blobs::Fills,
 }
 
@@ -123,6 +123,16 @@ impl Mirror {
     /// What the cache holds now.
     pub fn cache_usage(&self) -> pullgate_store::Usage {
         self.store.usage()
+    }
+
+    /// The cache's size limit, if it has one.
+    pub fn cache_limits(&self) -> Option<pullgate_store::Limits> {
+        self.store.limits()
+    }
+
+    /// Blobs evicted from the cache since start.
+    pub fn cache_evictions(&self) -> pullgate_store::Evictions {
+        self.store.evictions()
     }
 
     /// Readiness: can the cache take a new blob? Err says why not.

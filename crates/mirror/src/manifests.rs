@@ -24,12 +24,24 @@ pub struct ManifestResponse {
     pub source: Source,
 }
 
-/// A manifest committed to the store by a fetch.
+/// A manifest in the store, with its bytes as read or fetched: the answer is built from
+/// these, never from a second read that eviction could have raced.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
     digest: Digest,
     media_type: String,
-    size: u64,
+    bytes: Bytes,
+}
+
+impl Stored {
+    fn respond(self, source: Source) -> ManifestResponse {
+        ManifestResponse {
+            bytes: self.bytes,
+            media_type: self.media_type,
+            digest: self.digest,
+            source,
+        }
+    }
 }
 
 impl Mirror {
@@ -102,9 +114,7 @@ impl Mirror {
                 .await
             })
             .await??;
-        self.cached_manifest(&stored.digest, Source::Miss)
-            .await?
-            .ok_or_else(|| MirrorError::internal("fetched manifest missing from the store"))
+        Ok(stored.respond(Source::Miss))
     }
 
     async fn manifest_by_tag(
@@ -143,15 +153,13 @@ impl Mirror {
             .await?;
 
         match outcome {
-            Ok((digest, source)) => {
+            Ok((stored, source)) => {
                 let counter = match source {
                     Source::Miss => &self.stats.manifest_misses,
                     _ => &self.stats.manifest_hits,
                 };
                 Stats::inc(counter);
-                self.cached_manifest(&digest, source).await?.ok_or_else(|| {
-                    MirrorError::internal("resolved manifest missing from the store")
-                })
+                Ok(stored.respond(source))
             }
             Err(e) if e.allows_stale() => {
                 let stale = match &record {
@@ -218,7 +226,7 @@ async fn revalidate(
     repo: &RepoName,
     tag: &Tag,
     known: Option<Digest>,
-) -> Result<(Digest, Source), MirrorError> {
+) -> Result<(Stored, Source), MirrorError> {
     let reference = Reference::Tag(tag.clone());
     let head = upstream
         .head_manifest(repo, &reference)
@@ -258,25 +266,27 @@ async fn revalidate(
         key,
         &TagRecord {
             digest: stored.digest.clone(),
-            media_type: stored.media_type,
-            size: stored.size,
+            media_type: stored.media_type.clone(),
+            size: stored.bytes.len() as u64,
             fetched_at: SystemTime::now(),
         },
     )?;
-    Ok((stored.digest, source))
+    Ok((stored, source))
 }
 
+/// The manifest if the store holds it with a known media type (else it is fetched again).
 async fn stored_manifest(store: &Store, digest: &Digest) -> Result<Option<Stored>, MirrorError> {
-    let Some(size) = store.stat(digest).await? else {
-        return Ok(None);
-    };
     let Some(media_type) = store.manifest_media_type(digest)? else {
         return Ok(None);
     };
+    let Some(bytes) = store.read_small(digest, MANIFEST_SIZE_LIMIT).await? else {
+        return Ok(None);
+    };
+    store.touch(digest, bytes.len() as u64);
     Ok(Some(Stored {
         digest: digest.clone(),
         media_type,
-        size,
+        bytes,
     }))
 }
 
@@ -310,16 +320,15 @@ async fn fetch_manifest(
         .media_type
         .filter(|t| media_types::ALL_MANIFESTS.contains(&t.as_str()))
         .unwrap_or(info.media_type);
-    let size = m.bytes.len() as u64;
     // A mismatch is the store's DigestMismatch, which is the upstream's fault: 502.
     store
-        .put_verified(&digest, m.bytes, Some(&media_type))
+        .put_verified(&digest, m.bytes.clone(), Some(&media_type))
         .await
         .inspect_err(|e| crate::stats::note_bad_content(upstream, e))?;
     store.link(upstream.name(), repo, &digest)?;
     Ok(Stored {
         digest,
         media_type,
-        size,
+        bytes: m.bytes,
     })
 }

@@ -305,6 +305,44 @@ pub(crate) fn render(app: &App) -> Response<Body> {
         "Committed blobs (layers, configs, manifests) in the cache.",
         usage.blobs,
     );
+    // The families are declared either way, so dashboards and alerts see the same set;
+    // an unbounded cache has no value for them.
+    let limits = app.mirror.cache_limits();
+    for (name, help, value) in [
+        (
+            "pullgate_cache_max_size_bytes",
+            "The cache's configured maximum size (cache.max_size); absent when unbounded.",
+            limits.map(|l| l.max_bytes()),
+        ),
+        (
+            "pullgate_cache_high_watermark_bytes",
+            "Usage above which least recently used blobs are evicted.",
+            limits.map(|l| l.high_bytes()),
+        ),
+        (
+            "pullgate_cache_low_watermark_bytes",
+            "Usage eviction brings the cache down to.",
+            limits.map(|l| l.low_bytes()),
+        ),
+    ] {
+        out.header(name, "gauge", help);
+        if let Some(v) = value {
+            out.value(name, &[], v);
+        }
+    }
+    let evictions = app.mirror.cache_evictions();
+    out.single(
+        "pullgate_cache_evictions_total",
+        "counter",
+        "Blobs evicted from the cache to keep it under its size limit.",
+        evictions.blobs,
+    );
+    out.single(
+        "pullgate_cache_evicted_bytes_total",
+        "counter",
+        "Bytes of blobs evicted from the cache.",
+        evictions.bytes,
+    );
 
     out.single(
         "pullgate_auth_failures_total",

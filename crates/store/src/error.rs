@@ -18,6 +18,11 @@ pub enum StoreError {
     TooLarge { size: u64, limit: u64 },
     #[error("index: {0}")]
     Index(String),
+    /// Another process (a running `pullgate serve`?) has the cache open.
+    #[error("the cache at {} is in use by another process (is pullgate serve running on it?)", dir.display())]
+    Locked { dir: std::path::PathBuf },
+    #[error("cache limits: {0}")]
+    InvalidLimits(String),
     /// The ingest a reader was following failed or was aborted.
     #[error("ingest failed: {0}")]
     IngestFailed(String),

@@ -25,6 +25,14 @@ pub struct TagRecord {
     pub fetched_at: SystemTime,
 }
 
+/// A repository→digest link as stored: `digest` is `None` if the key does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LinkParts {
+    pub upstream: String,
+    pub repo: String,
+    pub digest: Option<Digest>,
+}
+
 /// What the index knows about one committed blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobRecord {
@@ -47,11 +55,41 @@ struct BlobValue {
     size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     media_type: Option<String>,
+    /// Kept beside `last_access_ms` so an older pullgate can still read the record.
     last_access_s: u64,
+    /// Milliseconds order blobs committed within the same second for eviction; records
+    /// written before it existed have only seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_access_ms: Option<u64>,
 }
 
-/// Access times are coarse on purpose: a hit rewrites its record at most this often.
-const TOUCH_GRANULARITY: Duration = Duration::from_secs(60);
+impl BlobValue {
+    fn new(size: u64, media_type: Option<String>, at_ms: u64) -> BlobValue {
+        BlobValue {
+            size,
+            media_type,
+            last_access_s: at_ms / 1000,
+            last_access_ms: Some(at_ms),
+        }
+    }
+
+    fn last_access_ms(&self) -> u64 {
+        self.last_access_ms
+            .unwrap_or(self.last_access_s.saturating_mul(1000))
+    }
+
+    fn record(self) -> BlobRecord {
+        BlobRecord {
+            size: self.size,
+            last_access: UNIX_EPOCH + Duration::from_millis(self.last_access_ms()),
+            media_type: self.media_type,
+        }
+    }
+}
+
+/// Access times are coarse on purpose: a hit rewrites its record at most this often, so
+/// eviction's order is least recently used to within this.
+const TOUCH_GRANULARITY_MS: u64 = 60_000;
 
 pub(crate) struct Index {
     db: sled::Db,
@@ -66,15 +104,13 @@ fn key(parts: &[&str]) -> Vec<u8> {
     parts.join("\0").into_bytes()
 }
 
-fn to_ms(t: SystemTime) -> u64 {
+pub(crate) fn to_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+fn now_ms() -> u64 {
+    to_ms(SystemTime::now())
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T, StoreError> {
@@ -163,12 +199,73 @@ impl Index {
         let Some(v) = self.blobs.get(d.to_string())? else {
             return Ok(None);
         };
-        let v: BlobValue = decode(&v)?;
-        Ok(Some(BlobRecord {
-            size: v.size,
-            media_type: v.media_type,
-            last_access: UNIX_EPOCH + Duration::from_secs(v.last_access_s),
-        }))
+        Ok(Some(decode::<BlobValue>(&v)?.record()))
+    }
+
+    /// Every blob record, in digest order. A key that is not a digest, or a record that does
+    /// not decode, comes back as `Err(key)` so repair can drop it.
+    pub(crate) fn blobs(
+        &self,
+    ) -> impl Iterator<Item = Result<Result<(Digest, BlobRecord), String>, StoreError>> + '_ {
+        self.blobs.iter().map(|kv| {
+            let (k, v) = kv?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let parsed = Digest::parse(&key).ok().zip(decode::<BlobValue>(&v).ok());
+            Ok(match parsed {
+                Some((d, v)) => Ok((d, v.record())),
+                None => Err(key),
+            })
+        })
+    }
+
+    pub(crate) fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Drop a record whose key is not a digest (found by [`Index::blobs`]).
+    pub(crate) fn remove_raw_blob_key(&self, key: &str) -> Result<(), StoreError> {
+        self.blobs.remove(key.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every tag, as (key parts joined, digest it points at); unreadable tags have no digest.
+    pub(crate) fn tags(
+        &self,
+    ) -> impl Iterator<Item = Result<(sled::IVec, Option<Digest>), StoreError>> + '_ {
+        self.tags.iter().map(|kv| {
+            let (k, v) = kv?;
+            let digest = decode::<TagValue>(&v)
+                .ok()
+                .and_then(|t| Digest::parse(&t.digest).ok());
+            Ok((k, digest))
+        })
+    }
+
+    pub(crate) fn remove_tag_key(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.tags.remove(key)?;
+        Ok(())
+    }
+
+    /// Every link as (upstream, repository, digest) text, with its raw key.
+    pub(crate) fn links(
+        &self,
+    ) -> impl Iterator<Item = Result<(sled::IVec, LinkParts), StoreError>> + '_ {
+        self.links.iter().map(|kv| {
+            let (k, _) = kv?;
+            let text = String::from_utf8_lossy(&k).into_owned();
+            let mut parts = text.splitn(3, '\0').map(str::to_owned);
+            let parts = LinkParts {
+                upstream: parts.next().unwrap_or_default(),
+                repo: parts.next().unwrap_or_default(),
+                digest: parts.next().and_then(|d| Digest::parse(&d).ok()),
+            };
+            Ok((k, parts))
+        })
+    }
+
+    pub(crate) fn remove_link_key(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.links.remove(key)?;
+        Ok(())
     }
 
     /// Record a newly committed blob, with its media type if it is a manifest (`None` keeps
@@ -179,33 +276,61 @@ impl Index {
         size: u64,
         media_type: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.update_blob(d, |old| BlobValue {
-            size,
-            media_type: media_type
-                .map(str::to_owned)
-                .or_else(|| old.and_then(|o| o.media_type)),
-            last_access_s: now_s(),
+        let now = now_ms();
+        self.update_blob(d, |old| {
+            BlobValue::new(
+                size,
+                media_type
+                    .map(str::to_owned)
+                    .or_else(|| old.and_then(|o| o.media_type)),
+                now,
+            )
+        })
+    }
+
+    /// Record a blob found on disk without a record (repair, rebuild): its size, its media
+    /// type if it is a manifest, and when it was last used as far as anyone can tell.
+    pub(crate) fn put_found_blob(
+        &self,
+        d: &Digest,
+        size: u64,
+        media_type: Option<String>,
+        last_access: SystemTime,
+    ) -> Result<(), StoreError> {
+        let at = to_ms(last_access);
+        self.update_blob(d, |old| {
+            let (media_type, at) = match old {
+                // What the index already knew beats what a file can tell.
+                Some(o) => (
+                    o.media_type.clone().or(media_type.clone()),
+                    o.last_access_ms(),
+                ),
+                None => (media_type.clone(), at),
+            };
+            BlobValue::new(size, media_type, at)
         })
     }
 
     pub(crate) fn touch(&self, d: &Digest, size: u64) -> Result<(), StoreError> {
-        let now = now_s();
+        let now = now_ms();
         if let Some(v) = self.blobs.get(d.to_string())? {
             let v: BlobValue = decode(&v)?;
-            if now.saturating_sub(v.last_access_s) < TOUCH_GRANULARITY.as_secs() {
+            if now.saturating_sub(v.last_access_ms()) < TOUCH_GRANULARITY_MS {
                 return Ok(());
             }
         }
-        self.update_blob(d, |old| BlobValue {
-            size: old.as_ref().map_or(size, |o| o.size),
-            media_type: old.and_then(|o| o.media_type),
-            last_access_s: now,
+        self.update_blob(d, |old| {
+            BlobValue::new(
+                old.as_ref().map_or(size, |o| o.size),
+                old.and_then(|o| o.media_type),
+                now,
+            )
         })
     }
 
-    pub(crate) fn remove_blob(&self, d: &Digest) -> Result<(), StoreError> {
-        self.blobs.remove(d.to_string())?;
-        Ok(())
+    /// Whether there was a record to remove.
+    pub(crate) fn remove_blob(&self, d: &Digest) -> Result<bool, StoreError> {
+        Ok(self.blobs.remove(d.to_string())?.is_some())
     }
 
     fn update_blob(

@@ -1,19 +1,25 @@
 //! The cache: content-addressed blob files with verified streaming ingest and atomic
-//! commit, and the sled index beside them.
+//! commit, the sled index beside them, least-recently-used eviction, and the repair that
+//! makes the two agree after a crash.
 //!
 //! On disk, under the cache directory:
 //! - `blobs/<algorithm>/<2 hex>/<hex>`: committed content, manifests included. A file
 //!   exists there only if its bytes hashed to its name; it is never modified afterwards.
-//! - `tmp/`: ingests in progress; emptied at start-up.
+//! - `tmp/`: ingests in progress, and evicted files on their way out; emptied at start-up.
 //! - `index/`: sled (tags, repository→digest links, sizes, media types, access times).
+//! - `lock`: held (flock) by the one process using the cache.
 //!
 //! Main types: [`Store`], [`Ingest`] (writes one blob), [`Follower`] (reads a blob while it
-//! is being written), [`BlobReader`], [`BlobStream`], [`StoreError`].
+//! is being written), [`BlobReader`], [`BlobStream`], [`BlobPin`] (keeps a blob from being
+//! evicted), [`Limits`], [`Repair`], [`StoreError`].
 
 mod blob;
 mod error;
+mod evict;
 mod index;
 mod ingest;
+mod pins;
+mod repair;
 
 use std::fs;
 use std::io::Write;
@@ -23,14 +29,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pullgate_oci::{Digest, RepoName};
+use tokio::sync::Notify;
 
 pub use blob::{BlobReader, BlobStream};
 pub use error::StoreError;
+pub use evict::{EvictSummary, Evicted, Evictions, Limits};
 pub use index::{BlobRecord, TagKey, TagRecord};
+pub use pins::BlobPin;
+pub use repair::{Prune, Repair, REPORT_LIMIT};
 
 pub use ingest::{Follower, Ingest, BATCH_BYTES, BATCH_CHUNKS};
 
 use index::Index;
+use pins::Pins;
 
 /// Handle to the cache. Cheap to clone.
 #[derive(Clone)]
@@ -46,6 +57,25 @@ pub(crate) struct Inner {
     /// Bytes and files under `blobs/`, counted at open and kept as blobs come and go.
     usage_bytes: AtomicU64,
     usage_blobs: AtomicU64,
+    limits: Option<Limits>,
+    pins: Pins,
+    /// Wakes the evictor when a commit takes usage over the high watermark.
+    wake: Arc<Notify>,
+    evicted_blobs: AtomicU64,
+    evicted_bytes: AtomicU64,
+    repaired: Repair,
+    /// Held for the store's life: one process per cache directory.
+    _lock: fs::File,
+}
+
+/// How to open a cache.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Bound the cache (see [`Store::spawn_evictor`]); `None`: it only grows.
+    pub limits: Option<Limits>,
+    /// Leave the directory as found: `tmp/` is not emptied and nothing is repaired. For
+    /// looking at a cache without changing it.
+    pub inspect_only: bool,
 }
 
 /// What the cache holds.
@@ -56,27 +86,101 @@ pub struct Usage {
 }
 
 impl Store {
-    /// Open (creating if needed) the cache at `dir`. Leftovers of ingests interrupted by a
-    /// crash are deleted: they were never verified.
+    /// Open (creating if needed) the unbounded cache at `dir`, repairing it as
+    /// [`Store::open_with`] does.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, StoreOptions::default())
+    }
+
+    /// Open (creating if needed) the cache at `dir`. Fails with [`StoreError::Locked`] if
+    /// another process has it open. Unless `inspect_only`: leftovers of interrupted ingests
+    /// and evictions are deleted (they were never verified, or are on their way out), and
+    /// the index is made to agree with the files ([`Repair`]); one log line says what was
+    /// found.
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        fs::create_dir_all(dir).map_err(StoreError::io("creating the cache directory"))?;
+        // Before anything is touched: a running server's tmp/ is not ours to empty.
+        let lock = lock(dir)?;
         let blobs = dir.join("blobs");
         let tmp = dir.join("tmp");
         fs::create_dir_all(&blobs).map_err(StoreError::io("creating blobs/"))?;
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(StoreError::io("emptying tmp/"))?;
-        }
-        fs::create_dir_all(&tmp).map_err(StoreError::io("creating tmp/"))?;
+        let tmp_removed = if options.inspect_only {
+            0
+        } else {
+            repair::empty_tmp(&tmp)?
+        };
         let index = Index::open(&dir.join("index"))?;
-        let usage = measure(&blobs).map_err(StoreError::io("measuring blobs/"))?;
+        let mut inner = Inner {
+            blobs,
+            tmp,
+            index,
+            tmp_seq: AtomicU64::new(0),
+            usage_bytes: AtomicU64::new(0),
+            usage_blobs: AtomicU64::new(0),
+            limits: options.limits,
+            pins: Pins::default(),
+            wake: Arc::new(Notify::new()),
+            evicted_blobs: AtomicU64::new(0),
+            evicted_bytes: AtomicU64::new(0),
+            repaired: Repair::default(),
+            _lock: lock,
+        };
+        if !options.inspect_only {
+            let mut r = inner.repair(false, false)?;
+            r.tmp_removed = tmp_removed;
+            let log = |r: &Repair| {
+                tracing::info!(
+                    tmp_removed = r.tmp_removed,
+                    orphans_indexed = r.orphans_indexed,
+                    bad_removed = r.bad_removed,
+                    records_removed = r.records_removed,
+                    blobs = r.kept + r.orphans_indexed,
+                    "cache start-up check: {}",
+                    if r.is_clean() {
+                        "nothing to repair"
+                    } else {
+                        "repaired"
+                    }
+                )
+            };
+            log(&r);
+            for (path, why) in &r.removed {
+                tracing::warn!(path = %path.display(), reason = %why, "removed a bad file from the cache");
+            }
+            inner.repaired = r;
+        }
+        inner.remeasure()?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                blobs,
-                tmp,
-                index,
-                tmp_seq: AtomicU64::new(0),
-                usage_bytes: AtomicU64::new(usage.bytes),
-                usage_blobs: AtomicU64::new(usage.blobs),
-            }),
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Keep `digest` from being evicted until the pin is dropped. Take it before looking
+    /// the blob up.
+    pub fn pin(&self, digest: &Digest) -> BlobPin {
+        BlobPin::new(Arc::clone(&self.inner), digest.clone())
+    }
+
+    /// Every blob record, in digest order (records whose key does not parse are skipped;
+    /// repair drops them).
+    pub fn records(&self) -> impl Iterator<Item = Result<(Digest, BlobRecord), StoreError>> + '_ {
+        self.inner.index.blobs().filter_map(|r| match r {
+            Ok(Ok(pair)) => Some(Ok(pair)),
+            Ok(Err(_)) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    /// Records in the index (which agrees with the files after a repair).
+    pub fn record_count(&self) -> usize {
+        self.inner.index.blob_count()
+    }
+
+    /// Every repository→digest link, as `(upstream, repository, digest)`.
+    pub fn links(&self) -> impl Iterator<Item = Result<(String, String, Digest), StoreError>> + '_ {
+        self.inner.index.links().filter_map(|r| match r {
+            Ok((_, p)) => p.digest.map(|d| Ok((p.upstream, p.repo, d))),
+            Err(e) => Some(Err(e)),
         })
     }
 
@@ -163,6 +267,8 @@ impl Store {
         let inner = Arc::clone(&self.inner);
         let d = digest.clone();
         let size = bytes.len() as u64;
+        // Between finding the file present and recording it, eviction must not remove it.
+        let _pin = self.pin(digest);
         tokio::task::spawn_blocking(move || {
             let mut h = pullgate_oci::Hasher::new(d.algorithm());
             h.update(&bytes);
@@ -203,8 +309,9 @@ impl Store {
         Ingest::begin(Arc::clone(&self.inner), digest, expected_size)
     }
 
-    /// Delete a committed blob and its record.
+    /// Delete a committed blob and its record (the record first, as eviction does).
     pub async fn remove(&self, digest: &Digest) -> Result<bool, StoreError> {
+        self.inner.index.remove_blob(digest)?;
         let path = self.blob_path(digest);
         let size = tokio::fs::metadata(&path).await.map(|m| m.len()).ok();
         let removed = match tokio::fs::remove_file(&path).await {
@@ -223,7 +330,6 @@ impl Store {
                 })
             }
         };
-        self.inner.index.remove_blob(digest)?;
         Ok(removed)
     }
 
@@ -301,6 +407,7 @@ impl Inner {
         if !replaced {
             self.usage_bytes.fetch_add(size, Ordering::Relaxed);
             self.usage_blobs.fetch_add(1, Ordering::Relaxed);
+            self.note_growth();
         }
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -309,24 +416,30 @@ impl Inner {
     }
 }
 
-/// Total size and number of files under `blobs/` (two levels of directories per algorithm).
-fn measure(blobs: &Path) -> std::io::Result<Usage> {
-    let mut usage = Usage::default();
-    let mut dirs = vec![(blobs.to_path_buf(), 0)];
-    while let Some((dir, depth)) = dirs.pop() {
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() && depth < 2 {
-                dirs.push((entry.path(), depth + 1));
-            } else if kind.is_file() && depth == 2 {
-                usage.bytes += entry.metadata()?.len();
-                usage.blobs += 1;
-            }
+/// Take the cache directory's lock file, or say who has it.
+fn lock(dir: &Path) -> Result<fs::File, StoreError> {
+    use fs2::FileExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(StoreError::io("opening the cache lock file"))?;
+    match file.try_lock_exclusive() {
+        Ok(()) => Ok(file),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) => {
+            Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+            })
         }
+        Err(e) => Err(StoreError::Io {
+            op: "locking the cache directory",
+            source: e,
+        }),
     }
-    Ok(usage)
 }
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod tests;

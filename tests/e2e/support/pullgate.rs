@@ -16,6 +16,8 @@ pub struct Options {
     pub read_timeout: String,
     /// Listen on this port (else a free one).
     pub port: Option<u16>,
+    /// More keys for the `[cache]` table (`max_size = "8MiB"` ...).
+    pub cache_extra: String,
     /// More TOML appended to the configuration (`[auth]`, `[audit]` ...).
     pub extra: String,
     /// More command-line arguments after `serve --config <file>`.
@@ -39,6 +41,7 @@ impl Options {
             tag_ttl: "60s".into(),
             read_timeout: "30s".into(),
             port: None,
+            cache_extra: String::new(),
             extra: String::new(),
             args: Vec::new(),
             log_filter: "info,pullgate=debug".into(),
@@ -59,9 +62,10 @@ impl Pullgate {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = opts.port.unwrap_or_else(free_port);
         let mut config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[cache]\ndir = \"{}\"\ntag_ttl = \"{}\"\n\n[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nread_timeout = \"{}\"\nconnect_timeout = \"2s\"\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[cache]\ndir = \"{}\"\ntag_ttl = \"{}\"\n{}\n\n[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nread_timeout = \"{}\"\nconnect_timeout = \"2s\"\n",
             dir.path().join("cache").display(),
             opts.tag_ttl,
+            opts.cache_extra,
             opts.upstream_name,
             opts.upstream_url,
             opts.read_timeout,
@@ -129,6 +133,31 @@ impl Pullgate {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would: no drain, no index flush.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("pullgate is running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+    }
+
+    /// The configuration file it runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("pullgate.toml")
+    }
+
+    /// `pullgate cache <args>`, with `--config <its configuration>` unless `args` name one.
+    pub fn cache_command(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pullgate"));
+        cmd.arg("cache").args(args);
+        if !args.contains(&"--config") {
+            cmd.arg("--config").arg(self.config_path());
+        }
+        cmd.env("NO_COLOR", "1")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("running pullgate cache")
     }
 
     /// Start it again, on the same port, configuration and cache.
