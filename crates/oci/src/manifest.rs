@@ -58,12 +58,14 @@ impl ManifestInfo {
         if bytes.len() > MANIFEST_SIZE_LIMIT {
             return Err(ManifestError::TooLarge);
         }
+        // JSON is UTF-8, but serde skips unknown fields without checking theirs.
+        let text = std::str::from_utf8(bytes).map_err(|_| ManifestError::NotJson)?;
         // serde's derived structs also read a JSON array, its items as the fields in order:
         // `["",1,null]` would pass for a schema 1 manifest.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        if !text.trim_start().starts_with('{') {
             return Err(ManifestError::NotJson);
         }
-        let head: Head = serde_json::from_slice(bytes).map_err(|_| ManifestError::NotJson)?;
+        let head: Head = serde_json::from_str(text).map_err(|_| ManifestError::NotJson)?;
         let declared = declared
             .map(|d| d.split(';').next().unwrap_or("").trim())
             .filter(|d| media_types::ALL_MANIFESTS.contains(d));
@@ -76,7 +78,7 @@ impl ManifestInfo {
         };
         let descriptors = match media_type.as_str() {
             media_types::OCI_INDEX | media_types::DOCKER_LIST => {
-                let index: ImageIndex = serde_json::from_slice(bytes)
+                let index: ImageIndex = serde_json::from_str(text)
                     .map_err(|_| ManifestError::Shape(media_type.clone()))?;
                 index
                     .manifests()
@@ -85,7 +87,7 @@ impl ManifestInfo {
                     .collect::<Result<Vec<_>, _>>()?
             }
             media_types::OCI_MANIFEST | media_types::DOCKER_MANIFEST => {
-                let m: ImageManifest = serde_json::from_slice(bytes)
+                let m: ImageManifest = serde_json::from_str(text)
                     .map_err(|_| ManifestError::Shape(media_type.clone()))?;
                 std::iter::once(m.config())
                     .chain(m.layers().iter())
@@ -179,6 +181,22 @@ mod tests {
         let v1 = br#" {"schemaVersion":1}"#;
         let info = ManifestInfo::parse(v1, None).unwrap();
         assert_eq!(info.media_type, media_types::DOCKER_V1_SIGNED);
+    }
+
+    /// Regression (found by the `manifest` fuzz target): serde skips unknown fields without
+    /// checking their UTF-8, so a manifest that is not JSON at all was accepted.
+    #[test]
+    fn invalid_utf8_is_not_json() {
+        let mut doc = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"a","digest":"{}","size":1}},"layers":[],"x":"?"}}"#,
+            media_types::OCI_MANIFEST,
+            d('a')
+        )
+        .into_bytes();
+        assert!(ManifestInfo::parse(&doc, None).is_ok());
+        let at = doc.iter().position(|&b| b == b'?').unwrap();
+        doc[at] = 0xff;
+        assert_eq!(ManifestInfo::parse(&doc, None), Err(ManifestError::NotJson));
     }
 
     #[test]
@@ -372,7 +390,10 @@ mod tests {
             ],
             declared in proptest::option::of(proptest::sample::select(media_types::ALL_MANIFESTS)),
         ) {
-            if serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
+            // Syntax and UTF-8 only: serde_json's `Value` also refuses lone surrogates.
+            let syntax = std::str::from_utf8(&bytes).is_ok()
+                && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+            if !syntax {
                 prop_assert_eq!(ManifestInfo::parse(&bytes, declared), Err(ManifestError::NotJson));
             }
             prop_assert!(ManifestInfo::parse(json.as_bytes(), declared).is_err(), "{json} was accepted");
