@@ -830,7 +830,157 @@ mod tests {
         assert_eq!(hub.path, None);
     }
 
+    /// A registry host that is not one of Docker Hub's names, with an optional port.
+    fn host() -> impl Strategy<Value = String> {
+        "[a-z0-9][a-z0-9-]{0,8}(\\.[a-z0-9-]{1,8}){1,2}(:[0-9]{1,5})?"
+            .prop_filter("not Docker Hub", |h| !pullgate_oci::is_docker_hub(h))
+    }
+
+    /// How a key for `host` may be written: scheme, case, API-version path.
+    fn write_key(host: &str, how: u8) -> String {
+        match how % 6 {
+            0 => host.to_owned(),
+            1 => format!("https://{host}"),
+            2 => format!("http://{}/", host.to_ascii_uppercase()),
+            3 => format!("{host}/v1/"),
+            4 => format!("HTTPS://{host}/v2/"),
+            _ => format!("  {host}  "),
+        }
+    }
+
+    /// A JSON entry for `c`: as `auth` (padded or not), or as `username` and `password`.
+    fn write_entry(c: &Credential, how: u8) -> serde_json::Value {
+        let raw = format!("{}:{}", c.username, c.password);
+        match how % 3 {
+            0 => serde_json::json!({ "auth": STANDARD.encode(&raw), "email": "" }),
+            1 => serde_json::json!({ "auth": STANDARD_NO_PAD.encode(&raw), "username": "" }),
+            _ => serde_json::json!({ "username": c.username, "password": c.password }),
+        }
+    }
+
+    fn credential() -> impl Strategy<Value = Credential> {
+        ("[A-Za-z0-9._@+-]{1,16}", "\\PC{1,24}").prop_map(|(u, p)| cred(&u, &p))
+    }
+
+    /// Arbitrary JSON, shaped enough like a docker config to get past the first checks.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+            credential().prop_map(|c| Value::from(c.to_base64())),
+        ];
+        let key = prop_oneof![
+            Just("auths".to_owned()),
+            Just("auth".to_owned()),
+            Just("username".to_owned()),
+            Just("password".to_owned()),
+            Just("identitytoken".to_owned()),
+            host(),
+            "\\PC{0,12}",
+        ];
+        let object = |key: BoxedStrategy<String>, value: BoxedStrategy<Value>, max| {
+            proptest::collection::btree_map(key, value, 0..max)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+        };
+        let any_json = {
+            let key = key.clone().boxed();
+            leaf.clone().prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    object(key.clone(), inner.boxed(), 6),
+                ]
+            })
+        };
+        // Mostly registries mapped to entries of the right field names, so that some parse.
+        let entry = object(key.clone().boxed(), leaf.boxed(), 5);
+        let registries = object(
+            prop_oneof![host(), "\\PC{0,16}"].boxed(),
+            prop_oneof![4 => entry, 1 => any_json.clone()].boxed(),
+            5,
+        );
+        prop_oneof![
+            2 => registries.clone().prop_map(|r| serde_json::json!({ "auths": r })),
+            1 => registries,
+            1 => any_json,
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn generated_configs_are_found_by_host(
+            entries in proptest::collection::btree_map(host(), (credential(), any::<u8>(), any::<u8>()), 1..6),
+            legacy in any::<bool>(),
+        ) {
+            let mut auths = serde_json::Map::new();
+            for (host, (c, key_how, entry_how)) in &entries {
+                auths.insert(write_key(host, *key_how), write_entry(c, *entry_how));
+            }
+            let doc = match legacy {
+                true => serde_json::Value::Object(auths),
+                false => serde_json::json!({ "auths": auths }),
+            };
+            let config = DockerConfig::parse(doc.to_string().as_bytes()).unwrap();
+            prop_assert_eq!(config.len(), entries.len());
+            for (host, (c, _, _)) in &entries {
+                prop_assert_eq!(config.for_host(host), Some(c));
+                prop_assert_eq!(config.for_host(&host.to_ascii_uppercase()), Some(c));
+                prop_assert_eq!(config.for_host(&format!("https://{host}/v2/")), Some(c));
+            }
+            for entry in config.all_entries() {
+                prop_assert!(entries.contains_key(entry.host));
+                prop_assert_eq!(entry.path, None);
+            }
+        }
+
+        #[test]
+        fn wildcards_cover_one_label(
+            domain in host(),
+            label in "[a-z0-9-]{1,10}",
+            c in credential(),
+            exact in credential(),
+        ) {
+            let doc = serde_json::json!({ "auths": {
+                format!("*.{domain}"): write_entry(&c, 2),
+                format!("exact.{domain}"): write_entry(&exact, 2),
+            }});
+            let config = DockerConfig::parse(doc.to_string().as_bytes()).unwrap();
+            let expected = if label == "exact" { &exact } else { &c };
+            prop_assert_eq!(config.for_host(&format!("{label}.{domain}")), Some(expected));
+            prop_assert_eq!(config.for_host(&domain), None);
+            prop_assert_eq!(config.for_host(&format!("a.{label}.{domain}")), None);
+        }
+
+        #[test]
+        fn credentials_round_trip_through_base64(
+            c in ("[^:]{1,20}", "\\PC{0,40}").prop_map(|(u, p)| cred(&u, &p)),
+            junk in "\\PC{0,40}",
+        ) {
+            prop_assert_eq!(Credential::from_base64(&c.to_base64()), Ok(c));
+            // Whatever decodes re-encodes to the same pair.
+            if let Ok(d) = Credential::from_base64(&junk) {
+                prop_assert!(!d.username.contains(':'));
+                prop_assert_eq!(Credential::from_base64(&d.to_base64()), Ok(d));
+            }
+        }
+
+        #[test]
+        fn accepted_entries_are_usable(doc in json()) {
+            let Ok(config) = DockerConfig::parse(doc.to_string().as_bytes()) else {
+                return Ok(());
+            };
+            for entry in config.all_entries() {
+                prop_assert!(!entry.credential.username.is_empty());
+                prop_assert!(!entry.credential.password.is_empty());
+                prop_assert!(!entry.host.is_empty());
+                if entry.path.is_none() {
+                    prop_assert_eq!(config.for_host(entry.host), Some(entry.credential));
+                }
+            }
+        }
+
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = DockerConfig::parse(&bytes);

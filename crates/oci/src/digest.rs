@@ -179,12 +179,66 @@ mod tests {
         assert!(!d.matches(b"tesT"));
     }
 
+    fn valid() -> impl Strategy<Value = (Algorithm, String)> {
+        prop_oneof![
+            "[0-9a-f]{64}".prop_map(|h| (Algorithm::Sha256, h)),
+            "[0-9a-f]{128}".prop_map(|h| (Algorithm::Sha512, h)),
+        ]
+    }
+
     proptest! {
         #[test]
-        fn parse_never_panics_and_round_trips(s in ".{0,200}") {
+        fn parse_never_panics_and_round_trips(s in ".{0,200}|(sha256|sha512|md5|SHA256):[0-9a-fA-F]{60,130}") {
             if let Ok(d) = Digest::parse(&s) {
-                prop_assert_eq!(d.to_string(), s);
+                prop_assert_eq!(d.to_string(), s.clone());
+                prop_assert_eq!(d.hex().len(), d.algorithm().hex_len());
+                prop_assert_eq!(s.parse::<Digest>(), Ok(d));
             }
+        }
+
+        #[test]
+        fn valid_digests_are_accepted((algorithm, hex) in valid()) {
+            let s = format!("{}:{hex}", algorithm.as_str());
+            let d = Digest::parse(&s).unwrap();
+            prop_assert_eq!(d.algorithm(), algorithm);
+            prop_assert_eq!(d.hex(), hex.as_str());
+            prop_assert_eq!(d.to_string(), s);
+        }
+
+        #[test]
+        fn mutated_digests_are_rejected(
+            (algorithm, hex) in valid(),
+            at in any::<proptest::sample::Index>(),
+            how in 0u8..7,
+            junk in "[^0-9a-f]",
+        ) {
+            let i = at.index(hex.len());
+            let (head, tail) = hex.split_at(i);
+            let alg = algorithm.as_str();
+            let other = match algorithm {
+                Algorithm::Sha256 => Algorithm::Sha512,
+                Algorithm::Sha512 => Algorithm::Sha256,
+            };
+            let bad = match how {
+                0 => format!("{alg}:{head}{}", &tail[1..]),
+                1 => format!("{alg}:{head}0{tail}"),
+                2 => format!("{alg}:{head}{junk}{}", &tail[1..]),
+                3 => format!("{alg}:{}", hex.to_ascii_uppercase()),
+                // The right length for the other algorithm is the wrong one for this.
+                4 => format!("{}:{hex}", other.as_str()),
+                5 => format!("{}:{hex}", alg.to_ascii_uppercase()),
+                _ => format!("{alg}{hex}"),
+            };
+            // Upper-casing digits only changes nothing; every other edit must be refused.
+            prop_assume!(bad != format!("{alg}:{hex}"));
+            prop_assert!(Digest::parse(&bad).is_err(), "{bad} was accepted");
+        }
+
+        #[test]
+        fn computed_digests_parse_back(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let d = Digest::sha256_of(&bytes);
+            prop_assert_eq!(Digest::parse(&d.to_string()), Ok(d.clone()));
+            prop_assert!(d.matches(&bytes));
         }
     }
 }

@@ -214,19 +214,113 @@ mod tests {
         ));
     }
 
+    /// One component of the spec's grammar: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+    fn component() -> impl Strategy<Value = String> {
+        "[a-z0-9]{1,8}((\\.|_|__|-{1,3})[a-z0-9]{1,8}){0,3}"
+    }
+
+    /// A valid repository name: one to six components, within the length limit.
+    fn name() -> impl Strategy<Value = String> {
+        proptest::collection::vec(component(), 1..6)
+            .prop_map(|c| c.join("/"))
+            .prop_filter("within the length limit", |n| n.len() <= MAX_NAME_LEN)
+    }
+
+    fn tag() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+    }
+
+    /// Edits that make any valid name invalid, wherever they land.
+    fn break_name(name: &str, at: usize, how: u8, junk: char) -> String {
+        let at = (0..=at.min(name.len()))
+            .rev()
+            .find(|&i| name.is_char_boundary(i))
+            .unwrap_or(0);
+        let (head, tail) = name.split_at(at);
+        match how % 8 {
+            // No separator run of dots is valid, and a component cannot start or end with one.
+            0 => format!("{head}..{tail}"),
+            1 => format!("{head}//{tail}"),
+            2 => format!("{head}___{tail}"),
+            3 => format!("{head}X{tail}"),
+            4 => format!("/{name}"),
+            5 => format!("{name}-"),
+            6 => format!("{head}{junk}{tail}"),
+            _ => format!("{name}/{}", "a".repeat(MAX_NAME_LEN)),
+        }
+    }
+
     proptest! {
         #[test]
-        fn name_parse_total(s in "[a-z0-9._/-]{0,80}") {
+        fn name_parse_total(s in "[a-zA-Z0-9._/-]{0,80}|\\PC{0,80}") {
             if let Ok(n) = RepoName::parse(&s) {
                 prop_assert_eq!(n.as_str(), s.as_str());
-                prop_assert!(!n.as_str().contains(".."));
-                prop_assert!(!n.as_str().starts_with('/'));
+                prop_assert!(s.len() <= MAX_NAME_LEN);
+                prop_assert!(!s.contains("..") && !s.contains("//"));
+                prop_assert!(!s.starts_with('/') && !s.ends_with('/'));
+                prop_assert!(s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'/')));
             }
         }
 
         #[test]
+        fn valid_names_are_accepted_as_written(s in name()) {
+            let n = RepoName::parse(&s).unwrap();
+            prop_assert_eq!(n.to_string(), s.clone());
+            prop_assert_eq!(n.components().collect::<Vec<_>>(), s.split('/').collect::<Vec<_>>());
+            prop_assert_eq!(n.is_single_component(), !s.contains('/'));
+            prop_assert_eq!(RepoName::parse(n.as_str()), Ok(n.clone()));
+            let prefixed = n.with_prefix("library");
+            prop_assert_eq!(prefixed.is_ok(), s.len() + "library/".len() <= MAX_NAME_LEN);
+        }
+
+        #[test]
+        fn broken_names_are_rejected(
+            s in name(),
+            at in 0usize..300,
+            how in any::<u8>(),
+            junk in "[^a-z0-9._/-]",
+        ) {
+            let broken = break_name(&s, at, how, junk.chars().next().unwrap());
+            prop_assert!(RepoName::parse(&broken).is_err(), "{broken:?} was accepted");
+        }
+
+        #[test]
+        fn valid_tags_are_tags(t in tag()) {
+            let parsed = Tag::parse(&t).unwrap();
+            prop_assert_eq!(parsed.as_str(), t.as_str());
+            let r = Reference::parse(&t).unwrap();
+            prop_assert_eq!(&r, &Reference::Tag(parsed));
+            prop_assert_eq!(r.to_string(), t.clone());
+            prop_assert!(r.as_digest().is_none());
+        }
+
+        #[test]
+        fn broken_tags_are_rejected(t in tag(), lead in "[.-]", junk in "[^A-Za-z0-9_.-]") {
+            let overlong = format!("{t}{}", "a".repeat(MAX_TAG_LEN));
+            for bad in [format!("{lead}{t}"), format!("{t}{junk}"), overlong] {
+                prop_assert!(Tag::parse(&bad).is_err(), "{bad:?} was accepted");
+            }
+        }
+
+        #[test]
+        fn digests_are_digest_references(hex in "[0-9a-f]{64}") {
+            let s = format!("sha256:{hex}");
+            let r = Reference::parse(&s).unwrap();
+            prop_assert_eq!(r.as_digest(), Some(&Digest::parse(&s).unwrap()));
+            prop_assert_eq!(r.to_string(), s);
+        }
+
+        #[test]
         fn reference_parse_total(s in ".{0,150}") {
-            let _ = Reference::parse(&s);
+            match Reference::parse(&s) {
+                // A colon makes a digest: a tag can never be mistaken for one, or the reverse.
+                Ok(Reference::Tag(t)) => {
+                    prop_assert!(!s.contains(':'));
+                    prop_assert_eq!(t.as_str(), s.as_str());
+                }
+                Ok(Reference::Digest(d)) => prop_assert_eq!(d.to_string(), s),
+                Err(_) => prop_assert!(Tag::parse(&s).is_err() && Digest::parse(&s).is_err()),
+            }
         }
     }
 }

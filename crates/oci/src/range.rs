@@ -124,12 +124,88 @@ mod tests {
         );
     }
 
+    /// Largest position the parser reads: 19 digits always fit in a u64.
+    const MAX_POS: u64 = 9_999_999_999_999_999_999;
+
+    fn spec() -> impl Strategy<Value = RangeSpec> {
+        let pos = prop_oneof![0u64..200, 0..=MAX_POS];
+        prop_oneof![
+            (pos.clone(), pos.clone()).prop_map(|(a, b)| RangeSpec::FromTo(a.min(b), a.max(b))),
+            pos.clone().prop_map(RangeSpec::From),
+            pos.prop_map(RangeSpec::Suffix),
+        ]
+    }
+
+    fn size() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..300, any::<u64>()]
+    }
+
+    fn render(spec: RangeSpec) -> String {
+        match spec {
+            RangeSpec::FromTo(a, b) => format!("bytes={a}-{b}"),
+            RangeSpec::From(a) => format!("bytes={a}-"),
+            RangeSpec::Suffix(n) => format!("bytes=-{n}"),
+        }
+    }
+
     proptest! {
         #[test]
         fn resolved_ranges_fit(s in "bytes=[0-9]{0,4}-[0-9]{0,4}", size in 0u64..5000) {
             if let Ok(r) = RangeSpec::parse(&s).and_then(|x| x.resolve(size)) {
                 prop_assert!(r.start <= r.end && r.end < size);
             }
+        }
+
+        #[test]
+        fn parse_is_total_and_canonical(s in "\\PC{0,40}|[ ]?(bytes|Bytes|items)=[ 0-9,-]{0,30}") {
+            if let Ok(spec) = RangeSpec::parse(&s) {
+                prop_assert_eq!(RangeSpec::parse(&render(spec)), Ok(spec));
+            }
+        }
+
+        #[test]
+        fn written_specs_parse_back(spec in spec(), pad in "[ \t]{0,2}") {
+            prop_assert_eq!(RangeSpec::parse(&render(spec)), Ok(spec));
+            prop_assert_eq!(RangeSpec::parse(&format!("{pad}{}{pad}", render(spec))), Ok(spec));
+        }
+
+        /// RFC 9110 section 14.1.2: a range is satisfiable when its first position is inside
+        /// the representation, or it is a non-empty suffix of a non-empty one; the last
+        /// position is clamped, and a suffix longer than the representation is all of it.
+        #[test]
+        fn resolve_follows_rfc_9110(spec in spec(), size in size()) {
+            let expected = match spec {
+                RangeSpec::FromTo(a, b) if a < size => Some((a, b.min(size - 1))),
+                RangeSpec::From(a) if a < size => Some((a, size - 1)),
+                RangeSpec::Suffix(n) if n > 0 && size > 0 => Some((size - n.min(size), size - 1)),
+                _ => None,
+            };
+            match spec.resolve(size) {
+                Ok(r) => {
+                    prop_assert_eq!(Some((r.start, r.end)), expected);
+                    prop_assert!(r.start <= r.end && r.end < size);
+                    prop_assert_eq!(r.len(), r.end - r.start + 1);
+                    prop_assert!(!r.is_empty());
+                    prop_assert_eq!(r.content_range(size), format!("bytes {}-{}/{size}", r.start, r.end));
+                }
+                Err(e) => {
+                    prop_assert_eq!(e, RangeError::Unsatisfiable);
+                    prop_assert_eq!(expected, None);
+                }
+            }
+        }
+
+        /// What we do not serve is ignored (the whole blob is sent), never refused with 416.
+        #[test]
+        fn unserved_forms_are_ignored(a in 0u64..1000, b in 0u64..1000, c in 0u64..1000, unit in "[a-z]{1,6}") {
+            prop_assert_eq!(RangeSpec::parse(&format!("bytes={a}-{b},{c}-")), Err(RangeError::Ignored));
+            if unit != "bytes" {
+                prop_assert_eq!(RangeSpec::parse(&format!("{unit}={a}-{b}")), Err(RangeError::Ignored));
+            }
+            if b < a {
+                prop_assert_eq!(RangeSpec::parse(&format!("bytes={a}-{b}")), Err(RangeError::Ignored));
+            }
+            prop_assert_eq!(RangeSpec::parse(&format!("bytes={a}{c}0000000000000000000-")), Err(RangeError::Ignored));
         }
     }
 }

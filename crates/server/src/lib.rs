@@ -33,7 +33,7 @@ pub use body::Body;
 pub use error::ApiError;
 pub use handlers::App;
 pub use metrics::Metrics;
-pub use route::{Query, Route, RouteError};
+pub use route::{Query, Route, RouteError, MAX_SCOPES, ROUTE_LABELS};
 pub use tls::{Tls, TlsError, TlsFiles};
 
 #[derive(Debug, Clone)]

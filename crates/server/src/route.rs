@@ -247,6 +247,230 @@ fn percent_decode(s: &str) -> Option<String> {
 mod tests {
     use super::*;
     use http::Method;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        let component = "[a-z0-9]{1,8}((\\.|_|__|-{1,3})[a-z0-9]{1,8}){0,2}";
+        proptest::collection::vec(component, 1..6).prop_map(|c| c.join("/"))
+    }
+
+    fn digest() -> impl Strategy<Value = String> {
+        prop_oneof!["sha256:[0-9a-f]{64}", "sha512:[0-9a-f]{128}"]
+    }
+
+    fn reference() -> impl Strategy<Value = String> {
+        prop_oneof!["[A-Za-z0-9_][A-Za-z0-9_.-]{0,40}", digest()]
+    }
+
+    fn method() -> impl Strategy<Value = Method> {
+        proptest::sample::select(vec![
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ])
+    }
+
+    /// The path a route was parsed from, for the routes that have only one.
+    fn path_of(route: &Route) -> Option<String> {
+        Some(match route {
+            Route::Manifest {
+                name, reference, ..
+            } => format!("/v2/{name}/manifests/{reference}"),
+            Route::Blob { name, digest, .. } => format!("/v2/{name}/blobs/{digest}"),
+            Route::Tags { name } => format!("/v2/{name}/tags/list"),
+            Route::Referrers { name, digest } => format!("/v2/{name}/referrers/{digest}"),
+            Route::Healthz => "/healthz".into(),
+            Route::Readyz => "/readyz".into(),
+            Route::Token => "/token".into(),
+            Route::Metrics => "/metrics".into(),
+            Route::Base => return None,
+        })
+    }
+
+    /// Paths made of the words the router looks for, valid pieces and junk.
+    fn path() -> impl Strategy<Value = String> {
+        let segment = prop_oneof![
+            proptest::sample::select(vec![
+                "v2",
+                "manifests",
+                "blobs",
+                "tags",
+                "list",
+                "uploads",
+                "referrers",
+                "_catalog",
+                "",
+                "..",
+                ".",
+                "%2F",
+                "healthz",
+            ])
+            .prop_map(str::to_owned),
+            name(),
+            reference(),
+            "\\PC{0,8}",
+        ];
+        let words = proptest::collection::vec(segment, 0..8);
+        let last = prop_oneof![
+            reference(),
+            proptest::sample::select(vec!["list", "uploads", ""]).prop_map(str::to_owned),
+            "\\PC{0,8}",
+        ];
+        let kind =
+            proptest::sample::select(vec!["manifests", "blobs", "tags", "referrers", "uploads"]);
+        prop_oneof![
+            (words.clone(), any::<bool>()).prop_map(|(s, v2)| {
+                let path = format!("/{}", s.join("/"));
+                if v2 {
+                    format!("/v2{path}")
+                } else {
+                    path
+                }
+            }),
+            // Shaped like a registry request, so that many of them route.
+            (name(), words, kind, last).prop_map(|(n, w, kind, last)| {
+                let middle: String = w.iter().take(2).map(|s| format!("/{s}")).collect();
+                format!("/v2/{n}{middle}/{kind}/{last}")
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn manifest_paths_give_back_name_and_reference(
+            n in name(), r in reference(), m in method(),
+        ) {
+            let path = format!("/v2/{n}/manifests/{r}");
+            let parsed = Route::parse(&m, &path);
+            if m == Method::GET || m == Method::HEAD {
+                prop_assert_eq!(parsed, Ok(Route::Manifest {
+                    name: RepoName::parse(&n).unwrap(),
+                    reference: Reference::parse(&r).unwrap(),
+                    head: m == Method::HEAD,
+                }));
+            } else {
+                prop_assert!(matches!(parsed, Err(RouteError::Unsupported(_))));
+            }
+        }
+
+        #[test]
+        fn blob_tag_and_referrer_paths_give_back_their_parts(
+            n in name(), d in digest(), m in method(),
+        ) {
+            let name = RepoName::parse(&n).unwrap();
+            let digest = Digest::parse(&d).unwrap();
+            let read = m == Method::GET || m == Method::HEAD;
+            let blob = Route::parse(&m, &format!("/v2/{n}/blobs/{d}"));
+            let tags = Route::parse(&m, &format!("/v2/{n}/tags/list"));
+            let referrers = Route::parse(&m, &format!("/v2/{n}/referrers/{d}"));
+            if read {
+                prop_assert_eq!(blob, Ok(Route::Blob {
+                    name: name.clone(),
+                    digest: digest.clone(),
+                    head: m == Method::HEAD,
+                }));
+            } else {
+                prop_assert!(matches!(blob, Err(RouteError::Unsupported(_))));
+            }
+            if m == Method::GET {
+                prop_assert_eq!(tags, Ok(Route::Tags { name: name.clone() }));
+                prop_assert_eq!(referrers, Ok(Route::Referrers { name, digest }));
+            } else {
+                prop_assert!(matches!(tags, Err(RouteError::Unsupported(_))));
+                prop_assert!(matches!(referrers, Err(RouteError::Unsupported(_))));
+            }
+        }
+
+        #[test]
+        fn uploads_are_refused_whatever_the_method(n in name(), m in method(), id in "[a-z0-9-]{0,36}") {
+            let parsed = Route::parse(&m, &format!("/v2/{n}/blobs/uploads/{id}"));
+            prop_assert!(matches!(parsed, Err(RouteError::Unsupported(_))), "{parsed:?}");
+        }
+
+        #[test]
+        fn bad_names_and_references_are_told_apart(
+            n in name(),
+            r in reference(),
+            at in any::<proptest::sample::Index>(),
+            bad in "[A-Z]|\\.\\.|___|[^a-z0-9._/-]",
+            junk in "[^A-Za-z0-9_./-]",
+        ) {
+            let i = at.index(n.len() + 1);
+            let broken = format!("{}{bad}{}", &n[..i], &n[i..]);
+            // Any request shape: the name is checked first.
+            for path in [
+                format!("/v2/{broken}/manifests/{r}"),
+                format!("/v2/{broken}/tags/list"),
+            ] {
+                let parsed = Route::parse(&Method::GET, &path);
+                prop_assert!(matches!(parsed, Err(RouteError::NameInvalid(_))), "{path}: {parsed:?}");
+            }
+            let bad_ref = format!("{r}{junk}");
+            let parsed = Route::parse(&Method::GET, &format!("/v2/{n}/manifests/{bad_ref}"));
+            prop_assert!(matches!(
+                parsed,
+                Err(RouteError::ReferenceInvalid(_) | RouteError::DigestInvalid(_))
+            ), "{bad_ref}: {parsed:?}");
+        }
+
+        #[test]
+        fn any_path_routes_to_itself_or_a_labelled_error(p in path(), m in method()) {
+            match Route::parse(&m, &p) {
+                Ok(route) => {
+                    prop_assert!(ROUTE_LABELS.contains(&route.label()));
+                    match path_of(&route) {
+                        Some(rendered) => prop_assert_eq!(rendered, p),
+                        None => prop_assert!(p == "/v2" || p == "/v2/"),
+                    }
+                }
+                Err(e) => prop_assert!(ROUTE_LABELS.contains(&e.label())),
+            }
+        }
+
+        #[test]
+        fn long_paths_are_refused_before_routing(n in name(), extra in 0usize..64) {
+            let long = format!("/v2/{n}/{}manifests/latest", "a/".repeat(MAX_PATH / 2 + extra));
+            prop_assert!(matches!(Route::parse(&Method::GET, &long), Err(RouteError::NameInvalid(_))));
+        }
+
+        #[test]
+        fn query_values_are_decoded(
+            ns in "\\PC{1,30}",
+            scopes in proptest::collection::vec("repository:[a-z0-9/]{1,20}:pull", 1..24),
+            noise in "x[a-z]{0,7}=[a-z0-9%+]{0,8}",
+            n in 0u32..1000,
+        ) {
+            let encoded: String = ns.bytes().map(|b| format!("%{b:02X}")).collect();
+            let mut pairs = vec![format!("ns={encoded}"), noise, format!("n={n}")];
+            // Half the scopes one per parameter, the rest space-separated in one.
+            let (one_each, together) = scopes.split_at(scopes.len() / 2);
+            pairs.extend(one_each.iter().map(|s| format!("scope={s}")));
+            if !together.is_empty() {
+                pairs.push(format!("scope={}", together.join("+")));
+            }
+            let q = Query::parse(Some(&pairs.join("&")));
+            prop_assert_eq!(q.ns.as_deref(), Some(ns.as_str()));
+            prop_assert_eq!(q.forward, format!("n={n}"));
+            let kept = scopes.len().min(MAX_SCOPES);
+            prop_assert_eq!(&q.scopes[..], &scopes[..kept]);
+        }
+
+        #[test]
+        fn any_query_parses_within_bounds(s in "\\PC{0,200}|([a-zA-Z]{1,6}=[a-z0-9%+:]{0,10}&){0,40}") {
+            let q = Query::parse(Some(&s));
+            prop_assert!(q.scopes.len() <= MAX_SCOPES);
+            prop_assert!(q.scopes.iter().all(|s| !s.is_empty() && !s.contains(' ')));
+            prop_assert!(q.ns.as_ref().is_none_or(|ns| !ns.is_empty()));
+            for pair in q.forward.split('&').filter(|p| !p.is_empty()) {
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                prop_assert!(matches!(key, "n" | "last" | "artifactType"), "{pair}");
+            }
+        }
+    }
 
     fn d() -> String {
         format!("sha256:{}", "a".repeat(64))
