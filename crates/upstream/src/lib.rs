@@ -89,6 +89,8 @@ pub struct Upstream {
     token_timeout: Duration,
     /// Final failures of calls (after retries), by kind.
     errors: Arc<ErrorCounts>,
+    /// Until when the upstream asked us (429 with `Retry-After`) to leave it alone.
+    backoff: transport::Backoff,
 }
 
 /// What a manifest `HEAD` tells: enough to see whether a cached tag is still current.
@@ -184,6 +186,7 @@ impl Upstream {
             wants_basic: AtomicBool::new(false),
             token_timeout,
             errors: Arc::default(),
+            backoff: transport::Backoff::default(),
         })
     }
 

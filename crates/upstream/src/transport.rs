@@ -2,7 +2,8 @@
 //! challenge answered once on 401), retries of transient failures, and redirects followed
 //! by hand so credentials never leave the upstream's origin.
 
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, LOCATION};
@@ -21,6 +22,42 @@ const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_milli
 
 /// Signed CDN URLs run to a few KiB; anything longer than this is not a redirect we follow.
 const MAX_LOCATION_LEN: usize = 16 * 1024;
+
+/// The longest a `Retry-After` keeps us away from an upstream. Longer values are still
+/// passed on to clients, but we look again after this: a stale or buggy header must not
+/// cut a mirror off for a day.
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+/// An upstream's request to be left alone (429 with `Retry-After`). While it lasts, calls
+/// fail at once with the time remaining, without a request: hammering a throttling
+/// upstream only extends the throttle (Docker Hub counts refused pulls too), and clients
+/// get the same answer sooner. Tags are then served stale by the mirror.
+#[derive(Default)]
+pub(crate) struct Backoff(Mutex<Option<Instant>>);
+
+impl Backoff {
+    fn remaining(&self) -> Option<Duration> {
+        let mut until = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let left = until.and_then(|u| u.checked_duration_since(Instant::now()));
+        if left.is_none() {
+            *until = None;
+        }
+        left.filter(|d| !d.is_zero())
+    }
+
+    fn note(&self, error: &UpstreamError) {
+        if let UpstreamError::RateLimited {
+            retry_after: Some(after),
+        } = error
+        {
+            let until = Instant::now() + (*after).min(MAX_BACKOFF);
+            let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if current.is_none_or(|c| c < until) {
+                *current = Some(until);
+            }
+        }
+    }
+}
 
 /// A failed attempt, and whether trying again could help.
 struct Failure {
@@ -41,6 +78,27 @@ impl Upstream {
     /// GET or HEAD `url` and return its 2xx response with the body unread, or the mapped
     /// error. `scope` is the token scope the request needs.
     pub(crate) async fn request(
+        &self,
+        method: Method,
+        url: Url,
+        accept: Option<&str>,
+        scope: &str,
+    ) -> Result<Response, UpstreamError> {
+        if let Some(left) = self.backoff.remaining() {
+            // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Err(UpstreamError::RateLimited {
+                retry_after: Some(Duration::from_secs(secs)),
+            });
+        }
+        let result = self.request_now(method, url, accept, scope).await;
+        if let Err(e) = &result {
+            self.backoff.note(e);
+        }
+        result
+    }
+
+    async fn request_now(
         &self,
         method: Method,
         url: Url,
@@ -68,9 +126,11 @@ impl Upstream {
         }
     }
 
-    /// Up to three attempts while the failure is transient (connect errors, 502/503/504).
-    /// Only the headers have been received when this returns, so a retry never repeats
-    /// bytes a caller has seen. 429 is not retried: the upstream asked us to back off.
+    /// Up to three attempts while the failure is transient: connect errors, a connection
+    /// closed or reset before the response headers, 502/503/504. Every request here is a
+    /// GET or HEAD, and only the headers have been received when this returns, so a retry
+    /// is idempotent and never repeats bytes a caller has seen. Not retried: timeouts (a
+    /// client is already waiting that long), 429 (the upstream asked us to back off).
     async fn send_retrying(
         &self,
         method: &Method,
@@ -121,7 +181,7 @@ impl Upstream {
                 }
             }
             let response = request.send().await.map_err(|e| Failure {
-                retryable: e.is_connect(),
+                retryable: e.is_connect() || !e.is_timeout(),
                 error: error::from_reqwest(e, &host),
             })?;
             let status = response.status();
@@ -236,6 +296,31 @@ pub(crate) async fn read_bounded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_follows_retry_after_capped() {
+        let b = Backoff::default();
+        assert_eq!(b.remaining(), None);
+        // Only a 429 that says how long sets it.
+        b.note(&UpstreamError::RateLimited { retry_after: None });
+        b.note(&UpstreamError::Unavailable("upstream answered 503".into()));
+        assert_eq!(b.remaining(), None);
+        b.note(&UpstreamError::RateLimited {
+            retry_after: Some(Duration::from_secs(30)),
+        });
+        let left = b.remaining().unwrap();
+        assert!(left > Duration::from_secs(29) && left <= Duration::from_secs(30));
+        // A shorter one does not cut a longer one short; a day is capped.
+        b.note(&UpstreamError::RateLimited {
+            retry_after: Some(Duration::from_secs(1)),
+        });
+        assert!(b.remaining().unwrap() > Duration::from_secs(29));
+        b.note(&UpstreamError::RateLimited {
+            retry_after: Some(Duration::from_secs(86_400)),
+        });
+        assert!(b.remaining().unwrap() <= MAX_BACKOFF);
+        assert!(b.remaining().unwrap() > MAX_BACKOFF - Duration::from_secs(1));
+    }
 
     #[test]
     fn redirect_targets() {
