@@ -105,6 +105,7 @@ fn ingest(c: &mut Criterion) {
             store.remove(&digest).await.unwrap();
             let mut ingest = store
                 .begin_ingest(digest.clone(), Some(SIZE as u64))
+                .await
                 .unwrap();
             let readers: Vec<_> = (0..followers)
                 .map(|_| {

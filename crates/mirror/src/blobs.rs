@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::{FutureExt, StreamExt};
 use pullgate_oci::{ByteRange, Digest, RangeError, RangeSpec, RepoName};
-use pullgate_store::{BlobStream, Follower, Store, BATCH_BYTES, BATCH_CHUNKS};
-use pullgate_upstream::Upstream;
+use pullgate_store::{pass_through, BlobStream, Follower, Store, BATCH_BYTES, BATCH_CHUNKS};
+use pullgate_upstream::{BlobDownload, Upstream};
 use tokio::sync::watch;
 
 use crate::error::{MirrorError, Wanted};
@@ -40,7 +40,27 @@ enum FillState {
     Started(Follower),
     /// The blob was already committed when the fill began: read it from the store.
     Committed,
+    /// The cache disk refused the blob: every waiter streams it from the upstream itself.
+    Bypass(Arc<Handoff>),
     Failed(MirrorError),
+}
+
+/// The fill's own upstream response, for the first waiter that wants it; the others ask
+/// the upstream again (uncached, a miss costs one GET per client, as without a mirror).
+pub(crate) struct Handoff(Mutex<Option<BlobDownload>>);
+
+impl Handoff {
+    fn take(&self) -> Option<BlobDownload> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// What joining a fill found.
+enum Joined {
+    Follow(Follower),
+    /// The blob was committed before the fill could start.
+    Committed,
+    Bypass(Arc<Handoff>),
 }
 
 struct FillEntry {
@@ -90,22 +110,28 @@ impl Mirror {
                 .head_blob(&target.repo, digest)
                 .await
                 .map_err(|e| MirrorError::from_upstream(e, Wanted::Blob))?;
-            self.store
-                .link(target.upstream_name(), &target.repo, digest)?;
+            crate::tolerate_disk(
+                self.store
+                    .link(target.upstream_name(), &target.repo, digest),
+            )?;
             return respond(size, range, Source::Miss, |_| None);
         }
 
         Stats::inc(&self.stats.blob_misses);
-        let Some(follower) = self.join_fill(target, digest).await? else {
-            // Committed between our store lookup and the fill: serve it from the store.
-            let reader = self
-                .store
-                .open_blob(digest)
-                .await?
-                .ok_or_else(|| MirrorError::internal("committed blob vanished"))?;
-            return respond(reader.size(), range, Source::Hit, |r| {
-                Some(reader.stream(r).pinned(pin))
-            });
+        let follower = match self.join_fill(target, digest).await? {
+            Joined::Follow(f) => f,
+            Joined::Committed => {
+                // Committed between our store lookup and the fill: serve it from the store.
+                let reader = self
+                    .store
+                    .open_blob(digest)
+                    .await?
+                    .ok_or_else(|| MirrorError::internal("committed blob vanished"))?;
+                return respond(reader.size(), range, Source::Hit, |r| {
+                    Some(reader.stream(r).pinned(pin))
+                });
+            }
+            Joined::Bypass(handoff) => return self.bypass(target, digest, range, &handoff).await,
         };
         // Without a Content-Length upstream, the size is known only when the fill ends.
         let size = follower.wait_size().await?;
@@ -118,12 +144,38 @@ impl Mirror {
         })
     }
 
-    /// Join the fill for `digest`, or start it. `None`: the blob is already committed.
-    async fn join_fill(
+    /// Stream a blob the cache cannot hold straight from the upstream, verified as it
+    /// passes ([`pass_through`]).
+    async fn bypass(
         &self,
         target: &Target,
         digest: &Digest,
-    ) -> Result<Option<Follower>, MirrorError> {
+        range: Option<RangeSpec>,
+        handoff: &Handoff,
+    ) -> Result<BlobResponse, MirrorError> {
+        let download = match handoff.take() {
+            Some(d) => d,
+            None => target
+                .upstream
+                .get_blob(&target.repo, digest)
+                .await
+                .map_err(|e| MirrorError::from_upstream(e, Wanted::Blob))?,
+        };
+        // Without the cache there is nowhere to learn the size before sending it.
+        let size = download.size.ok_or_else(|| {
+            MirrorError::UpstreamBadContent(
+                "the upstream sent no Content-Length, and the cache cannot hold the blob".into(),
+            )
+        })?;
+        self.store.disk().note_bypass();
+        let digest = digest.clone();
+        respond(size, range, Source::Miss, move |r| {
+            Some(pass_through(download.stream, digest, size, r))
+        })
+    }
+
+    /// Join the fill for `digest`, or start it.
+    async fn join_fill(&self, target: &Target, digest: &Digest) -> Result<Joined, MirrorError> {
         let (mut rx, other_repo) = {
             let mut fills = self.fills.lock();
             match fills.get(digest) {
@@ -166,8 +218,9 @@ impl Mirror {
             .map_err(|_| MirrorError::internal("fill ended without a result"))?
             .clone();
         match state {
-            FillState::Started(f) => Ok(Some(f)),
-            FillState::Committed => Ok(None),
+            FillState::Started(f) => Ok(Joined::Follow(f)),
+            FillState::Committed => Ok(Joined::Committed),
+            FillState::Bypass(h) => Ok(Joined::Bypass(h)),
             FillState::Failed(e) => Err(e),
             FillState::Pending => Err(MirrorError::internal("fill still pending")),
         }
@@ -219,7 +272,7 @@ async fn fill(
     stats: &Stats,
 ) -> Result<(), MirrorError> {
     if store.stat(digest).await?.is_some() {
-        store.link(upstream.name(), repo, digest)?;
+        crate::tolerate_disk(store.link(upstream.name(), repo, digest))?;
         let _ = tx.send(FillState::Committed);
         return Ok(());
     }
@@ -227,7 +280,22 @@ async fn fill(
         .get_blob(repo, digest)
         .await
         .map_err(|e| MirrorError::from_upstream(e, Wanted::Blob))?;
-    let mut ingest = store.begin_ingest(digest.clone(), download.size)?;
+    // The store notes disk trouble (log line, metrics) itself; here it only means that this
+    // blob goes to its clients uncached.
+    let ingest = if store.disk().should_try() {
+        match store.begin_ingest(digest.clone(), download.size).await {
+            Ok(ingest) => Some(ingest),
+            Err(e) if e.is_disk_trouble() => None,
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    let Some(mut ingest) = ingest else {
+        let handoff = Handoff(Mutex::new(Some(download)));
+        let _ = tx.send(FillState::Bypass(Arc::new(handoff)));
+        return Ok(());
+    };
     let _ = tx.send(FillState::Started(ingest.follower()));
 
     let mut stream = download.stream;
@@ -252,7 +320,7 @@ async fn fill(
         .commit()
         .await
         .inspect_err(|e| crate::stats::note_bad_content(upstream, e))?;
-    store.link(upstream.name(), repo, digest)?;
+    crate::tolerate_disk(store.link(upstream.name(), repo, digest))?;
     Ok(())
 }
 

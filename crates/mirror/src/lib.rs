@@ -125,6 +125,11 @@ impl Mirror {
         self.store.usage()
     }
 
+    /// Whether the cache disk takes writes, and what was served uncached because it did not.
+    pub fn cache_disk(&self) -> &pullgate_store::DiskHealth {
+        self.store.disk()
+    }
+
     /// The cache's size limit, if it has one.
     pub fn cache_limits(&self) -> Option<pullgate_store::Limits> {
         self.store.limits()
@@ -234,8 +239,19 @@ impl Mirror {
                 .map(|_| ()),
         };
         confirmed.map_err(|e| MirrorError::from_upstream(e, wanted))?;
-        self.store.link(upstream, &target.repo, digest)?;
+        tolerate_disk(self.store.link(upstream, &target.repo, digest))?;
         Ok(())
+    }
+}
+
+/// A write the cache disk refused is no reason to fail a pull: the store has logged and
+/// counted it, and the content is served uncached. Other store errors still fail.
+pub(crate) fn tolerate_disk(
+    result: Result<(), pullgate_store::StoreError>,
+) -> Result<(), pullgate_store::StoreError> {
+    match result {
+        Err(e) if e.is_disk_trouble() => Ok(()),
+        other => other,
     }
 }
 

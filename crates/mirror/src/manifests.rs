@@ -241,7 +241,7 @@ async fn revalidate(
                 } else {
                     Source::Miss
                 };
-                store.link(upstream.name(), repo, &d)?;
+                crate::tolerate_disk(store.link(upstream.name(), repo, &d))?;
                 (stored, source)
             }
             None => (
@@ -262,7 +262,7 @@ async fn revalidate(
             Source::Miss,
         ),
     };
-    store.put_tag(
+    crate::tolerate_disk(store.put_tag(
         key,
         &TagRecord {
             digest: stored.digest.clone(),
@@ -270,7 +270,7 @@ async fn revalidate(
             size: stored.bytes.len() as u64,
             fetched_at: SystemTime::now(),
         },
-    )?;
+    ))?;
     Ok((stored, source))
 }
 
@@ -320,12 +320,17 @@ async fn fetch_manifest(
         .media_type
         .filter(|t| media_types::ALL_MANIFESTS.contains(&t.as_str()))
         .unwrap_or(info.media_type);
-    // A mismatch is the store's DigestMismatch, which is the upstream's fault: 502.
-    store
+    // A mismatch is the store's DigestMismatch, which is the upstream's fault: 502. The
+    // bytes are hashed before anything is written, so a disk that refuses them has still
+    // let them be verified: they are served from memory, uncached.
+    match store
         .put_verified(&digest, m.bytes.clone(), Some(&media_type))
         .await
-        .inspect_err(|e| crate::stats::note_bad_content(upstream, e))?;
-    store.link(upstream.name(), repo, &digest)?;
+    {
+        Err(e) if e.is_disk_trouble() => store.disk().note_bypass(),
+        other => other.inspect_err(|e| crate::stats::note_bad_content(upstream, e))?,
+    }
+    crate::tolerate_disk(store.link(upstream.name(), repo, &digest))?;
     Ok(Stored {
         digest,
         media_type,

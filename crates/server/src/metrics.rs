@@ -292,6 +292,26 @@ pub(crate) fn render(app: &App) -> Response<Body> {
         );
     }
 
+    let disk = app.mirror.cache_disk();
+    out.single(
+        "pullgate_cache_writable",
+        "gauge",
+        "1 while the cache disk takes writes; 0 after it refused one (full, read-only, failing) until a write succeeds.",
+        u64::from(disk.writable()),
+    );
+    out.single(
+        "pullgate_cache_write_errors_total",
+        "counter",
+        "Writes the cache disk refused (full, over quota, read-only, failing).",
+        disk.write_errors(),
+    );
+    out.single(
+        "pullgate_cache_bypassed_total",
+        "counter",
+        "Blobs and manifests served straight from the upstream, uncached, because the cache disk refused them.",
+        disk.bypassed(),
+    );
+
     let usage = app.mirror.cache_usage();
     out.single(
         "pullgate_cache_size_bytes",

@@ -161,7 +161,7 @@ async fn the_background_evictor_runs_when_commits_cross_the_high_watermark() {
     let evictor = store.spawn_evictor().expect("bounded stores evict");
     let blobs: Vec<_> = (1..=6).map(|s| blob(s, 2000)).collect();
     for (i, (d, b)) in blobs.iter().enumerate() {
-        let mut ingest = store.begin_ingest(d.clone(), Some(2000)).unwrap();
+        let mut ingest = store.begin_ingest(d.clone(), Some(2000)).await.unwrap();
         ingest.write(b.clone()).await.unwrap();
         ingest.commit().await.unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;

@@ -33,6 +33,27 @@ impl StoreError {
         move |source| StoreError::Io { op, source }
     }
 
+    /// Whether the disk under the cache refused us: full, over quota, read-only, not
+    /// permitted, failing. The bytes were fine; pulls can still be served straight from
+    /// the upstream, just not cached.
+    pub fn is_disk_trouble(&self) -> bool {
+        let StoreError::Io { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.raw_os_error(),
+            Some(
+                libc::ENOSPC
+                    | libc::EDQUOT
+                    | libc::EROFS
+                    | libc::EACCES
+                    | libc::EPERM
+                    | libc::EIO
+                    | libc::EFBIG
+            )
+        ) || source.kind() == std::io::ErrorKind::WriteZero
+    }
+
     /// Whether the content itself was wrong (the source's fault), rather than the store.
     pub fn is_bad_content(&self) -> bool {
         matches!(
@@ -44,7 +65,14 @@ impl StoreError {
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Index(e.to_string())
+        match e {
+            // Kept as I/O, so a full or read-only disk under the index is recognised as such.
+            sled::Error::Io(source) => StoreError::Io {
+                op: "index",
+                source,
+            },
+            e => StoreError::Index(e.to_string()),
+        }
     }
 }
 

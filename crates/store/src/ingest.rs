@@ -84,18 +84,20 @@ pub struct Follower {
 }
 
 impl Ingest {
-    pub(crate) fn begin(
+    pub(crate) async fn begin(
         inner: Arc<Inner>,
         digest: Digest,
         expected_size: Option<u64>,
     ) -> Result<Ingest, StoreError> {
         let tmp = inner.tmp_path(&digest);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(StoreError::io("creating tmp file"))?;
+        let path = tmp.clone();
+        let file = tokio::task::spawn_blocking(move || create_reserved(&path, expected_size))
+            .await?
+            .inspect_err(|e| {
+                if e.is_disk_trouble() {
+                    inner.disk.failed(e, false);
+                }
+            })?;
         let file = Arc::new(file);
         let (state_tx, state_rx) = watch::channel(State::Writing { written: 0 });
         let state = Arc::new(state_tx);
@@ -164,7 +166,12 @@ impl Ingest {
         self.senders = None;
         match self.writer.take() {
             Some(h) => match h.await? {
-                Err(e) => Err(e),
+                Err(e) => {
+                    if e.is_disk_trouble() {
+                        self.inner.disk.failed(&e, true);
+                    }
+                    Err(e)
+                }
                 Ok(_) => Err(StoreError::IngestFailed("ingest ended early".into())),
             },
             None => Err(StoreError::IngestFailed("ingest already finished".into())),
@@ -182,7 +189,12 @@ impl Ingest {
         let actual = hasher.await;
         let verified = match (written, actual) {
             (Ok(Ok(written)), Ok(actual)) => self.verify(written, actual),
-            (Ok(Err(e)), _) => return Err(e),
+            (Ok(Err(e)), _) => {
+                if e.is_disk_trouble() {
+                    self.inner.disk.failed(&e, true);
+                }
+                return Err(e);
+            }
             (Err(e), _) | (_, Err(e)) => Err(StoreError::from(e)),
         };
         let size = match verified {
@@ -206,9 +218,15 @@ impl Ingest {
             let result = inner
                 .commit_file(&file, &tmp, &digest)
                 .and_then(|()| inner.index.put_blob(&digest, size, None));
-            if result.is_err() {
-                // Readers already hold verified bytes; only the cache loses this blob.
-                let _ = std::fs::remove_file(&tmp);
+            match &result {
+                Ok(()) => inner.disk.succeeded(),
+                Err(e) => {
+                    // Readers already hold verified bytes; only the cache loses this blob.
+                    let _ = std::fs::remove_file(&tmp);
+                    if e.is_disk_trouble() {
+                        inner.disk.failed(e, false);
+                    }
+                }
             }
             result
         })
@@ -291,9 +309,6 @@ struct Writer {
 
 impl Writer {
     fn run(self, mut rx: mpsc::Receiver<Batch>) -> Result<u64, StoreError> {
-        if let Some(size) = self.expected_size {
-            preallocate(&self.file, size);
-        }
         let result = self.write_all(&mut rx);
         if let Err(e) = &result {
             let _ = std::fs::remove_file(&self.tmp);
@@ -363,27 +378,58 @@ impl Writer {
     }
 }
 
-/// Reserve the blob's blocks up front: the filesystem then allocates one extent instead of
-/// one per page as they are written (a third less kernel time per GiB written here). The
-/// file's size is left alone. Best effort: where it is not supported, or the disk is too
-/// full for all of it at once, writing proceeds as it would have anyway. Only sizes up to
-/// [`PREALLOCATE_MAX`]: an upstream announcing a huge blob it never sends must not hold
-/// that much disk for as long as the fill lasts.
+/// Create the tmp file and reserve the blob's blocks up front. The filesystem then
+/// allocates one extent instead of one per page as they are written (a third less kernel
+/// time per GiB here), and a disk without room for the blob says so now (`ENOSPC`), before
+/// any byte is fetched or shown to a client, instead of halfway through the write.
+fn create_reserved(path: &std::path::Path, size: Option<u64>) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(StoreError::io("creating tmp file"))?;
+    if let Some(size) = size {
+        if let Err(source) = preallocate(&file, size) {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(StoreError::Io {
+                op: "reserving space for the blob",
+                source,
+            });
+        }
+    }
+    Ok(file)
+}
+
+/// Reserve `size` bytes of blocks, leaving the file's size alone. Only "no room" is an
+/// error; where reserving is not supported, writing proceeds as it would have anyway. Only
+/// sizes up to [`PREALLOCATE_MAX`]: an upstream announcing a huge blob it never sends must
+/// not hold that much disk for as long as the fill lasts.
 #[cfg(target_os = "linux")]
-fn preallocate(file: &File, size: u64) {
+fn preallocate(file: &File, size: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let Ok(len) = libc::off_t::try_from(size) else {
-        return;
+        return Ok(());
     };
     if len == 0 || size > PREALLOCATE_MAX {
-        return;
+        return Ok(());
     }
     // SAFETY: a plain system call on a descriptor this ingest owns; no memory is passed.
-    let _ = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    if unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn preallocate(_: &File, _: u64) {}
+fn preallocate(_: &File, _: u64) -> std::io::Result<()> {
+    Ok(())
+}
 
 impl Follower {
     /// The size announced when the ingest began, if any.

@@ -14,10 +14,12 @@
 //! evicted), [`Limits`], [`Repair`], [`StoreError`].
 
 mod blob;
+mod disk;
 mod error;
 mod evict;
 mod index;
 mod ingest;
+mod passthrough;
 mod pins;
 mod repair;
 
@@ -32,9 +34,11 @@ use pullgate_oci::{Digest, RepoName};
 use tokio::sync::Notify;
 
 pub use blob::{BlobReader, BlobStream};
+pub use disk::{DiskHealth, PAUSE_AFTER_WRITE_FAILURE};
 pub use error::StoreError;
 pub use evict::{EvictSummary, Evicted, Evictions, Limits};
 pub use index::{BlobRecord, TagKey, TagRecord};
+pub use passthrough::pass_through;
 pub use pins::BlobPin;
 pub use repair::{Prune, Repair, REPORT_LIMIT};
 
@@ -64,6 +68,7 @@ pub(crate) struct Inner {
     evicted_blobs: AtomicU64,
     evicted_bytes: AtomicU64,
     repaired: Repair,
+    disk: DiskHealth,
     /// Held for the store's life: one process per cache directory.
     _lock: fs::File,
 }
@@ -123,6 +128,7 @@ impl Store {
             evicted_blobs: AtomicU64::new(0),
             evicted_bytes: AtomicU64::new(0),
             repaired: Repair::default(),
+            disk: DiskHealth::default(),
             _lock: lock,
         };
         if !options.inspect_only {
@@ -210,6 +216,11 @@ impl Store {
         .await?
     }
 
+    /// Whether the cache's disk takes writes, as the latest writes found.
+    pub fn disk(&self) -> &DiskHealth {
+        &self.inner.disk
+    }
+
     /// Where a committed blob lives.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.inner.blob_path(digest)
@@ -295,18 +306,34 @@ impl Store {
             }
             result
         })
-        .await??;
-        self.inner.index.put_blob(digest, size, media_type)
+        .await?
+        .inspect_err(|e| self.note_write_error(e))?;
+        self.inner
+            .index
+            .put_blob(digest, size, media_type)
+            .inspect_err(|e| self.note_write_error(e))?;
+        self.inner.disk.succeeded();
+        Ok(())
+    }
+
+    fn note_write_error(&self, e: &StoreError) {
+        if e.is_disk_trouble() {
+            self.inner.disk.failed(e, false);
+        }
     }
 
     /// Start writing a blob. Bytes go to `tmp/` as they arrive, are hashed once, and are
     /// renamed into `blobs/` by [`Ingest::commit`] only if size and digest match.
-    pub fn begin_ingest(
+    ///
+    /// An announced size is reserved on disk first, so a disk too full for the blob fails
+    /// here ([`StoreError::is_disk_trouble`]), before any client has seen a byte, rather
+    /// than halfway through.
+    pub async fn begin_ingest(
         &self,
         digest: Digest,
         expected_size: Option<u64>,
     ) -> Result<Ingest, StoreError> {
-        Ingest::begin(Arc::clone(&self.inner), digest, expected_size)
+        Ingest::begin(Arc::clone(&self.inner), digest, expected_size).await
     }
 
     /// Delete a committed blob and its record (the record first, as eviction does).
@@ -338,12 +365,18 @@ impl Store {
     }
 
     pub fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<(), StoreError> {
-        self.inner.index.put_tag(key, record)
+        self.inner
+            .index
+            .put_tag(key, record)
+            .inspect_err(|e| self.note_write_error(e))
     }
 
     /// Record that `repo` on `upstream` may see `digest`.
     pub fn link(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
-        self.inner.index.link(upstream, repo, digest)
+        self.inner
+            .index
+            .link(upstream, repo, digest)
+            .inspect_err(|e| self.note_write_error(e))
     }
 
     pub fn is_linked(

@@ -30,6 +30,7 @@ async fn ingest_commits_verified_content_at_its_digest_path() {
     let digest = Digest::sha256_of(&bytes);
     let mut ingest = store
         .begin_ingest(digest.clone(), Some(bytes.len() as u64))
+        .await
         .unwrap();
     for c in bytes.chunks(70_000) {
         ingest.write(Bytes::copy_from_slice(c)).await.unwrap();
@@ -62,6 +63,7 @@ async fn follower_streams_while_writing_and_withholds_the_last_byte() {
     let digest = Digest::sha256_of(&bytes);
     let mut ingest = store
         .begin_ingest(digest.clone(), Some(bytes.len() as u64))
+        .await
         .unwrap();
     let follower = ingest.follower();
     let mut stream = follower.stream(0, None);
@@ -106,6 +108,7 @@ async fn digest_mismatch_is_never_committed_and_fails_followers() {
     let claimed = Digest::sha256_of(b"something else");
     let mut ingest = store
         .begin_ingest(claimed.clone(), Some(bytes.len() as u64))
+        .await
         .unwrap();
     let whole = ingest.follower().stream(0, None);
     let range = ingest.follower().stream(0, Some(99));
@@ -133,7 +136,7 @@ async fn too_many_bytes_fail_early_and_too_few_fail_at_commit() {
     let bytes = data(1000);
     let digest = Digest::sha256_of(&bytes);
 
-    let mut ingest = store.begin_ingest(digest.clone(), Some(500)).unwrap();
+    let mut ingest = store.begin_ingest(digest.clone(), Some(500)).await.unwrap();
     let follower = ingest.follower();
     let mut failed = None;
     for _ in 0..100 {
@@ -145,7 +148,10 @@ async fn too_many_bytes_fail_early_and_too_few_fail_at_commit() {
     assert!(matches!(failed, Some(StoreError::SizeMismatch { .. })));
     assert!(follower.finished().await.is_err());
 
-    let mut ingest = store.begin_ingest(digest.clone(), Some(2000)).unwrap();
+    let mut ingest = store
+        .begin_ingest(digest.clone(), Some(2000))
+        .await
+        .unwrap();
     ingest.write(Bytes::copy_from_slice(&bytes)).await.unwrap();
     assert!(matches!(
         ingest.commit().await,
@@ -164,7 +170,7 @@ async fn unknown_size_is_learned_at_commit() {
     let store = Store::open(dir.path()).unwrap();
     let bytes = data(1234);
     let digest = Digest::sha256_of(&bytes);
-    let mut ingest = store.begin_ingest(digest.clone(), None).unwrap();
+    let mut ingest = store.begin_ingest(digest.clone(), None).await.unwrap();
     let follower = ingest.follower();
     assert_eq!(follower.size(), None);
     let size = tokio::spawn(async move { follower.wait_size().await });
@@ -180,7 +186,10 @@ async fn abort_and_drop_discard_the_ingest() {
     let bytes = data(10_000);
     let digest = Digest::sha256_of(&bytes);
 
-    let mut ingest = store.begin_ingest(digest.clone(), Some(10_000)).unwrap();
+    let mut ingest = store
+        .begin_ingest(digest.clone(), Some(10_000))
+        .await
+        .unwrap();
     let stream = ingest.follower().stream(0, None);
     ingest
         .write(Bytes::copy_from_slice(&bytes[..5000]))
@@ -190,7 +199,10 @@ async fn abort_and_drop_discard_the_ingest() {
     let err = collect(stream).await.unwrap_err();
     assert!(err.to_string().contains("upstream connection reset"));
 
-    let mut ingest = store.begin_ingest(digest.clone(), Some(10_000)).unwrap();
+    let mut ingest = store
+        .begin_ingest(digest.clone(), Some(10_000))
+        .await
+        .unwrap();
     let follower = ingest.follower();
     ingest.write(Bytes::copy_from_slice(&bytes)).await.unwrap();
     drop(ingest);
@@ -298,6 +310,7 @@ async fn usage_counts_committed_blobs_across_reopen_and_removal() {
     }
     let mut ingest = store
         .begin_ingest(Digest::sha256_of(&data(10)), Some(10))
+        .await
         .unwrap();
     ingest.write(Bytes::from(data(10))).await.unwrap();
     ingest.commit().await.unwrap();
