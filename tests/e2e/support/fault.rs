@@ -1,9 +1,9 @@
 //! A small registry of our own that serves in-memory images and misbehaves on demand:
-//! corrupt or truncated blobs, error statuses, wrong manifest digests, and bearer-token
-//! auth with its own token endpoint. It runs on its own thread and runtime.
+//! corrupt or truncated blobs, error statuses, resets, lying `Content-Length`s, redirect
+//! loops, slow answers, wrong manifest digests, and bearer-token auth with its own token
+//! endpoint (which can fail too). It runs on its own thread and runtime.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,17 @@ pub enum Fault {
     Status(u16),
     /// Send half, then stall without closing.
     Stall,
+    /// Close the connection without answering.
+    Reset,
+    /// Announce one byte less than the blob and send that many: the HTTP exchange is
+    /// clean, only the digest can tell.
+    ShortLength,
+    /// Announce 1,000 bytes more than the blob, send the blob, close.
+    LongLength,
+    /// Redirect to the same URL, forever.
+    RedirectLoop,
+    /// A chunked body (no `Content-Length`).
+    Chunked,
 }
 
 #[derive(Clone)]
@@ -43,6 +54,10 @@ struct Content {
     /// (repo, tag or digest) → (media type, bytes)
     manifests: HashMap<(String, String), (String, Bytes)>,
     faults: HashMap<String, Fault>,
+    /// Wait this long before answering for a key (so concurrent clients pile up).
+    delays: HashMap<String, Duration>,
+    /// Answer token requests with this status instead.
+    token_status: Option<u16>,
 }
 
 struct State {
@@ -94,7 +109,23 @@ impl FaultUpstream {
                             tokio::spawn(async move {
                                 let svc = hyper::service::service_fn(move |req| {
                                     let st = Arc::clone(&st);
-                                    async move { Ok::<_, Infallible>(handle(&st, req, peer)) }
+                                    async move {
+                                        let key = fault_key(req.uri().path());
+                                        let (delay, fault) = {
+                                            let c = st.content.lock().unwrap();
+                                            (c.delays.get(&key).copied(), c.faults.get(&key).copied())
+                                        };
+                                        if let Some(d) = delay {
+                                            tokio::time::sleep(d).await;
+                                        }
+                                        if matches!(fault, Some(Fault::Reset)) {
+                                            record(&st, &req);
+                                            // A service error makes hyper drop the connection
+                                            // without a response.
+                                            return Err(std::io::Error::other("fault: reset"));
+                                        }
+                                        Ok::<_, std::io::Error>(handle(&st, req, peer))
+                                    }
                                 });
                                 let _ = hyper::server::conn::http1::Builder::new()
                                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -155,6 +186,21 @@ impl FaultUpstream {
 
     pub fn clear_fault(&self, key: &str) {
         self.state.content.lock().unwrap().faults.remove(key);
+    }
+
+    /// Answer requests for `key` (a blob digest, or a manifest reference) only after `d`.
+    pub fn set_delay(&self, key: &str, d: Duration) {
+        self.state
+            .content
+            .lock()
+            .unwrap()
+            .delays
+            .insert(key.to_owned(), d);
+    }
+
+    /// Make the token endpoint answer `status` (`None`: work again).
+    pub fn set_token_status(&self, status: Option<u16>) {
+        self.state.content.lock().unwrap().token_status = status;
     }
 
     /// Requests seen, as `METHOD /path` (query dropped).
@@ -222,17 +268,33 @@ fn basic_ok(req: &Request<hyper::body::Incoming>, user: &str, password: &str) ->
     b64 == want
 }
 
-fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) -> Response<Body> {
-    let method = req.method().as_str().to_owned();
-    let path = req.uri().path().to_owned();
-    st.requests.lock().unwrap().push(format!("{method} {path}"));
+/// What faults and delays are keyed by: the last path segment (a digest or a tag).
+fn fault_key(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or("").to_owned()
+}
+
+fn record(st: &State, req: &Request<hyper::body::Incoming>) {
+    let method = req.method().as_str();
+    st.requests
+        .lock()
+        .unwrap()
+        .push(format!("{method} {}", req.uri().path()));
     st.full_requests.lock().unwrap().push(format!(
         "{method} {}",
         req.uri().path_and_query().map_or("", |p| p.as_str())
     ));
+}
+
+fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    record(st, &req);
 
     if path == "/token" {
         st.token_requests.fetch_add(1, Ordering::SeqCst);
+        if let Some(status) = st.content.lock().unwrap().token_status {
+            return error(status, "UNAVAILABLE", &[]);
+        }
         let FaultAuth::Token { user, password } = &st.auth else {
             return error(404, "NOT_FOUND", &[]);
         };
@@ -316,7 +378,7 @@ fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) ->
         };
         drop(content);
         let digest = super::images::sha256(&bytes);
-        return serve(bytes, &mt, Some(&digest), fault, head);
+        return serve(bytes, &mt, Some(&digest), fault, head, &path);
     }
     if let Some((_repo, digest)) = rest.rsplit_once("/blobs/") {
         let fault = content.faults.get(digest).copied();
@@ -324,7 +386,14 @@ fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) ->
             return error(404, "BLOB_UNKNOWN", &[]);
         };
         drop(content);
-        return serve(bytes, "application/octet-stream", Some(digest), fault, head);
+        return serve(
+            bytes,
+            "application/octet-stream",
+            Some(digest),
+            fault,
+            head,
+            &path,
+        );
     }
     error(404, "NAME_UNKNOWN", &[])
 }
@@ -374,13 +443,30 @@ fn serve(
     digest: Option<&str>,
     fault: Option<Fault>,
     head: bool,
+    path: &str,
 ) -> Response<Body> {
-    if let Some(Fault::Status(s)) = fault {
-        return error(s, "UNAVAILABLE", &[("retry-after", "1".to_owned())]);
+    match fault {
+        Some(Fault::Status(s)) => {
+            return error(s, "UNAVAILABLE", &[("retry-after", "1".to_owned())]);
+        }
+        Some(Fault::RedirectLoop) => {
+            return Response::builder()
+                .status(307)
+                .header("location", path)
+                .body(full(Bytes::new()))
+                .unwrap();
+        }
+        _ => {}
     }
-    let mut r = Response::builder()
-        .header("content-type", content_type)
-        .header("content-length", bytes.len());
+    let announced = match fault {
+        Some(Fault::ShortLength) => bytes.len().saturating_sub(1),
+        Some(Fault::LongLength) => bytes.len() + 1000,
+        _ => bytes.len(),
+    };
+    let mut r = Response::builder().header("content-type", content_type);
+    if !matches!(fault, Some(Fault::Chunked)) {
+        r = r.header("content-length", announced);
+    }
     if let Some(d) = digest {
         r = r.header("docker-content-digest", d);
     }
@@ -412,6 +498,23 @@ fn serve(
                 }),
             );
             BodyExt::boxed(StreamBody::new(s))
+        }
+        Some(Fault::ShortLength) => full(bytes.slice(..announced)),
+        Some(Fault::LongLength) => {
+            // All the bytes, then an error: hyper closes the connection short of the
+            // announced length.
+            let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(bytes)),
+                Err(std::io::Error::other("fault: shorter than announced")),
+            ];
+            BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+        }
+        Some(Fault::Chunked) => {
+            let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = bytes
+                .chunks(64 * 1024)
+                .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                .collect();
+            BodyExt::boxed(StreamBody::new(futures_util::stream::iter(chunks)))
         }
         _ => full(bytes),
     };

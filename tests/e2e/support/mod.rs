@@ -12,6 +12,7 @@ pub mod pullgate;
 pub mod secret;
 pub mod skopeo;
 pub mod tls;
+pub mod tmpfs;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -16,6 +16,8 @@ pub struct Options {
     pub read_timeout: String,
     /// Listen on this port (else a free one).
     pub port: Option<u16>,
+    /// The cache directory (else `cache/` in the instance's temp dir).
+    pub cache_dir: Option<PathBuf>,
     /// More keys for the `[cache]` table (`max_size = "8MiB"` ...).
     pub cache_extra: String,
     /// More TOML appended to the configuration (`[auth]`, `[audit]` ...).
@@ -41,6 +43,7 @@ impl Options {
             tag_ttl: "60s".into(),
             read_timeout: "30s".into(),
             port: None,
+            cache_dir: None,
             cache_extra: String::new(),
             extra: String::new(),
             args: Vec::new(),
@@ -55,6 +58,7 @@ pub struct Pullgate {
     child: Option<Child>,
     args: Vec<String>,
     log_filter: String,
+    cache_dir: PathBuf,
 }
 
 impl Pullgate {
@@ -63,7 +67,10 @@ impl Pullgate {
         let port = opts.port.unwrap_or_else(free_port);
         let mut config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[cache]\ndir = \"{}\"\ntag_ttl = \"{}\"\n{}\n\n[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nread_timeout = \"{}\"\nconnect_timeout = \"2s\"\n",
-            dir.path().join("cache").display(),
+            opts.cache_dir
+                .clone()
+                .unwrap_or_else(|| dir.path().join("cache"))
+                .display(),
             opts.tag_ttl,
             opts.cache_extra,
             opts.upstream_name,
@@ -77,8 +84,13 @@ impl Pullgate {
         config.push_str(&opts.extra);
         let config_path = dir.path().join("pullgate.toml");
         fs::write(&config_path, config).expect("write config");
+        let cache_dir = opts
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("cache"));
         let mut p = Pullgate {
             port,
+            cache_dir,
             dir,
             child: None,
             args: opts.args,
@@ -182,7 +194,7 @@ impl Pullgate {
     }
 
     pub fn cache_dir(&self) -> PathBuf {
-        self.dir.path().join("cache")
+        self.cache_dir.clone()
     }
 
     /// Where the store keeps a committed blob (the layout is part of the contract).

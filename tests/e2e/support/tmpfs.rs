@@ -1,0 +1,65 @@
+//! A small filesystem of its own for a cache: a tmpfs of a fixed size (to fill up), parts
+//! of which can be made read-only and writable again. Needs root, as the rest of the suite does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (`"4m"`) at `path`, creating it.
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).expect("mount point");
+        mount(
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            path,
+        );
+        Tmpfs {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Make the directory `sub` read-only until the guard is dropped. A read-only bind
+    /// mount over it: remounting the whole filesystem read-only is refused while files on
+    /// it are open for writing, as the cache's index always is.
+    pub fn read_only(&self, sub: &str) -> ReadOnly {
+        let dir = self.path.join(sub);
+        mount(&["--bind", &dir.to_string_lossy()], &dir);
+        let guard = ReadOnly { dir };
+        mount(&["-o", "remount,bind,ro"], &guard.dir);
+        guard
+    }
+}
+
+pub struct ReadOnly {
+    dir: PathBuf,
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+fn mount(args: &[&str], path: &Path) {
+    let out = Command::new("mount")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("running mount");
+    assert!(
+        out.status.success(),
+        "mount {args:?} {} failed (the suite runs as root): {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a process still holding a file there must not leave the mount behind.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
