@@ -112,6 +112,8 @@ impl From<RouteError> for ApiError {
             RouteError::DigestInvalid(d) => ApiError::new(ErrorCode::DigestInvalid, d),
             RouteError::ReferenceInvalid(d) => ApiError::new(ErrorCode::ManifestInvalid, d),
             RouteError::Unsupported(d) => ApiError::new(ErrorCode::Unsupported, d),
+            RouteError::PathTooLong => ApiError::new(ErrorCode::NameInvalid, e.to_string())
+                .status(StatusCode::URI_TOO_LONG),
             RouteError::NotFound => {
                 ApiError::new(ErrorCode::NameUnknown, "no such endpoint".to_owned())
                     .status(StatusCode::NOT_FOUND)

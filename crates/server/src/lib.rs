@@ -18,6 +18,7 @@ mod token;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,10 @@ pub use tls::{Tls, TlsError, TlsFiles};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// A client must send its request headers within this time (slow-header clients).
+    /// A client must send its request headers within this time (slow-header clients), and
+    /// a connection must bring its first request within it too: one that connects and
+    /// sends nothing is closed then, instead of holding one of `max_connections` forever.
+    /// An idle keep-alive connection is closed after this long as well.
     pub header_read_timeout: Duration,
     /// Connections beyond this wait in the kernel's backlog instead of using descriptors.
     pub max_connections: usize,
@@ -120,17 +124,28 @@ pub async fn serve(
         let tls = config.tls.clone();
         let handshake_timeout = config.header_read_timeout;
         tokio::spawn(async move {
+            // hyper times the headers from their first byte: a connection that never sends
+            // one would otherwise hold its slot until the client gives up.
+            let seen = Arc::new(AtomicBool::new(false));
+            let service = SeenService {
+                inner: service,
+                seen: Arc::clone(&seen),
+            };
             let result = match tls {
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                    let conn = watcher.watch(conn.into_owned());
+                    first_request_within(conn, handshake_timeout, &seen, peer).await
                 }
                 Some(tls) => {
+                    let started = tokio::time::Instant::now();
                     let handshake = tls.acceptor().accept(stream);
                     match tokio::time::timeout(handshake_timeout, handshake).await {
                         Ok(Ok(stream)) => {
                             let conn = builder.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(conn.into_owned()).await
+                            let conn = watcher.watch(conn.into_owned());
+                            let left = handshake_timeout.saturating_sub(started.elapsed());
+                            first_request_within(conn, left, &seen, peer).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -158,6 +173,49 @@ pub async fn serve(
             tracing::warn!("drain deadline passed; closing remaining connections");
         }
     }
+    Ok(())
+}
+
+/// A service that notes that a request has arrived on its connection.
+#[derive(Clone)]
+struct SeenService<S> {
+    inner: S,
+    seen: Arc<AtomicBool>,
+}
+
+impl<S, R> hyper::service::Service<R> for SeenService<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.seen.store(true, Ordering::Relaxed);
+        self.inner.call(req)
+    }
+}
+
+/// Run `conn`, but close it if no request has arrived within `limit`.
+async fn first_request_within<F, E>(
+    conn: F,
+    limit: Duration,
+    seen: &AtomicBool,
+    peer: std::net::SocketAddr,
+) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        result = &mut conn => return result,
+        _ = tokio::time::sleep(limit) => {}
+    }
+    if seen.load(Ordering::Relaxed) {
+        return conn.await;
+    }
+    tracing::debug!(client = %peer, "no request within the header timeout; closing");
     Ok(())
 }
 

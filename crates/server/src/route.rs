@@ -50,6 +50,9 @@ pub enum RouteError {
     Unsupported(String),
     #[error("not found")]
     NotFound,
+    /// The path is longer than any valid request's: 414, not a guess at what was meant.
+    #[error("request path longer than {MAX_PATH} bytes")]
+    PathTooLong,
 }
 
 /// The query parameters the mirror reads; everything else is ignored.
@@ -110,7 +113,7 @@ impl Route {
     pub fn parse(method: &http::Method, path: &str) -> Result<Route, RouteError> {
         use http::Method;
         if path.len() > MAX_PATH {
-            return Err(RouteError::NameInvalid("path too long".into()));
+            return Err(RouteError::PathTooLong);
         }
         let read = *method == Method::GET || *method == Method::HEAD;
         let head = *method == Method::HEAD;
@@ -434,7 +437,7 @@ mod tests {
         #[test]
         fn long_paths_are_refused_before_routing(n in name(), extra in 0usize..64) {
             let long = format!("/v2/{n}/{}manifests/latest", "a/".repeat(MAX_PATH / 2 + extra));
-            prop_assert!(matches!(Route::parse(&Method::GET, &long), Err(RouteError::NameInvalid(_))));
+            prop_assert!(matches!(Route::parse(&Method::GET, &long), Err(RouteError::PathTooLong)));
         }
 
         #[test]
