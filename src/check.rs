@@ -24,6 +24,10 @@ pub fn render(s: &Settings) -> String {
         dur(s.header_read_timeout).into(),
     );
     server.insert("drain_timeout".into(), dur(s.drain_timeout).into());
+    server.insert(
+        "max_connections".into(),
+        i64::try_from(s.max_connections).unwrap_or(i64::MAX).into(),
+    );
     if let Some(tls) = &s.tls {
         let mut t = Table::new();
         t.insert("cert".into(), path(&tls.cert));

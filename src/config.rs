@@ -76,6 +76,9 @@ pub struct ServerSection {
     pub header_read_timeout: String,
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: String,
+    /// Connections served at once; more wait in the kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// HTTPS with these PEM files (a mounted `kubernetes.io/tls` secret); plain HTTP if absent.
     pub tls: Option<TlsSection>,
 }
@@ -122,6 +125,9 @@ pub struct UpstreamSection {
 fn default_header_timeout() -> String {
     "30s".into()
 }
+fn default_max_connections() -> usize {
+    4096
+}
 fn default_drain_timeout() -> String {
     "30s".into()
 }
@@ -142,6 +148,7 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     pub header_read_timeout: Duration,
     pub drain_timeout: Duration,
+    pub max_connections: usize,
     pub cache_dir: PathBuf,
     pub tag_ttl: Duration,
     /// `None`: unbounded.
@@ -257,6 +264,10 @@ impl FileConfig {
                 &self.server.header_read_timeout,
             )?,
             drain_timeout: duration("server.drain_timeout", &self.server.drain_timeout)?,
+            max_connections: match self.server.max_connections {
+                n @ 1..=1_000_000 => n,
+                n => bail!("server.max_connections: {n} is not between 1 and 1000000"),
+            },
             cache_dir: o.cache_dir.unwrap_or(self.cache.dir),
             tag_ttl: duration("cache.tag_ttl", &self.cache.tag_ttl)?,
             upstreams,

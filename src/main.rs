@@ -4,6 +4,7 @@
 mod cache;
 mod check;
 mod config;
+mod fds;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -191,9 +192,9 @@ async fn serve(s: Settings) -> Result<()> {
     let app = Arc::new(App::new(Arc::clone(&mirror), auth, audit));
     let config = ServerConfig {
         header_read_timeout: s.header_read_timeout,
+        max_connections: fds::connection_budget(s.max_connections),
         drain_timeout: s.drain_timeout,
         tls,
-        ..ServerConfig::default()
     };
     let drain = s.drain_timeout;
     pullgate_server::serve(listener, app, config, shutdown_signal()).await?;
