@@ -20,6 +20,8 @@ pub struct Options {
     pub cache_dir: Option<PathBuf>,
     /// More keys for the `[cache]` table (`max_size = "8MiB"` ...).
     pub cache_extra: String,
+    /// More keys for the `[server]` table (`max_connections = 100` ...).
+    pub server_extra: String,
     /// More TOML appended to the configuration (`[auth]`, `[audit]` ...).
     pub extra: String,
     /// More command-line arguments after `serve --config <file>`.
@@ -44,6 +46,7 @@ impl Options {
             read_timeout: "30s".into(),
             port: None,
             cache_dir: None,
+            server_extra: String::new(),
             cache_extra: String::new(),
             extra: String::new(),
             args: Vec::new(),
@@ -66,7 +69,8 @@ impl Pullgate {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = opts.port.unwrap_or_else(free_port);
         let mut config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[cache]\ndir = \"{}\"\ntag_ttl = \"{}\"\n{}\n\n[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nread_timeout = \"{}\"\nconnect_timeout = \"2s\"\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{}\n\n[cache]\ndir = \"{}\"\ntag_ttl = \"{}\"\n{}\n\n[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nread_timeout = \"{}\"\nconnect_timeout = \"2s\"\n",
+            opts.server_extra,
             opts.cache_dir
                 .clone()
                 .unwrap_or_else(|| dir.path().join("cache"))
