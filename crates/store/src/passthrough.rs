@@ -196,7 +196,8 @@ mod tests {
         let short = &bytes[..40_000];
         let mut long = bytes.clone();
         long.push(0);
-        let cases: [(&[u8], fn(&StoreError) -> bool); 3] = [
+        type Case<'a> = (&'a [u8], fn(&StoreError) -> bool);
+        let cases: [Case<'_>; 3] = [
             (&corrupt, |e| matches!(e, StoreError::DigestMismatch { .. })),
             (short, |e| matches!(e, StoreError::SizeMismatch { .. })),
             (&long, |e| matches!(e, StoreError::SizeMismatch { .. })),
