@@ -23,6 +23,7 @@ pub fn render(s: &Settings) -> String {
         "header_read_timeout".into(),
         dur(s.header_read_timeout).into(),
     );
+    server.insert("idle_timeout".into(), dur(s.idle_timeout).into());
     server.insert("drain_timeout".into(), dur(s.drain_timeout).into());
     server.insert(
         "max_connections".into(),

@@ -74,6 +74,10 @@ pub struct ServerSection {
     pub listen: String,
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout: String,
+    /// No request in flight and no bytes moving, or a response the client reads nothing
+    /// of, for this long: the connection is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: String,
     /// Connections served at once; more wait in the kernel's backlog.
@@ -125,6 +129,9 @@ pub struct UpstreamSection {
 fn default_header_timeout() -> String {
     "30s".into()
 }
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
 fn default_max_connections() -> usize {
     4096
 }
@@ -147,6 +154,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_connections: usize,
     pub cache_dir: PathBuf,
@@ -263,6 +271,10 @@ impl FileConfig {
                 "server.header_read_timeout",
                 &self.server.header_read_timeout,
             )?,
+            idle_timeout: match duration("server.idle_timeout", &self.server.idle_timeout)? {
+                d if d >= Duration::from_millis(100) => d,
+                d => bail!("server.idle_timeout: {d:?} is too short; 100ms at least"),
+            },
             drain_timeout: duration("server.drain_timeout", &self.server.drain_timeout)?,
             max_connections: match self.server.max_connections {
                 n @ 1..=1_000_000 => n,

@@ -192,6 +192,7 @@ async fn serve(s: Settings) -> Result<()> {
     let app = Arc::new(App::new(Arc::clone(&mirror), auth, audit));
     let config = ServerConfig {
         header_read_timeout: s.header_read_timeout,
+        idle_timeout: s.idle_timeout,
         max_connections: fds::connection_budget(s.max_connections),
         drain_timeout: s.drain_timeout,
         tls,

@@ -74,13 +74,27 @@ async fn pull(client: &reqwest::Client, base: &str, i: usize, img: &Image) -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_clients_pull_cached_and_uncached_images_without_an_error() {
+    crowd("load", [16 * 1024, 64 * 1024, 256 * 1024]).await;
+}
+
+/// The same crowd with layers of 64 KiB, 512 KiB and 2 MiB: 2.5 GiB through pullgate,
+/// most of it streamed to many followers of one fill or from one cached file at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_pull_megabyte_layers_without_an_error() {
+    crowd("load-mib", [64 * 1024, 512 * 1024, 2 * 1024 * 1024]).await;
+}
+
+/// 1,000 clients pull [`IMAGES`] images of three layers of about `layer_sizes` bytes
+/// (image `i` adds `i` bytes to each, so no two blobs are alike), [`CACHED`] of them
+/// pulled once beforehand; print the figures.
+async fn crowd(seed: &str, layer_sizes: [usize; 3]) {
     let upstream = Distribution::start(Auth::Anonymous);
     let push = Pusher::new(&upstream.url(), None);
     let imgs: Vec<Image> = (0..IMAGES)
         .map(|i| {
             images::image(
-                &format!("load-{i}"),
-                &[16 * 1024 + i, 64 * 1024 + i, 256 * 1024 + i],
+                &format!("{seed}-{i}"),
+                &layer_sizes.map(|n| n + i),
                 Flavor::Oci,
                 "amd64",
             )
@@ -150,10 +164,12 @@ async fn a_thousand_clients_pull_cached_and_uncached_images_without_an_error() {
     http::fills_settled(&base).await;
     // Cached or not, every blob went upstream exactly once: at warm-up, or once for the
     // whole crowd.
+    let mut upstream_gets = 0;
     for (i, img) in imgs.iter().enumerate() {
         for b in img.blobs() {
             let path = format!("/v2/{}/blobs/{}", repo(i), b.digest);
             assert_eq!(upstream.count("GET", &path), 1, "image {i}, {}", b.digest);
+            upstream_gets += 1;
         }
     }
     assert!(
@@ -166,8 +182,9 @@ async fn a_thousand_clients_pull_cached_and_uncached_images_without_an_error() {
         "only {peak_fds} descriptors open at the peak: the clients did not overlap"
     );
     let requests = requests.load(Ordering::Relaxed);
+    let layers_kib = layer_sizes.map(|n| n / 1024);
     eprintln!(
-        "load: {CLIENTS} clients ({CACHED} of {IMAGES} images cached), {requests} requests, \
+        "load: {CLIENTS} clients ({CACHED} of {IMAGES} images cached, layers {layers_kib:?} KiB), {requests} requests, \
          {:.1} MiB in {:.2?}: {:.0} requests/s, {:.0} MiB/s; pullgate peak RSS {:.1} MiB, peak open descriptors {peak_fds}",
         bytes as f64 / 1048576.0,
         wall,
@@ -175,4 +192,5 @@ async fn a_thousand_clients_pull_cached_and_uncached_images_without_an_error() {
         bytes as f64 / 1048576.0 / wall.as_secs_f64(),
         rss as f64 / 1024.0
     );
+    eprintln!("load: upstream blob GETs {upstream_gets}, one per blob (warm-up and crowd)");
 }

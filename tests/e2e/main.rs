@@ -12,6 +12,7 @@ mod config_files;
 mod disk;
 mod errors;
 mod faults;
+mod idle_connections;
 mod image;
 mod load;
 mod ops;

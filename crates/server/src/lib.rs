@@ -11,6 +11,7 @@ mod audit;
 mod body;
 mod error;
 mod handlers;
+mod idle;
 mod metrics;
 mod route;
 mod tls;
@@ -18,7 +19,6 @@ mod token;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +42,13 @@ pub struct ServerConfig {
     /// A client must send its request headers within this time (slow-header clients), and
     /// a connection must bring its first request within it too: one that connects and
     /// sends nothing is closed then, instead of holding one of `max_connections` forever.
-    /// An idle keep-alive connection is closed after this long as well.
+    /// An idle HTTP/1 keep-alive connection is closed after this long as well.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving (HTTP/2 between
+    /// requests, too) is closed after this long, and so is one whose client has read
+    /// nothing of a response for this long: neither holds a `max_connections` slot, nor a
+    /// blob pinned in the cache, forever.
+    pub idle_timeout: Duration,
     /// Connections beyond this wait in the kernel's backlog instead of using descriptors.
     pub max_connections: usize,
     /// On shutdown, in-flight requests get this long to finish.
@@ -57,6 +62,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
             drain_timeout: Duration::from_secs(30),
             tls: None,
@@ -114,51 +120,52 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let activity = idle::Activity::new();
+        let stream = idle::Watched::new(stream, Arc::clone(&activity));
         let app = Arc::clone(&app);
+        let requests = Arc::clone(&activity);
         let service = service_fn(move |req| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(handlers::handle(app, req, peer).await) }
+            let in_flight = requests.request();
+            async move {
+                let response = handlers::handle(app, req, peer).await;
+                Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, in_flight)))
+            }
         });
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let tls = config.tls.clone();
-        let handshake_timeout = config.header_read_timeout;
+        // hyper times the headers from their first byte, and HTTP/2 between requests not
+        // at all: without this, a silent or idle connection holds its slot forever.
+        let limits = idle::Limits {
+            first_request: config.header_read_timeout,
+            idle: config.idle_timeout,
+        };
         tokio::spawn(async move {
-            // hyper times the headers from their first byte: a connection that never sends
-            // one would otherwise hold its slot until the client gives up.
-            let seen = Arc::new(AtomicBool::new(false));
-            let service = SeenService {
-                inner: service,
-                seen: Arc::clone(&seen),
-            };
             let result = match tls {
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let conn = watcher.watch(conn.into_owned());
-                    first_request_within(conn, handshake_timeout, &seen, peer).await
+                    idle::watch(conn, &activity, limits, peer).await
                 }
                 Some(tls) => {
-                    let started = tokio::time::Instant::now();
-                    let handshake = tls.acceptor().accept(stream);
-                    match tokio::time::timeout(handshake_timeout, handshake).await {
-                        Ok(Ok(stream)) => {
-                            let conn = builder.serve_connection(TokioIo::new(stream), service);
-                            let conn = watcher.watch(conn.into_owned());
-                            let left = handshake_timeout.saturating_sub(started.elapsed());
-                            first_request_within(conn, left, &seen, peer).await
+                    // The handshake, too, must end within the first request's limit.
+                    let conn = async move {
+                        match tls.acceptor().accept(stream).await {
+                            Ok(stream) => {
+                                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                                watcher.watch(conn.into_owned()).await
+                            }
+                            Err(e) => {
+                                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                                Ok(())
+                            }
                         }
-                        Ok(Err(e)) => {
-                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::debug!(client = %peer, "TLS handshake timed out");
-                            Ok(())
-                        }
-                    }
+                    };
+                    idle::watch(conn, &activity, limits, peer).await
                 }
             };
-            if let Err(e) = result {
+            if let Some(Err(e)) = result {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -173,49 +180,6 @@ pub async fn serve(
             tracing::warn!("drain deadline passed; closing remaining connections");
         }
     }
-    Ok(())
-}
-
-/// A service that notes that a request has arrived on its connection.
-#[derive(Clone)]
-struct SeenService<S> {
-    inner: S,
-    seen: Arc<AtomicBool>,
-}
-
-impl<S, R> hyper::service::Service<R> for SeenService<S>
-where
-    S: hyper::service::Service<R>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn call(&self, req: R) -> Self::Future {
-        self.seen.store(true, Ordering::Relaxed);
-        self.inner.call(req)
-    }
-}
-
-/// Run `conn`, but close it if no request has arrived within `limit`.
-async fn first_request_within<F, E>(
-    conn: F,
-    limit: Duration,
-    seen: &AtomicBool,
-    peer: std::net::SocketAddr,
-) -> Result<(), E>
-where
-    F: Future<Output = Result<(), E>>,
-{
-    tokio::pin!(conn);
-    tokio::select! {
-        result = &mut conn => return result,
-        _ = tokio::time::sleep(limit) => {}
-    }
-    if seen.load(Ordering::Relaxed) {
-        return conn.await;
-    }
-    tracing::debug!(client = %peer, "no request within the header timeout; closing");
     Ok(())
 }
 
