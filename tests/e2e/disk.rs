@@ -193,3 +193,95 @@ async fn a_read_only_cache_disk_serves_uncached_until_it_is_writable_again() {
     drop(pullgate);
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_disk_that_fills_up_evicts_the_least_recently_used_to_make_room() {
+    let work = tempfile::tempdir().unwrap();
+    // No cache.max_size at all: the disk is the only limit.
+    let disk = Tmpfs::mount(&work.path().join("cache"), "16m");
+    let fault = FaultUpstream::start(FaultAuth::None);
+    let old: Vec<Blob> = (0..3)
+        .map(|i| blob(&format!("room-{i}"), 3 * MIB))
+        .collect();
+    for b in &old {
+        fault.add_blob(b);
+    }
+    let mut opts = Options::new(&fault.url());
+    opts.cache_dir = Some(work.path().join("cache"));
+    let pullgate = Pullgate::start(opts);
+    let pg = pullgate.url();
+    let base = format!("{pg}/v2/e2e/room/blobs");
+    let fetch = |b: &Blob| {
+        let url = format!("{base}/{}", b.digest);
+        let digest = b.digest.clone();
+        async move {
+            let r = get(&url).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(sha256(r.bytes()), digest);
+        }
+    };
+    // Oldest first: their access times order them for eviction.
+    for b in &old {
+        fetch(b).await;
+        http::fills_settled(&pg).await;
+        assert!(pullgate.blob_path(&b.digest).exists());
+    }
+
+    // A blob that needs about 1.5 MiB more than is free: the oldest blob makes room.
+    let free = disk.free_bytes() as usize;
+    let new = blob("room-new", free + MIB / 2);
+    fault.add_blob(&new);
+    fetch(&new).await;
+    http::fills_settled(&pg).await;
+    assert!(
+        pullgate.blob_path(&new.digest).exists(),
+        "not cached\n{}",
+        pullgate.log()
+    );
+    assert!(!pullgate.blob_path(&old[0].digest).exists(), "oldest kept");
+    assert!(
+        pullgate.blob_path(&old[1].digest).exists(),
+        "evicted more than needed"
+    );
+    assert!(
+        pullgate.blob_path(&old[2].digest).exists(),
+        "newest evicted"
+    );
+    assert_eq!(metric(&pg, "pullgate_cache_evictions_total").await, 1.0);
+    assert_eq!(metric(&pg, "pullgate_cache_writable").await, 1.0);
+    assert_eq!(metric(&pg, "pullgate_cache_write_errors_total").await, 0.0);
+    assert_eq!(metric(&pg, "pullgate_cache_bypassed_total").await, 0.0);
+    assert!(pullgate
+        .log()
+        .contains("evicting least recently used blobs to make room"));
+    assert_eq!(pullgate.tmp_files(), 0);
+
+    // What was evicted is fetched again, and makes room in its turn.
+    fetch(&old[0]).await;
+    http::fills_settled(&pg).await;
+    assert!(pullgate.blob_path(&old[0].digest).exists());
+    assert!(!pullgate.blob_path(&old[1].digest).exists());
+
+    // A blob bigger than the whole disk evicts nothing: it streams through uncached, and
+    // the cache keeps what it has.
+    let evictions = metric(&pg, "pullgate_cache_evictions_total").await;
+    let huge = blob("room-huge", 20 * MIB);
+    fault.add_blob(&huge);
+    fetch(&huge).await;
+    http::fills_settled(&pg).await;
+    assert!(!pullgate.blob_path(&huge.digest).exists());
+    assert_eq!(
+        metric(&pg, "pullgate_cache_evictions_total").await,
+        evictions
+    );
+    for b in [&old[0], &old[2], &new] {
+        assert!(pullgate.blob_path(&b.digest).exists());
+    }
+    assert!(metric(&pg, "pullgate_cache_bypassed_total").await >= 1.0);
+    assert_eq!(pullgate.tmp_files(), 0);
+
+    let log = pullgate.log();
+    assert!(!log.contains("panicked"), "{log}");
+    drop(pullgate);
+    drop(disk);
+}

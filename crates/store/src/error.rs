@@ -54,6 +54,15 @@ impl StoreError {
         ) || source.kind() == std::io::ErrorKind::WriteZero
     }
 
+    /// Whether the disk had no room for the write (full, or over a quota): the one kind of
+    /// disk trouble that evicting can cure.
+    pub fn is_no_room(&self) -> bool {
+        let StoreError::Io { source, .. } = self else {
+            return false;
+        };
+        matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
+
     /// Whether the content itself was wrong (the source's fault), rather than the store.
     pub fn is_bad_content(&self) -> bool {
         matches!(

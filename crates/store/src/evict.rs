@@ -242,7 +242,7 @@ impl Inner {
         }
     }
 
-    fn evict(
+    pub(crate) fn evict(
         &self,
         target: u64,
         dry_run: bool,

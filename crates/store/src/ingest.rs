@@ -91,13 +91,18 @@ impl Ingest {
     ) -> Result<Ingest, StoreError> {
         let tmp = inner.tmp_path(&digest);
         let path = tmp.clone();
-        let file = tokio::task::spawn_blocking(move || create_reserved(&path, expected_size))
-            .await?
-            .inspect_err(|e| {
-                if e.is_disk_trouble() {
-                    inner.disk.failed(e, false);
-                }
-            })?;
+        let room = Arc::clone(&inner);
+        let file = tokio::task::spawn_blocking(move || match expected_size {
+            // Only an announced size can be made room for before the bytes arrive.
+            Some(size) => room.with_room(size, || create_reserved(&path, expected_size)),
+            None => create_reserved(&path, None),
+        })
+        .await?
+        .inspect_err(|e| {
+            if e.is_disk_trouble() {
+                inner.disk.failed(e, false);
+            }
+        })?;
         let file = Arc::new(file);
         let (state_tx, state_rx) = watch::channel(State::Writing { written: 0 });
         let state = Arc::new(state_tx);

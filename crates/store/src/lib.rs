@@ -22,6 +22,7 @@ mod ingest;
 mod passthrough;
 mod pins;
 mod repair;
+mod room;
 
 use std::fs;
 use std::io::Write;
@@ -69,6 +70,7 @@ pub(crate) struct Inner {
     evicted_bytes: AtomicU64,
     repaired: Repair,
     disk: DiskHealth,
+    room: room::Room,
     /// Held for the store's life: one process per cache directory.
     _lock: fs::File,
 }
@@ -129,6 +131,7 @@ impl Store {
             evicted_bytes: AtomicU64::new(0),
             repaired: Repair::default(),
             disk: DiskHealth::default(),
+            room: room::Room::default(),
             _lock: lock,
         };
         if !options.inspect_only {
@@ -295,12 +298,23 @@ impl Store {
                 return Ok(());
             }
             let tmp = inner.tmp_path(&d);
-            let result = (|| {
-                let mut f = fs::File::create(&tmp).map_err(StoreError::io("creating tmp file"))?;
-                f.write_all(&bytes)
-                    .map_err(StoreError::io("writing tmp file"))?;
-                inner.commit_file(&f, &tmp, &d)
-            })();
+            let write = || {
+                let result = (|| {
+                    let mut f =
+                        fs::File::create(&tmp).map_err(StoreError::io("creating tmp file"))?;
+                    f.write_all(&bytes)
+                        .map_err(StoreError::io("writing tmp file"))?;
+                    Ok(f)
+                })();
+                if result.is_err() {
+                    // Also frees the blocks a partial write took, before making room.
+                    let _ = fs::remove_file(&tmp);
+                }
+                result
+            };
+            let result = inner
+                .with_room(size, write)
+                .and_then(|f| inner.commit_file(&f, &tmp, &d));
             if result.is_err() {
                 let _ = fs::remove_file(&tmp);
             }

@@ -21,6 +21,17 @@ impl Tmpfs {
         }
     }
 
+    /// Bytes free for new files, as the cache sees them.
+    pub fn free_bytes(&self) -> u64 {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.path.as_os_str().as_bytes()).expect("path");
+        // SAFETY: statvfs fills the struct it is given; the path is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+        assert_eq!(rc, 0, "statvfs {}", self.path.display());
+        st.f_bavail * st.f_frsize
+    }
+
     /// Make the directory `sub` read-only until the guard is dropped. A read-only bind
     /// mount over it: remounting the whole filesystem read-only is refused while files on
     /// it are open for writing, as the cache's index always is.
