@@ -218,6 +218,10 @@ async fn ranges_on_misses_and_hits_and_head_without_download() {
     assert_eq!(r.bytes().as_ref(), &layer.bytes[size - 10..]);
     let r = request("GET", &url, &[("range", &format!("bytes={}-", size - 5))]).await;
     assert_eq!(r.bytes().as_ref(), &layer.bytes[size - 5..]);
+    // The unit is case-insensitive (RFC 9110).
+    let r = request("GET", &url, &[("range", "Bytes=10-19")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.bytes().as_ref(), &layer.bytes[10..20]);
     let r = request("GET", &url, &[("range", &format!("bytes={size}-"))]).await;
     assert_eq!(r.status, 416);
     assert_eq!(r.header("content-range"), Some(&*format!("bytes */{size}")));

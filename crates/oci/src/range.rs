@@ -29,11 +29,12 @@ impl RangeSpec {
     /// Parse a `Range` header. Multi-range and non-byte units are [`RangeError::Ignored`]
     /// (RFC 9110 lets a server answer those with the whole representation).
     pub fn parse(header: &str) -> Result<Self, RangeError> {
-        let spec = header
-            .trim()
-            .strip_prefix("bytes=")
-            .ok_or(RangeError::Ignored)?
-            .trim();
+        // Range units are case-insensitive (RFC 9110 section 14.1).
+        let (unit, spec) = header.trim().split_once('=').ok_or(RangeError::Ignored)?;
+        if !unit.eq_ignore_ascii_case("bytes") {
+            return Err(RangeError::Ignored);
+        }
+        let spec = spec.trim();
         if spec.contains(',') {
             return Err(RangeError::Ignored);
         }
@@ -113,6 +114,10 @@ mod tests {
         assert_eq!(r("bytes=0-0", 0), Err(RangeError::Unsatisfiable));
         assert_eq!(r("bytes=0-1,5-6", 100), Err(RangeError::Ignored));
         assert_eq!(r("items=0-1", 100), Err(RangeError::Ignored));
+        assert_eq!(r("Bytes=0-9", 100), Ok(ByteRange { start: 0, end: 9 }));
+        assert_eq!(r("BYTES=-10", 100), Ok(ByteRange { start: 90, end: 99 }));
+        assert_eq!(r("bytes 0-9", 100), Err(RangeError::Ignored));
+        assert_eq!(r("bytes =0-9", 100), Err(RangeError::Ignored));
         assert_eq!(r("bytes=5-1", 100), Err(RangeError::Ignored));
         assert_eq!(
             r("bytes=99999999999999999999-", 100),
