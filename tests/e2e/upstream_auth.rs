@@ -109,6 +109,22 @@ async fn bearer_token_upstream_with_a_cached_token() {
     assert!(!pullgate.log().contains("t0ken-pass"));
     assert!(!pullgate.log().contains("tok-"));
 
+    // A repository not seen before, its blobs asked for all at once (no manifest first to
+    // fetch the token): every fill is challenged, and they share one handshake.
+    let many = images::image("token-many", &[4096; 8], Flavor::Oci, "amd64");
+    fault.add_image("e2e/token-many", "v1", &many);
+    // A slow token server: every fill is challenged before the first token arrives.
+    fault.set_delay("token", std::time::Duration::from_millis(300));
+    let gets = many.layers.iter().map(|l| {
+        let url = format!("{}/v2/e2e/token-many/blobs/{}", pullgate.url(), l.digest);
+        async move { (get(&url).await, l.digest.clone()) }
+    });
+    for (r, digest) in futures_util::future::join_all(gets).await {
+        assert_eq!(r.status, 200, "{}", pullgate.log());
+        assert_eq!(images::sha256(r.bytes()), digest);
+    }
+    assert_eq!(fault.token_requests(), 2, "{:#?}", fault.requests());
+
     // Wrong credentials: the token endpoint refuses, the client sees DENIED.
     let other = tempfile::tempdir().unwrap();
     let mut opts = Options::new(&fault.url());

@@ -7,7 +7,8 @@
 //!
 //! - authentication: the first request goes anonymous (or with a cached token); a 401's
 //!   challenge is answered once, by the Bearer token handshake (tokens cached per scope
-//!   until shortly before they expire) or by Basic, with the upstream's credentials looked
+//!   until shortly before they expire; concurrent challenges for one scope share one
+//!   handshake) or by Basic, with the upstream's credentials looked
 //!   up on every use from a [`SecretSource`](pullgate_credentials::SecretSource) so secret
 //!   rotation takes effect without a restart;
 //! - redirects followed by hand, so `Authorization` never leaves the upstream's origin
@@ -83,6 +84,7 @@ pub struct Upstream {
     credentials: Option<SecretSource>,
     client: reqwest::Client,
     tokens: auth::TokenCache,
+    token_flights: auth::TokenFlights,
     /// Set once the upstream answered a Basic challenge, so later requests send Basic
     /// up front instead of paying a 401 each.
     wants_basic: AtomicBool,
@@ -183,6 +185,7 @@ impl Upstream {
             credentials: config.credentials,
             client,
             tokens: auth::TokenCache::new(),
+            token_flights: auth::TokenFlights::new(),
             wants_basic: AtomicBool::new(false),
             token_timeout,
             errors: Arc::default(),

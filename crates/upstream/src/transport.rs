@@ -115,8 +115,10 @@ impl Upstream {
             if status == StatusCode::UNAUTHORIZED && !answered {
                 // Anonymous, or our cached token went stale early: do the handshake once.
                 answered = true;
-                self.tokens.remove(scope);
-                auth = Some(self.answer_challenge(response.headers(), scope).await?);
+                auth = Some(
+                    self.answer_challenge(response.headers(), scope, auth.as_ref())
+                        .await?,
+                );
                 continue;
             }
             if status.is_success() {

@@ -423,6 +423,41 @@ async fn bearer_tokens_are_fetched_once_per_scope() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_challenges_for_one_scope_share_one_token_handshake() {
+    let fx = Arc::new(fixture());
+    let (listener, addr) = bind().await;
+    let log = bearer_registry(listener, addr, fx.clone());
+    let (_dir, creds) = credentials(&addr.to_string(), "user", "pass");
+    let up = Arc::new(upstream(addr, Some(creds)));
+    // A cold pull: the manifest and many blobs asked for at once, each answered 401.
+    let calls = (0..32).map(|i| {
+        let up = Arc::clone(&up);
+        let fx = Arc::clone(&fx);
+        tokio::spawn(async move {
+            let alpine = repo("library/alpine");
+            if i % 2 == 0 {
+                let blob = up.get_blob(&alpine, &fx.blob_digest).await?;
+                assert_eq!(collect(blob).await?, fx.blob);
+            } else {
+                up.head_manifest(&alpine, &latest()).await?;
+            }
+            Ok::<_, UpstreamError>(())
+        })
+    });
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap().unwrap();
+    }
+    let log = log.lock().unwrap();
+    let tokens = log.iter().filter(|s| s.path == "/token").count();
+    assert_eq!(tokens, 1, "one handshake for one scope");
+    let challenged = log
+        .iter()
+        .filter(|s| s.path != "/token" && s.authorization.is_none())
+        .count();
+    assert!(challenged > 1, "the requests did not overlap: {challenged}");
+}
+
 #[tokio::test]
 async fn bearer_with_wrong_or_no_credentials_is_denied() {
     let fx = Arc::new(fixture());
