@@ -3,6 +3,9 @@
 //! partial file is left; caching resumes once the disk takes writes again.
 
 use crate::support::fault::{Fault, FaultAuth, FaultUpstream};
+use std::time::Duration;
+
+use crate::support::eventually;
 use crate::support::http::{self, get, metric, request};
 use crate::support::images::{self, sha256, Blob, Flavor};
 use crate::support::pullgate::{Options, Pullgate};
@@ -255,6 +258,14 @@ async fn a_cache_disk_that_fills_up_evicts_the_least_recently_used_to_make_room(
         .log()
         .contains("evicting least recently used blobs to make room"));
     assert_eq!(pullgate.tmp_files(), 0);
+    // The index forgets the repository's link to what was evicted.
+    assert!(
+        eventually(Duration::from_secs(10), || pullgate.log().contains(
+            "cache index pruned of tags and links to evicted blobs tags_removed=0 links_removed=1"
+        )),
+        "{}",
+        pullgate.log()
+    );
 
     // What was evicted is fetched again, and makes room in its turn.
     fetch(&old[0]).await;

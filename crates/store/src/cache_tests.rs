@@ -158,12 +158,27 @@ async fn a_blob_used_after_the_candidates_were_chosen_is_kept() {
 async fn the_background_evictor_runs_when_commits_cross_the_high_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let store = bounded(dir.path(), 10_000, 0.7, 0.4);
-    let evictor = store.spawn_evictor().expect("bounded stores evict");
+    let evictor = store.spawn_evictor();
     let blobs: Vec<_> = (1..=6).map(|s| blob(s, 2000)).collect();
+    let repo = RepoName::parse("library/x").unwrap();
+    let tag = |i: usize| TagKey {
+        upstream: "docker.io".into(),
+        repo: repo.clone(),
+        tag: Tag::parse(&i.to_string()).unwrap(),
+    };
     for (i, (d, b)) in blobs.iter().enumerate() {
         let mut ingest = store.begin_ingest(d.clone(), Some(2000)).await.unwrap();
         ingest.write(b.clone()).await.unwrap();
         ingest.commit().await.unwrap();
+        // As the mirror does, after the commit.
+        store.link("docker.io", &repo, d).unwrap();
+        let record = TagRecord {
+            digest: d.clone(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 2000,
+            fetched_at: std::time::SystemTime::now(),
+        };
+        store.put_tag(&tag(i), &record).unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
         if i == 3 || i == 5 {
             // 8000 > 7000: woken by the commit, not the periodic look.
@@ -178,15 +193,29 @@ async fn the_background_evictor_runs_when_commits_cross_the_high_watermark() {
         }
     }
     assert_eq!(store.evictions().blobs, 4);
+    // Tags and links to what was evicted go too, and only those (the first run's prune;
+    // the second run's waits out the gap between prunes).
+    for _ in 0..300 {
+        if !store.is_linked("docker.io", &repo, &blobs[0].0).unwrap() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (i, (d, _)) in blobs.iter().enumerate() {
+        let evicted_first = i < 2;
+        assert_eq!(
+            store.is_linked("docker.io", &repo, d).unwrap(),
+            !evicted_first,
+            "{i}"
+        );
+        assert_eq!(store.tag(&tag(i)).unwrap().is_some(), !evicted_first, "{i}");
+    }
     // It holds the store weakly: dropping the store ends it.
     drop(store);
     tokio::time::timeout(Duration::from_secs(5), evictor)
         .await
         .expect("the evictor ends with its store")
         .unwrap();
-    // An unbounded store has no evictor.
-    let other = tempfile::tempdir().unwrap();
-    assert!(Store::open(other.path()).unwrap().spawn_evictor().is_none());
 }
 
 #[tokio::test]

@@ -11,6 +11,12 @@
 //! The work runs on a blocking thread in the background, woken when a commit crosses the
 //! high watermark and once a minute; no request ever waits for it.
 //!
+//! After blobs were evicted (here, or to make room on a full disk), the same task drops the
+//! tags and repository links that pointed at them, so the index stays bounded by what the
+//! cache holds rather than by everything it ever held. A prune reads the whole index, so it
+//! runs at most once per [`PRUNE_GAP`]; what it leaves meanwhile only costs a request
+//! upstream.
+//!
 //! Candidates come from a scan of the index's blob records in bounded batches (the oldest
 //! few thousand, no more than the bytes needed), not from a second tree ordered by access
 //! time: there is nothing to keep in step on every touch, and a run is rare (it frees the
@@ -120,6 +126,9 @@ const PERIOD: Duration = Duration::from_secs(60);
 /// over it do not set off one fruitless run each.
 const BACKOFF: Duration = Duration::from_secs(1);
 
+/// Least time between two prunes of the index.
+const PRUNE_GAP: Duration = Duration::from_secs(60);
+
 /// Position in least-recently-used order: access time, then digest to make it total.
 type Cursor = (u64, Digest);
 
@@ -138,12 +147,12 @@ impl Store {
     }
 
     /// Start the background evictor on the current Tokio runtime. It holds the store only
-    /// weakly and ends when the store is dropped. Without limits there is nothing to do.
-    pub fn spawn_evictor(&self) -> Option<tokio::task::JoinHandle<()>> {
-        self.inner.limits?;
+    /// weakly and ends when the store is dropped. An unbounded cache needs it too: a full
+    /// disk makes room by evicting, and the index is pruned after.
+    pub fn spawn_evictor(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
         let wake = Arc::clone(&self.inner.wake);
-        Some(tokio::spawn(evictor(weak, wake)))
+        tokio::spawn(evictor(weak, wake))
     }
 
     /// Evict least recently used, unpinned blobs until usage is at or below the low
@@ -169,6 +178,7 @@ async fn evictor(weak: Weak<Inner>, wake: Arc<Notify>) {
     // The first look is at once: a cache can start above its mark (a crash before an
     // eviction ran, a lowered max_size).
     let mut first = true;
+    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
         if !first {
             tokio::select! {
@@ -177,50 +187,77 @@ async fn evictor(weak: Weak<Inner>, wake: Arc<Notify>) {
             }
         }
         first = false;
+        // The store is held only while there is work, never across a wait: dropping it
+        // ends this task.
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let Some(limits) = inner.limits else {
-            return;
-        };
-        if inner.usage_bytes.load(Ordering::Relaxed) <= limits.high_bytes() {
+        let over = inner
+            .limits
+            .filter(|l| inner.usage_bytes.load(Ordering::Relaxed) > l.high_bytes());
+        if let Some(limits) = over {
+            evict_in_background(inner, limits).await;
+        } else {
+            drop(inner);
+        }
+        if last_prune.is_some_and(|t| t.elapsed() < PRUNE_GAP) {
             continue;
         }
-        let run = Arc::clone(&inner);
-        drop(inner);
-        let outcome =
-            tokio::task::spawn_blocking(move || run.evict(limits.low_bytes(), false, &mut |_| {}))
-                .await;
-        match outcome {
-            // Commits land while a run goes on; only ending above the high mark means it
-            // could not keep up (everything left is pinned, or being filled).
-            Ok(Ok(s)) if s.usage_after > limits.high_bytes() => {
-                tracing::warn!(
-                    evicted = s.blobs,
-                    evicted_bytes = s.bytes,
-                    pinned = s.pinned,
-                    usage = s.usage_after,
-                    high_watermark = limits.high_bytes(),
-                    "cache still above its high watermark after eviction: what is left is in use"
-                );
-                // Nothing more to take now: wait before trying again rather than spin on
-                // every commit.
-                tokio::time::sleep(BACKOFF).await;
-            }
-            Ok(Ok(s)) => tracing::info!(
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        if !inner.evicted_since_prune.swap(false, Ordering::Relaxed) {
+            continue;
+        }
+        last_prune = Some(tokio::time::Instant::now());
+        match tokio::task::spawn_blocking(move || inner.prune_index(false)).await {
+            Ok(Ok(p)) if p.tags_removed + p.links_removed > 0 => tracing::info!(
+                tags_removed = p.tags_removed,
+                links_removed = p.links_removed,
+                "cache index pruned of tags and links to evicted blobs"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning the cache index failed"),
+            Err(e) => tracing::warn!(error = %e, "pruning the cache index task failed"),
+        }
+    }
+}
+
+/// One eviction run down to the low watermark, with its log line; a run that could not
+/// get under the high watermark (or failed) is followed by a pause.
+async fn evict_in_background(run: Arc<Inner>, limits: Limits) {
+    let outcome =
+        tokio::task::spawn_blocking(move || run.evict(limits.low_bytes(), false, &mut |_| {}))
+            .await;
+    match outcome {
+        // Commits land while a run goes on; only ending above the high mark means it
+        // could not keep up (everything left is pinned, or being filled).
+        Ok(Ok(s)) if s.usage_after > limits.high_bytes() => {
+            tracing::warn!(
                 evicted = s.blobs,
                 evicted_bytes = s.bytes,
+                pinned = s.pinned,
                 usage = s.usage_after,
-                "cache evicted down to its low watermark"
-            ),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cache eviction failed");
-                tokio::time::sleep(BACKOFF).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cache eviction task failed");
-                tokio::time::sleep(BACKOFF).await;
-            }
+                high_watermark = limits.high_bytes(),
+                "cache still above its high watermark after eviction: what is left is in use"
+            );
+            // Nothing more to take now: wait before trying again rather than spin on
+            // every commit.
+            tokio::time::sleep(BACKOFF).await;
+        }
+        Ok(Ok(s)) => tracing::info!(
+            evicted = s.blobs,
+            evicted_bytes = s.bytes,
+            usage = s.usage_after,
+            "cache evicted down to its low watermark"
+        ),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cache eviction failed");
+            tokio::time::sleep(BACKOFF).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cache eviction task failed");
+            tokio::time::sleep(BACKOFF).await;
         }
     }
 }
@@ -390,6 +427,7 @@ impl Inner {
         self.usage_blobs.fetch_sub(1, Ordering::Relaxed);
         self.evicted_blobs.fetch_add(1, Ordering::Relaxed);
         self.evicted_bytes.fetch_add(size, Ordering::Relaxed);
+        self.evicted_since_prune.store(true, Ordering::Relaxed);
         Ok(Some(size))
     }
 }

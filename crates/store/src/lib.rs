@@ -27,7 +27,7 @@ mod room;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     wake: Arc<Notify>,
     evicted_blobs: AtomicU64,
     evicted_bytes: AtomicU64,
+    /// Blobs were evicted since the index was last pruned of tags and links to them.
+    evicted_since_prune: AtomicBool,
     repaired: Repair,
     disk: DiskHealth,
     room: room::Room,
@@ -129,6 +131,7 @@ impl Store {
             wake: Arc::new(Notify::new()),
             evicted_blobs: AtomicU64::new(0),
             evicted_bytes: AtomicU64::new(0),
+            evicted_since_prune: AtomicBool::new(false),
             repaired: Repair::default(),
             disk: DiskHealth::default(),
             room: room::Room::default(),

@@ -100,11 +100,20 @@ impl Store {
 
     /// Drop tags and links that point at digests the cache does not hold. Blocking.
     pub fn prune_index_blocking(&self, dry_run: bool) -> Result<Prune, StoreError> {
+        self.inner.prune_index(dry_run)
+    }
+}
+
+impl Inner {
+    /// Safe beside a running server: tags and links are written only after their blob is
+    /// committed, so one pointing at a missing file is stale (or about a blob served
+    /// uncached), and dropping one costs at most a request upstream.
+    pub(crate) fn prune_index(&self, dry_run: bool) -> Result<Prune, StoreError> {
         let mut p = Prune::default();
-        let index = &self.inner.index;
+        let index = &self.index;
         for entry in index.tags() {
             let (key, digest) = entry?;
-            if !digest.is_some_and(|d| self.inner.blob_exists(&d)) {
+            if !digest.is_some_and(|d| self.blob_exists(&d)) {
                 p.tags_removed += 1;
                 if !dry_run {
                     index.remove_tag_key(&key)?;
@@ -113,7 +122,7 @@ impl Store {
         }
         for entry in index.links() {
             let (key, parts) = entry?;
-            if !parts.digest.is_some_and(|d| self.inner.blob_exists(&d)) {
+            if !parts.digest.is_some_and(|d| self.blob_exists(&d)) {
                 p.links_removed += 1;
                 if !dry_run {
                     index.remove_link_key(&key)?;
@@ -122,9 +131,7 @@ impl Store {
         }
         Ok(p)
     }
-}
 
-impl Inner {
     fn blob_exists(&self, d: &Digest) -> bool {
         fs::symlink_metadata(self.blob_path(d)).is_ok()
     }

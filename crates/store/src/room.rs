@@ -52,6 +52,8 @@ impl Inner {
         if summary.bytes == 0 {
             return Ok(None);
         }
+        // For the evictor to prune the index of what went.
+        self.wake.notify_one();
         if self.room.warned.swap(true, Ordering::Relaxed) {
             tracing::debug!(
                 evicted = summary.blobs,
