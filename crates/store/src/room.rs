@@ -24,11 +24,21 @@ pub(crate) struct Room {
     warned: AtomicBool,
 }
 
+/// Cap on what one eviction for room frees when the write itself needs less.
+const HEADROOM_MAX: u64 = 256 * 1024 * 1024;
+
 /// Bytes to evict so that `size` more (plus [`SLACK`]) fit beside `available` free ones,
 /// or `None` if evicting every byte the cache holds (`evictable`) would not be enough.
+///
+/// At least a hundredth of the cache goes (up to [`HEADROOM_MAX`]): on a disk that stays
+/// full, each fill would otherwise make room for itself alone, and each such eviction
+/// reads the whole index to find the oldest blobs.
 pub(crate) fn bytes_to_free(size: u64, available: u64, evictable: u64) -> Option<u64> {
     let need = size.saturating_add(SLACK).saturating_sub(available);
-    (need > 0 && need <= evictable).then_some(need)
+    if need == 0 || need > evictable {
+        return None;
+    }
+    Some(need.max((evictable / 100).min(HEADROOM_MAX)))
 }
 
 impl Inner {
@@ -116,5 +126,15 @@ mod tests {
             "evicting everything would not be enough"
         );
         assert_eq!(bytes_to_free(u64::MAX, 0, u64::MAX), Some(u64::MAX));
+        assert_eq!(
+            bytes_to_free(4 * MIB, 2 * MIB, 1000 * MIB),
+            Some(10 * MIB),
+            "a hundredth of the cache"
+        );
+        assert_eq!(
+            bytes_to_free(4 * MIB, 2 * MIB, 1 << 40),
+            Some(HEADROOM_MAX),
+            "capped at HEADROOM_MAX"
+        );
     }
 }
