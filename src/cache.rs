@@ -239,14 +239,8 @@ fn rebuild(s: &Settings) -> Result<()> {
         // The index itself is what is broken: keep it aside for a post-mortem and start
         // from the files.
         Err(StoreError::Index(why)) => {
-            let aside = dir.join(format!(
-                "index.broken-{}",
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            ));
-            std::fs::rename(dir.join("index"), &aside)
-                .with_context(|| format!("moving the broken index to {}", aside.display()))?;
+            let aside = pullgate_store::set_aside_broken_index(dir)
+                .context("moving the broken index aside")?;
             println!(
                 "the index did not open ({why}); moved it to {} and starting a new one",
                 aside.display()

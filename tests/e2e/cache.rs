@@ -1,6 +1,6 @@
 //! The bounded cache: least-recently-used eviction between the watermarks, refetching what
 //! was evicted, crash safety under SIGKILL (during fills and during eviction), and the
-//! `pullgate cache` subcommands on a stopped server's cache.
+//! `pullgate cache` subcommands on a stopped server's cache; an index sled cannot open.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -505,5 +505,72 @@ async fn sigkill_during_fills_and_evictions_leaves_a_cache_that_repairs_itself()
     }
     assert!(evicted, "nothing was evicted:\n{}", pullgate.log());
     assert!(!pullgate.log().contains("panicked"), "{}", pullgate.log());
+    assert_index_agrees(&mut pullgate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_index_is_set_aside_at_start_and_the_files_still_serve() {
+    let fault = FaultUpstream::start(FaultAuth::None);
+    let img = images::image("broken-index", &[MIB, 4096], Flavor::Oci, "amd64");
+    fault.add_image("e2e/broken", "v1", &img);
+    let mut pullgate = Pullgate::start(Options::new(&fault.url()));
+    pull(&pullgate, "e2e/broken:v1").await.unwrap();
+    http::fills_settled(&pullgate.url()).await;
+    let cached = blob_files(&pullgate.cache_dir());
+    assert_eq!(cached.len(), 4, "manifest, config and two layers");
+    let status = pullgate.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", pullgate.log());
+
+    // A bit flipped in sled's config: sled refuses to open the index at all.
+    let conf = pullgate.cache_dir().join("index/conf");
+    let mut bytes = std::fs::read(&conf).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&conf, bytes).unwrap();
+    let upstream_gets = |fault: &FaultUpstream| {
+        fault
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET ") && r.contains("/blobs/"))
+            .count()
+    };
+    let gets_before = upstream_gets(&fault);
+
+    // The server starts anyway: the index is set aside and rebuilt from the files.
+    pullgate.restart();
+    let log = pullgate.log();
+    assert!(
+        log.contains("the cache index is unreadable: set it aside"),
+        "{log}"
+    );
+    let line = log
+        .lines()
+        .filter(|l| l.contains("cache start-up check"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no start-up line after the restart:\n{log}"));
+    assert!(
+        line.contains("index_rebuilt=true") && line.contains("orphans_indexed=4"),
+        "{line}"
+    );
+    let asides: Vec<_> = std::fs::read_dir(pullgate.cache_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("index.broken-"))
+        .collect();
+    assert_eq!(asides.len(), 1, "{asides:?}");
+
+    // Every blob is served from the cache: nothing is downloaded again.
+    for layer in img.layers.iter().chain([&img.config]) {
+        let url = format!("{}/v2/e2e/broken/blobs/{}", pullgate.url(), layer.digest);
+        let r = get(&url).await;
+        assert_eq!(r.status, 200, "{}", pullgate.log());
+        assert_eq!(sha256(r.bytes()), layer.digest);
+    }
+    pull(&pullgate, "e2e/broken:v1").await.unwrap();
+    assert_eq!(
+        upstream_gets(&fault),
+        gets_before,
+        "{:#?}",
+        fault.requests()
+    );
     assert_index_agrees(&mut pullgate);
 }

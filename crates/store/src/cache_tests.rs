@@ -370,3 +370,60 @@ async fn one_process_per_cache_and_inspection_changes_nothing() {
     assert_eq!(r.records_removed, 1);
     assert_eq!(store.record_count(), 1);
 }
+
+#[tokio::test]
+async fn an_index_sled_cannot_read_is_set_aside_and_rebuilt_from_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<_> = (1..=5).map(|s| blob(s, 3000)).collect();
+    let repo = RepoName::parse("library/x").unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for (d, b) in &blobs {
+            store.put_verified(d, b.clone(), None).await.unwrap();
+            store.link("docker.io", &repo, d).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let asides = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("index.broken-"))
+            .count()
+    };
+    for round in 0..2 {
+        // sled's config file is what it refuses to open past (a corrupt log it truncates).
+        let conf = dir.path().join("index/conf");
+        let mut bytes = std::fs::read(&conf).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&conf, bytes).unwrap();
+        let inspect = StoreOptions {
+            limits: None,
+            inspect_only: true,
+        };
+        assert!(matches!(
+            Store::open_with(dir.path(), inspect),
+            Err(StoreError::Index(_))
+        ));
+
+        let store = Store::open(dir.path()).unwrap();
+        let r = store.repaired_at_open();
+        assert!(r.index_set_aside.is_some() && !r.is_clean(), "{r:?}");
+        assert_eq!(r.orphans_indexed, 5, "round {round}");
+        assert_eq!(store.usage().blobs, 5);
+        for (d, _) in &blobs {
+            assert!(present(&store, d));
+            // Links are not in the files: they are asked of the upstream again.
+            assert!(!store.is_linked("docker.io", &repo, d).unwrap());
+        }
+        assert_eq!(asides(), 1, "only the newest broken index is kept");
+        store.flush().unwrap();
+        drop(store);
+        // A second later, so the next one gets another name.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert!(Store::open(dir.path())
+        .unwrap()
+        .repaired_at_open()
+        .is_clean());
+}

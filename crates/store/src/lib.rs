@@ -118,7 +118,24 @@ impl Store {
         } else {
             repair::empty_tmp(&tmp)?
         };
-        let index = Index::open(&dir.join("index"))?;
+        let mut index_set_aside = None;
+        let index = match Index::open(&dir.join("index")) {
+            Ok(index) => index,
+            // The index only records what the files say. One sled cannot read must not
+            // keep the mirror from starting (in a Deployment, nobody is there to run
+            // `cache rebuild`): it is set aside and the repair below indexes the files anew.
+            Err(StoreError::Index(why)) if !options.inspect_only => {
+                let aside = set_aside_broken_index(dir)?;
+                tracing::warn!(
+                    error = %why,
+                    set_aside = %aside.display(),
+                    "the cache index is unreadable: set it aside; re-indexing the blob files"
+                );
+                index_set_aside = Some(aside);
+                Index::open(&dir.join("index"))?
+            }
+            Err(e) => return Err(e),
+        };
         let mut inner = Inner {
             blobs,
             tmp,
@@ -140,12 +157,14 @@ impl Store {
         if !options.inspect_only {
             let mut r = inner.repair(false, false)?;
             r.tmp_removed = tmp_removed;
+            r.index_set_aside = index_set_aside;
             let log = |r: &Repair| {
                 tracing::info!(
                     tmp_removed = r.tmp_removed,
                     orphans_indexed = r.orphans_indexed,
                     bad_removed = r.bad_removed,
                     records_removed = r.records_removed,
+                    index_rebuilt = r.index_set_aside.is_some(),
                     blobs = r.kept + r.orphans_indexed,
                     "cache start-up check: {}",
                     if r.is_clean() {
@@ -464,6 +483,27 @@ impl Inner {
             .map_err(StoreError::io("fsync blob directory"))?;
         Ok(())
     }
+}
+
+/// Move the cache's unreadable index out of the way (to `index.broken-<unix seconds>`, for
+/// a post-mortem), so a new one can be opened and filled from the blob files. Only the
+/// newest broken index is kept: an index that keeps breaking must not fill the disk.
+/// Call it only with the cache's lock held, or from a process that is about to take it.
+pub fn set_aside_broken_index(dir: &Path) -> Result<PathBuf, StoreError> {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("index.broken-") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = dir.join(format!("index.broken-{secs}"));
+    fs::rename(dir.join("index"), &aside)
+        .map_err(StoreError::io("setting the unreadable index aside"))?;
+    Ok(aside)
 }
 
 /// Take the cache directory's lock file, or say who has it.

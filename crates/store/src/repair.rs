@@ -39,6 +39,8 @@ pub struct Repair {
     pub hashed_bytes: u64,
     /// The first [`REPORT_LIMIT`] files removed, with why.
     pub removed: Vec<(PathBuf, String)>,
+    /// Where an index sled could not read was moved (start-up only).
+    pub index_set_aside: Option<PathBuf>,
 }
 
 impl Repair {
@@ -48,6 +50,7 @@ impl Repair {
             && self.orphans_indexed == 0
             && self.bad_removed == 0
             && self.records_removed == 0
+            && self.index_set_aside.is_none()
     }
 
     fn removed(&mut self, path: &Path, why: impl Into<String>) {
