@@ -266,8 +266,22 @@ async fn tags_list_and_referrers_pass_through() {
         r.header("content-type"),
         Some("application/vnd.oci.image.index.v1+json")
     );
+    // The upstream filtered: the client is told so, and does not filter again.
+    assert_eq!(r.header("oci-filters-applied"), Some("artifactType"));
     let v: serde_json::Value = serde_json::from_slice(r.bytes()).unwrap();
     assert_eq!(v["manifests"], serde_json::json!([]));
+    let r = get(&format!(
+        "{}/v2/e2e/ref/referrers/{}",
+        pullgate.url(),
+        img.manifest.digest
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("oci-filters-applied"),
+        None,
+        "nothing was filtered"
+    );
     let seen = fault.requests_with_query();
     assert!(
         seen.iter().any(|r| r

@@ -70,6 +70,8 @@ pub struct PassthroughResponse {
     pub status: u16,
     pub content_type: Option<String>,
     pub link: Option<String>,
+    /// `OCI-Filters-Applied`, as the upstream sent it.
+    pub filters_applied: Option<String>,
     pub body: bytes::Bytes,
 }
 
@@ -206,6 +208,7 @@ impl Mirror {
             status: p.status,
             content_type: p.content_type,
             link,
+            filters_applied: p.filters_applied,
             body: p.body,
         })
     }

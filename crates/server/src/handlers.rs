@@ -356,5 +356,12 @@ fn passthrough_response(p: PassthroughResponse) -> Response<Body> {
     if let Some(link) = &p.link {
         insert_str(h, header::LINK, link);
     }
+    if let Some(filters) = &p.filters_applied {
+        insert_str(
+            h,
+            header::HeaderName::from_static("oci-filters-applied"),
+            filters,
+        );
+    }
     resp
 }

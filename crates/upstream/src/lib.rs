@@ -52,6 +52,12 @@ const MAX_MEDIA_TYPE_LEN: usize = 256;
 /// rather than truncated, since a cut link would silently end a client's listing.
 const MAX_LINK_LEN: usize = 8 * 1024;
 
+/// The referrers API's answer to a filtered query.
+const FILTERS_APPLIED: &str = "oci-filters-applied";
+
+/// Longest `OCI-Filters-Applied` passed on (the spec defines one filter, `artifactType`).
+const MAX_FILTERS_LEN: usize = 256;
+
 /// Upper bound for the token handshake as a whole. The configured timeouts bound each
 /// connect and read; this one keeps a trickling token server from holding a pull forever.
 const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -135,6 +141,9 @@ pub struct Passthrough {
     pub content_type: Option<String>,
     /// The pagination `Link` header, naming the upstream's repository path.
     pub link: Option<String>,
+    /// `OCI-Filters-Applied` (referrers): which query filters the upstream applied, so the
+    /// client knows not to filter again.
+    pub filters_applied: Option<String>,
     pub body: Bytes,
 }
 
@@ -342,12 +351,20 @@ impl Upstream {
                             .to_owned(),
                     ),
                 };
+                // A list of filter names: a longer or odd value is dropped, not passed on.
+                let filters_applied = header_text(headers, FILTERS_APPLIED, MAX_FILTERS_LEN)
+                    .filter(|v| {
+                        v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b" ,-_.".contains(&b))
+                    })
+                    .map(str::to_owned);
                 let host = host_of(response.url());
                 let body = read_bounded(response, PASSTHROUGH_LIMIT, &host).await?;
                 Ok(Passthrough {
                     status,
                     content_type,
                     link,
+                    filters_applied,
                     body,
                 })
             }
