@@ -174,6 +174,18 @@ mod tests {
             prop_assert_eq!(RangeSpec::parse(&format!("{pad}{}{pad}", render(spec))), Ok(spec));
         }
 
+        /// Range units are case-insensitive (RFC 9110 section 14.1).
+        #[test]
+        fn the_unit_is_read_in_any_case(spec in spec(), upper in proptest::collection::vec(any::<bool>(), 5)) {
+            let text = render(spec);
+            let unit: String = "bytes"
+                .chars()
+                .zip(&upper)
+                .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c })
+                .collect();
+            prop_assert_eq!(RangeSpec::parse(&text.replacen("bytes", &unit, 1)), Ok(spec));
+        }
+
         /// RFC 9110 section 14.1.2: a range is satisfiable when its first position is inside
         /// the representation, or it is a non-empty suffix of a non-empty one; the last
         /// position is clamped, and a suffix longer than the representation is all of it.
