@@ -72,11 +72,7 @@ impl DiskHealth {
     pub fn failed(&self, error: &StoreError, midway: bool) {
         self.write_errors.fetch_add(1, Ordering::Relaxed);
         if midway {
-            *self
-                .paused_until
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) =
-                Some(Instant::now() + PAUSE_AFTER_WRITE_FAILURE);
+            self.pause();
         }
         if self.writable.swap(false, Ordering::Relaxed) {
             tracing::warn!(
@@ -87,6 +83,16 @@ impl DiskHealth {
         } else {
             tracing::debug!(%error, "cache write refused");
         }
+    }
+
+    /// Skip the cache for [`PAUSE_AFTER_WRITE_FAILURE`] (room was made, and the disk still
+    /// refused).
+    pub(crate) fn pause(&self) {
+        *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some(Instant::now() + PAUSE_AFTER_WRITE_FAILURE);
     }
 
     /// One response was served without being cached.

@@ -30,15 +30,21 @@ const HEADROOM_MAX: u64 = 256 * 1024 * 1024;
 /// Bytes to evict so that `size` more (plus [`SLACK`]) fit beside `available` free ones,
 /// or `None` if evicting every byte the cache holds (`evictable`) would not be enough.
 ///
+/// If the free bytes say the blob fits, the disk refused for a reason `statvfs` does not
+/// give in bytes (no inodes left, a quota), which evicting cures as well: room is made for
+/// the blob as if nothing were free, as far as the cache can.
+///
 /// At least a hundredth of the cache goes (up to [`HEADROOM_MAX`]): on a disk that stays
 /// full, each fill would otherwise make room for itself alone, and each such eviction
 /// reads the whole index to find the oldest blobs.
 pub(crate) fn bytes_to_free(size: u64, available: u64, evictable: u64) -> Option<u64> {
-    let need = size.saturating_add(SLACK).saturating_sub(available);
-    if need == 0 || need > evictable {
-        return None;
-    }
-    Some(need.max((evictable / 100).min(HEADROOM_MAX)))
+    let want = size.saturating_add(SLACK);
+    let need = match want.saturating_sub(available) {
+        0 => want.min(evictable),
+        need if need > evictable => return None,
+        need => need,
+    };
+    (need > 0).then(|| need.max((evictable / 100).min(HEADROOM_MAX)))
 }
 
 impl Inner {
@@ -85,7 +91,9 @@ impl Inner {
     }
 
     /// Run `write`; if the disk has no room for its `size` bytes, make room and run it
-    /// once more. Other errors, and a second "no room", are returned as they are.
+    /// once more. Other errors, and a second "no room", are returned as they are; after a
+    /// second "no room" fills skip the cache for a while, so a disk that eviction does not
+    /// help is not emptied one fill at a time.
     pub(crate) fn with_room<T>(
         &self,
         size: u64,
@@ -93,7 +101,11 @@ impl Inner {
     ) -> Result<T, StoreError> {
         match write() {
             Err(e) if e.is_no_room() => match self.make_room(size) {
-                Ok(Some(_)) => write(),
+                Ok(Some(_)) => write().inspect_err(|e| {
+                    if e.is_no_room() {
+                        self.disk.pause();
+                    }
+                }),
                 Ok(None) => Err(e),
                 Err(evict) => {
                     tracing::warn!(error = %evict, "could not evict to make room on the cache disk");
@@ -117,7 +129,17 @@ mod tests {
 
     #[test]
     fn frees_only_what_is_missing_and_only_when_it_can() {
-        assert_eq!(bytes_to_free(4 * MIB, 100 * MIB, 50 * MIB), None, "it fits");
+        assert_eq!(
+            bytes_to_free(4 * MIB, 100 * MIB, 50 * MIB),
+            Some(5 * MIB),
+            "the bytes fit: inodes or a quota ran out"
+        );
+        assert_eq!(bytes_to_free(4 * MIB, 100 * MIB, 2 * MIB), Some(2 * MIB));
+        assert_eq!(
+            bytes_to_free(4 * MIB, 100 * MIB, 0),
+            None,
+            "nothing to evict"
+        );
         assert_eq!(bytes_to_free(4 * MIB, 2 * MIB, 50 * MIB), Some(3 * MIB));
         assert_eq!(bytes_to_free(4 * MIB, 0, 5 * MIB), Some(5 * MIB));
         assert_eq!(
@@ -136,5 +158,58 @@ mod tests {
             Some(HEADROOM_MAX),
             "capped at HEADROOM_MAX"
         );
+    }
+
+    fn no_room() -> StoreError {
+        StoreError::Io {
+            op: "reserving space for the blob",
+            source: std::io::Error::from_raw_os_error(libc::EDQUOT),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_eviction_does_not_cure_evicts_once_then_pauses_caching() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let blobs: Vec<_> = (0..4u8)
+            .map(|i| bytes::Bytes::from(vec![i; 600 * 1024]))
+            .collect();
+        for b in &blobs {
+            let d = pullgate_oci::Digest::sha256_of(b);
+            store.put_verified(&d, b.clone(), None).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        // A quota statvfs does not show: the disk looks roomy, and refuses every write.
+        let mut calls = 0;
+        let r: Result<(), _> = store.inner.with_room(100 * 1024, || {
+            calls += 1;
+            Err(no_room())
+        });
+        assert!(r.is_err_and(|e| e.is_no_room()));
+        assert_eq!(calls, 2, "tried again once, after making room");
+        // Room for the blob and the slack: the two oldest blobs (1.2 MiB) went.
+        assert_eq!(store.evictions().blobs, 2);
+        assert!(!store.disk().should_try(), "caching pauses");
+
+        // A refusal that room cures: the retry succeeds, and nothing pauses.
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let d = pullgate_oci::Digest::sha256_of(&blobs[0]);
+        store
+            .put_verified(&d, blobs[0].clone(), None)
+            .await
+            .unwrap();
+        let mut calls = 0;
+        let r = store.inner.with_room(1, || {
+            calls += 1;
+            if calls == 1 {
+                Err(no_room())
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(r.unwrap(), 2);
+        assert_eq!(store.evictions().blobs, 1);
+        assert!(store.disk().should_try());
     }
 }
