@@ -59,6 +59,14 @@ fn serve<F>(listener: TcpListener, handler: F) -> Log
 where
     F: Fn(&Seen) -> Response<Body> + Send + Sync + 'static,
 {
+    serve_slow_tokens(listener, Duration::ZERO, handler)
+}
+
+/// As [`serve`], answering `/token` only after `token_delay`.
+fn serve_slow_tokens<F>(listener: TcpListener, token_delay: Duration, handler: F) -> Log
+where
+    F: Fn(&Seen) -> Response<Body> + Send + Sync + 'static,
+{
     let log: Log = Arc::default();
     let handler = Arc::new(handler);
     let server_log = log.clone();
@@ -82,7 +90,15 @@ where
                     };
                     log.lock().unwrap().push(seen.clone());
                     let response = handler(&seen);
-                    async move { Ok::<_, Infallible>(response) }
+                    let delay = if seen.path == "/token" {
+                        token_delay
+                    } else {
+                        Duration::ZERO
+                    };
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -334,8 +350,18 @@ async fn unknown_things_are_not_found() {
 /// A registry behind a Bearer token endpoint (on the same server) that wants Basic
 /// `user:pass` for tokens and checks each token's scope.
 fn bearer_registry(listener: TcpListener, addr: SocketAddr, fx: Arc<Fixture>) -> Log {
+    slow_bearer_registry(listener, addr, fx, Duration::ZERO)
+}
+
+/// As [`bearer_registry`], its token endpoint answering only after `token_delay`.
+fn slow_bearer_registry(
+    listener: TcpListener,
+    addr: SocketAddr,
+    fx: Arc<Fixture>,
+    token_delay: Duration,
+) -> Log {
     let issued: Mutex<HashMap<String, String>> = Mutex::default();
-    serve(listener, move |seen| {
+    serve_slow_tokens(listener, token_delay, move |seen| {
         if seen.path == "/token" {
             if seen.authorization.as_deref() != Some(basic("user", "pass").as_str()) {
                 return response(401, &[], "");
@@ -427,7 +453,8 @@ async fn bearer_tokens_are_fetched_once_per_scope() {
 async fn concurrent_challenges_for_one_scope_share_one_token_handshake() {
     let fx = Arc::new(fixture());
     let (listener, addr) = bind().await;
-    let log = bearer_registry(listener, addr, fx.clone());
+    // A slow token server: every call is challenged before the first token arrives.
+    let log = slow_bearer_registry(listener, addr, fx.clone(), Duration::from_millis(300));
     let (_dir, creds) = credentials(&addr.to_string(), "user", "pass");
     let up = Arc::new(upstream(addr, Some(creds)));
     // A cold pull: the manifest and many blobs asked for at once, each answered 401.
