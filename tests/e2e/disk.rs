@@ -1,6 +1,7 @@
-//! A cache disk that is full or read-only: pulls still succeed, streamed straight from the
-//! upstream (verified on the way) without caching; a log line and metrics say so; no
-//! partial file is left; caching resumes once the disk takes writes again.
+//! A cache disk that is full (of bytes or of inodes) or read-only. Where evicting least
+//! recently used blobs makes room, it does; otherwise pulls still succeed, streamed straight
+//! from the upstream (verified on the way) without caching; a log line and metrics say so;
+//! no partial file is left; caching resumes once the disk takes writes again.
 
 use crate::support::fault::{Fault, FaultAuth, FaultUpstream};
 use std::time::Duration;
@@ -291,6 +292,51 @@ async fn a_cache_disk_that_fills_up_evicts_the_least_recently_used_to_make_room(
     assert!(metric(&pg, "pullgate_cache_bypassed_total").await >= 1.0);
     assert_eq!(pullgate.tmp_files(), 0);
 
+    let log = pullgate.log();
+    assert!(!log.contains("panicked"), "{log}");
+    drop(pullgate);
+    drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_disk_out_of_inodes_evicts_to_make_room() {
+    let work = tempfile::tempdir().unwrap();
+    // Bytes to spare, few inodes: statvfs shows room, and creating a file fails (ENOSPC).
+    let disk = Tmpfs::mount_with(&work.path().join("cache"), "size=64m,nr_inodes=64");
+    let fault = FaultUpstream::start(FaultAuth::None);
+    let mut opts = Options::new(&fault.url());
+    opts.cache_dir = Some(work.path().join("cache"));
+    let pullgate = Pullgate::start(opts);
+    let pg = pullgate.url();
+    let free = disk.free_inodes();
+    // Each blob takes a file and, mostly, a directory of its own: more than fit.
+    let blobs: Vec<Blob> = (0..free)
+        .map(|i| blob(&format!("inode-{i}"), 64 * 1024))
+        .collect();
+    for b in &blobs {
+        fault.add_blob(b);
+    }
+    let mut cached = 0;
+    for b in &blobs {
+        let r = get(&format!("{pg}/v2/e2e/inodes/blobs/{}", b.digest)).await;
+        assert_eq!(r.status, 200, "{}", pullgate.log());
+        assert_eq!(sha256(r.bytes()), b.digest);
+        http::fills_settled(&pg).await;
+        if pullgate.blob_path(&b.digest).exists() {
+            cached += 1;
+        }
+    }
+    assert!(disk.free_inodes() < 8, "the inodes never ran out");
+    assert_eq!(cached, blobs.len(), "{}", pullgate.log());
+    assert!(metric(&pg, "pullgate_cache_evictions_total").await >= 1.0);
+    assert_eq!(metric(&pg, "pullgate_cache_bypassed_total").await, 0.0);
+    assert_eq!(metric(&pg, "pullgate_cache_write_errors_total").await, 0.0);
+    assert!(pullgate.blob_path(&blobs[blobs.len() - 1].digest).exists());
+    assert!(
+        !pullgate.blob_path(&blobs[0].digest).exists(),
+        "the oldest was kept"
+    );
+    assert_eq!(pullgate.tmp_files(), 0);
     let log = pullgate.log();
     assert!(!log.contains("panicked"), "{log}");
     drop(pullgate);

@@ -16,7 +16,7 @@
 //! the commit's `fsync` of a large blob takes as long as writing it, and a client holding
 //! verified bytes need not wait for the disk.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,10 +92,20 @@ impl Ingest {
         let tmp = inner.tmp_path(&digest);
         let path = tmp.clone();
         let room = Arc::clone(&inner);
-        let file = tokio::task::spawn_blocking(move || match expected_size {
-            // Only an announced size can be made room for before the bytes arrive.
-            Some(size) => room.with_room(size, || create_reserved(&path, expected_size)),
-            None => create_reserved(&path, None),
+        let dir = inner.blob_dir(&digest);
+        let file = tokio::task::spawn_blocking(move || {
+            // The blob's directory is made now, not at the commit: on a disk out of inodes
+            // that is refused before the fill starts (and room can be made for it), not
+            // after every byte was fetched.
+            let create = || {
+                fs::create_dir_all(&dir).map_err(StoreError::io("creating blob directory"))?;
+                create_reserved(&path, expected_size)
+            };
+            match expected_size {
+                // Only an announced size can be made room for before the bytes arrive.
+                Some(size) => room.with_room(size, create),
+                None => create(),
+            }
         })
         .await?
         .inspect_err(|e| {

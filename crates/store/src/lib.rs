@@ -320,8 +320,10 @@ impl Store {
                 return Ok(());
             }
             let tmp = inner.tmp_path(&d);
+            let dir = inner.blob_dir(&d);
             let write = || {
                 let result = (|| {
+                    fs::create_dir_all(&dir).map_err(StoreError::io("creating blob directory"))?;
                     let mut f =
                         fs::File::create(&tmp).map_err(StoreError::io("creating tmp file"))?;
                     f.write_all(&bytes)
@@ -448,11 +450,12 @@ impl Store {
 
 impl Inner {
     fn blob_path(&self, d: &Digest) -> PathBuf {
-        let hex = d.hex();
-        self.blobs
-            .join(d.algorithm().as_str())
-            .join(&hex[..2])
-            .join(hex)
+        self.blob_dir(d).join(d.hex())
+    }
+
+    /// The directory `d`'s file goes in (`blobs/<alg>/<2 hex>`). Never removed once made.
+    fn blob_dir(&self, d: &Digest) -> PathBuf {
+        self.blobs.join(d.algorithm().as_str()).join(&d.hex()[..2])
     }
 
     fn tmp_path(&self, d: &Digest) -> PathBuf {
@@ -466,10 +469,9 @@ impl Inner {
     fn commit_file(&self, f: &fs::File, tmp: &Path, d: &Digest) -> Result<(), StoreError> {
         f.sync_all().map_err(StoreError::io("fsync tmp file"))?;
         let dest = self.blob_path(d);
-        let dir = dest
-            .parent()
-            .ok_or_else(|| StoreError::Index("blob path has no parent".into()))?;
-        fs::create_dir_all(dir).map_err(StoreError::io("creating blob directory"))?;
+        let dir = self.blob_dir(d);
+        // Made when the ingest began; again only if something removed it since.
+        fs::create_dir_all(&dir).map_err(StoreError::io("creating blob directory"))?;
         let size = f.metadata().map_err(StoreError::io("stat tmp file"))?.len();
         let replaced = dest.exists();
         fs::rename(tmp, &dest).map_err(StoreError::io("renaming into blobs/"))?;
@@ -478,7 +480,7 @@ impl Inner {
             self.usage_blobs.fetch_add(1, Ordering::Relaxed);
             self.note_growth();
         }
-        fs::File::open(dir)
+        fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(StoreError::io("fsync blob directory"))?;
         Ok(())

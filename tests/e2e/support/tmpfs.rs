@@ -11,25 +11,37 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// Mount a tmpfs of `size` (`"4m"`) at `path`, creating it.
     pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        Tmpfs::mount_with(path, &format!("size={size}"))
+    }
+
+    /// Mount a tmpfs with these mount options (`"size=64m,nr_inodes=64"`).
+    pub fn mount_with(path: &Path, options: &str) -> Tmpfs {
         std::fs::create_dir_all(path).expect("mount point");
-        mount(
-            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
-            path,
-        );
+        mount(&["-t", "tmpfs", "-o", options, "tmpfs"], path);
         Tmpfs {
             path: path.to_owned(),
         }
     }
 
+    /// Inodes free for new files and directories.
+    pub fn free_inodes(&self) -> u64 {
+        self.statvfs().f_favail
+    }
+
     /// Bytes free for new files, as the cache sees them.
     pub fn free_bytes(&self) -> u64 {
+        let st = self.statvfs();
+        st.f_bavail * st.f_frsize
+    }
+
+    fn statvfs(&self) -> libc::statvfs {
         use std::os::unix::ffi::OsStrExt;
         let path = std::ffi::CString::new(self.path.as_os_str().as_bytes()).expect("path");
         // SAFETY: statvfs fills the struct it is given; the path is a valid C string.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
         assert_eq!(rc, 0, "statvfs {}", self.path.display());
-        st.f_bavail * st.f_frsize
+        st
     }
 
     /// Make the directory `sub` read-only until the guard is dropped. A read-only bind
