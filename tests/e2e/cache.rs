@@ -105,6 +105,16 @@ fn assert_index_agrees(pullgate: &mut Pullgate) {
     assert_eq!(stat(&stats, "tmp_files"), "0", "{stats}");
 }
 
+/// The start-up check's log line from the first restart.
+fn restart_check_line(pullgate: &Pullgate) -> String {
+    let log = pullgate.log();
+    log.lines()
+        .filter(|l| l.contains("cache start-up check"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no start-up line after the restart:\n{log}"))
+        .to_owned()
+}
+
 async fn pull(pullgate: &Pullgate, repo_tag: &str) -> Result<(), String> {
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("copy");
@@ -393,12 +403,7 @@ async fn sigkill_during_a_fill_leaves_only_tmp_which_start_up_empties() {
     fault.clear_fault(&blob.digest);
     pullgate.restart();
     assert_eq!(pullgate.tmp_files(), 0);
-    let log = pullgate.log();
-    let line = log
-        .lines()
-        .filter(|l| l.contains("cache start-up check"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no start-up line after the restart:\n{log}"));
+    let line = restart_check_line(&pullgate);
     assert!(
         line.contains("repaired") && line.contains("tmp_removed=1"),
         "{line}"
@@ -542,11 +547,7 @@ async fn an_unreadable_index_is_set_aside_at_start_and_the_files_still_serve() {
         log.contains("the cache index is unreadable: set it aside"),
         "{log}"
     );
-    let line = log
-        .lines()
-        .filter(|l| l.contains("cache start-up check"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no start-up line after the restart:\n{log}"));
+    let line = restart_check_line(&pullgate);
     assert!(
         line.contains("index_rebuilt=true") && line.contains("orphans_indexed=4"),
         "{line}"

@@ -19,6 +19,21 @@ fn blob(seed: &str, len: usize) -> Blob {
     Blob::new("application/octet-stream", images::noise(seed, len))
 }
 
+/// pullgate in front of `fault`, its cache at `cache` (the small filesystem's mount point).
+fn start_on(cache: &std::path::Path, fault: &FaultUpstream) -> Pullgate {
+    let mut opts = Options::new(&fault.url());
+    opts.cache_dir = Some(cache.to_owned());
+    Pullgate::start(opts)
+}
+
+/// The end of a test: no panic in the log; pullgate stops before its disk is unmounted.
+fn finish(pullgate: Pullgate, disk: Tmpfs) {
+    let log = pullgate.log();
+    assert!(!log.contains("panicked"), "{log}");
+    drop(pullgate);
+    drop(disk);
+}
+
 /// Files anywhere under the cache's `blobs/`.
 fn committed_files(pullgate: &Pullgate) -> usize {
     walk(&pullgate.cache_dir().join("blobs"))
@@ -55,9 +70,7 @@ async fn a_full_cache_disk_streams_pulls_through_uncached() {
     fault.add_blob(&chunked);
     fault.set_fault(&corrupt.digest, Fault::Corrupt);
     fault.set_fault(&chunked.digest, Fault::Chunked);
-    let mut opts = Options::new(&fault.url());
-    opts.cache_dir = Some(work.path().join("cache"));
-    let pullgate = Pullgate::start(opts);
+    let pullgate = start_on(&work.path().join("cache"), &fault);
     let base = format!("{}/v2/e2e/full/blobs", pullgate.url());
 
     // Too big for the disk: every client still gets it whole, verified, uncached.
@@ -136,10 +149,7 @@ async fn a_full_cache_disk_streams_pulls_through_uncached() {
         errors
     );
 
-    let log = pullgate.log();
-    assert!(!log.contains("panicked"), "{log}");
-    drop(pullgate);
-    drop(disk);
+    finish(pullgate, disk);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,9 +163,7 @@ async fn a_read_only_cache_disk_serves_uncached_until_it_is_writable_again() {
     fault.add_image("e2e/ro", "before", &before);
     fault.add_image("e2e/ro", "during", &during);
     fault.add_image("e2e/ro", "after", &after);
-    let mut opts = Options::new(&fault.url());
-    opts.cache_dir = Some(work.path().join("cache"));
-    let pullgate = Pullgate::start(opts);
+    let pullgate = start_on(&work.path().join("cache"), &fault);
     let pg = pullgate.url();
     let pull = |tag: &'static str| {
         let dest = work.path().join(tag);
@@ -192,10 +200,7 @@ async fn a_read_only_cache_disk_serves_uncached_until_it_is_writable_again() {
     assert!(pullgate.blob_path(&after.layers[0].digest).exists());
     assert_eq!(metric(&pg, "pullgate_cache_writable").await, 1.0);
     assert_eq!(pullgate.tmp_files(), 0);
-    let log = pullgate.log();
-    assert!(!log.contains("panicked"), "{log}");
-    drop(pullgate);
-    drop(disk);
+    finish(pullgate, disk);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,9 +215,7 @@ async fn a_cache_disk_that_fills_up_evicts_the_least_recently_used_to_make_room(
     for b in &old {
         fault.add_blob(b);
     }
-    let mut opts = Options::new(&fault.url());
-    opts.cache_dir = Some(work.path().join("cache"));
-    let pullgate = Pullgate::start(opts);
+    let pullgate = start_on(&work.path().join("cache"), &fault);
     let pg = pullgate.url();
     let base = format!("{pg}/v2/e2e/room/blobs");
     let fetch = |b: &Blob| {
@@ -292,10 +295,7 @@ async fn a_cache_disk_that_fills_up_evicts_the_least_recently_used_to_make_room(
     assert!(metric(&pg, "pullgate_cache_bypassed_total").await >= 1.0);
     assert_eq!(pullgate.tmp_files(), 0);
 
-    let log = pullgate.log();
-    assert!(!log.contains("panicked"), "{log}");
-    drop(pullgate);
-    drop(disk);
+    finish(pullgate, disk);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,9 +304,7 @@ async fn a_cache_disk_out_of_inodes_evicts_to_make_room() {
     // Bytes to spare, few inodes: statvfs shows room, and creating a file fails (ENOSPC).
     let disk = Tmpfs::mount_with(&work.path().join("cache"), "size=64m,nr_inodes=64");
     let fault = FaultUpstream::start(FaultAuth::None);
-    let mut opts = Options::new(&fault.url());
-    opts.cache_dir = Some(work.path().join("cache"));
-    let pullgate = Pullgate::start(opts);
+    let pullgate = start_on(&work.path().join("cache"), &fault);
     let pg = pullgate.url();
     let free = disk.free_inodes();
     // Each blob takes a file and, mostly, a directory of its own: more than fit.
@@ -337,8 +335,5 @@ async fn a_cache_disk_out_of_inodes_evicts_to_make_room() {
         "the oldest was kept"
     );
     assert_eq!(pullgate.tmp_files(), 0);
-    let log = pullgate.log();
-    assert!(!log.contains("panicked"), "{log}");
-    drop(pullgate);
-    drop(disk);
+    finish(pullgate, disk);
 }
