@@ -86,3 +86,9 @@ impl From<StoreError> for MirrorError {
         }
     }
 }
+
+impl From<pullgate_flights::Abandoned> for MirrorError {
+    fn from(e: pullgate_flights::Abandoned) -> Self {
+        MirrorError::internal(e.to_string())
+    }
+}

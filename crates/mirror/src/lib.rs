@@ -15,7 +15,6 @@
 
 mod blobs;
 mod error;
-mod flights;
 mod manifests;
 mod route;
 mod stats;
@@ -35,7 +34,7 @@ pub use route::Target;
 pub use stats::{Histogram, HistogramSnapshot, Stats};
 
 use error::Wanted;
-use flights::Flights;
+use pullgate_flights::Flights;
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -103,7 +103,7 @@ impl Mirror {
         );
         let stored = self
             .manifest_flights
-            .run(key, move || async move {
+            .spawn(key, move || async move {
                 fetch_manifest(
                     &upstream,
                     &store,
@@ -147,7 +147,7 @@ impl Mirror {
         let k = key.clone();
         let outcome = self
             .tag_flights
-            .run(key, move || async move {
+            .spawn(key, move || async move {
                 revalidate(&upstream, &store, &k, &repo, &t, known).await
             })
             .await?;

@@ -10,7 +10,6 @@ use http::{HeaderMap, HeaderValue};
 use pullgate_credentials::Credential;
 use pullgate_oci::Challenge;
 use reqwest::Url;
-use tokio::sync::watch;
 
 use crate::error::{self, UpstreamError};
 use crate::transport::{host_of, read_bounded};
@@ -121,97 +120,6 @@ impl TokenCache {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()
-    }
-}
-
-/// What a token handshake in flight ends with; `None` until it does.
-type Outcome = Option<Result<HeaderValue, UpstreamError>>;
-
-/// Token handshakes in flight, by scope. A cold pull asks for a manifest and a dozen layers
-/// at once, each answered 401: they share one handshake instead of each asking the token
-/// server (which rate-limits, on Docker Hub) for the same token. Entries live only while a
-/// handshake does, so the map is bounded by the requests in flight.
-pub(crate) struct TokenFlights {
-    flights: Mutex<HashMap<String, watch::Receiver<Outcome>>>,
-}
-
-/// How one request takes part in a handshake.
-enum Role {
-    Lead(watch::Sender<Outcome>),
-    Follow(watch::Receiver<Outcome>),
-}
-
-impl TokenFlights {
-    pub(crate) fn new() -> Self {
-        TokenFlights {
-            flights: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Outcome>>> {
-        // Single inserts and removes only: a poisoned map is still consistent.
-        self.flights
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The token for `scope`: from the handshake already in flight for it if there is one,
-    /// else from `fetch`, whose outcome (success or error) every request that arrives
-    /// meanwhile shares. If the leading request is cancelled, a follower takes over.
-    pub(crate) async fn run<F, Fut>(
-        &self,
-        scope: &str,
-        fetch: F,
-    ) -> Result<HeaderValue, UpstreamError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<HeaderValue, UpstreamError>>,
-    {
-        loop {
-            let role = {
-                let mut flights = self.lock();
-                match flights.get(scope) {
-                    Some(rx) => Role::Follow(rx.clone()),
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        flights.insert(scope.to_owned(), rx);
-                        Role::Lead(tx)
-                    }
-                }
-            };
-            match role {
-                Role::Lead(tx) => {
-                    // Removed however the lead ends, cancelled included.
-                    let _landed = Landed {
-                        flights: self,
-                        scope,
-                    };
-                    let outcome = fetch().await;
-                    tx.send_replace(Some(outcome.clone()));
-                    return outcome;
-                }
-                Role::Follow(mut rx) => {
-                    if let Ok(done) = rx.wait_for(Option::is_some).await {
-                        if let Some(outcome) = done.clone() {
-                            return outcome;
-                        }
-                    }
-                    // The lead was dropped before it finished: try again.
-                }
-            }
-        }
-    }
-}
-
-/// Ends a flight: later requests start a new handshake.
-struct Landed<'a> {
-    flights: &'a TokenFlights,
-    scope: &'a str,
-}
-
-impl Drop for Landed<'_> {
-    fn drop(&mut self) {
-        self.flights.lock().remove(self.scope);
     }
 }
 
@@ -335,8 +243,11 @@ impl Upstream {
         };
         match challenge.scheme.as_str() {
             "bearer" => {
+                // A cold pull asks for a manifest and a dozen layers at once, each answered
+                // 401: they share one handshake instead of each asking the token server
+                // (which rate-limits, on Docker Hub) for the same token.
                 self.token_flights
-                    .run(scope, || async {
+                    .run(scope.to_owned(), || async {
                         // A concurrent request may have fetched a token since this one was
                         // sent. Looked at by the lead, after the last flight has landed (it
                         // caches before it lands), so one scope costs one handshake.
@@ -573,49 +484,5 @@ mod tests {
         // The newest survives; the soonest-expiring were evicted.
         assert!(cache.get(&format!("scope{}", MAX_TOKENS + 9)).is_some());
         assert!(cache.get("scope0").is_none());
-    }
-
-    #[tokio::test]
-    async fn a_flight_shares_its_outcome_errors_included_and_survives_a_cancelled_lead() {
-        use futures_util::FutureExt;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let flights = TokenFlights::new();
-        let calls = AtomicUsize::new(0);
-        let gate = tokio::sync::Notify::new();
-        let fetch = || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            gate.notified().await;
-            Err::<HeaderValue, _>(UpstreamError::Unavailable("token endpoint down".into()))
-        };
-        let waiters = futures_util::future::join_all((0..5).map(|_| flights.run("s", fetch)));
-        let release = async {
-            tokio::task::yield_now().await;
-            gate.notify_one();
-        };
-        let (outcomes, ()) = tokio::join!(waiters, release);
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        for o in outcomes {
-            assert!(matches!(o, Err(UpstreamError::Unavailable(_))));
-        }
-        assert!(flights.lock().is_empty(), "a landed flight is forgotten");
-
-        // The lead is dropped midway: a follower leads a new handshake.
-        let calls = AtomicUsize::new(0);
-        let fetch = || async {
-            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                std::future::pending::<()>().await;
-            }
-            Ok(HeaderValue::from_static("Bearer t"))
-        };
-        let lead = flights.run("s", fetch);
-        let follower = flights.run("s", fetch);
-        let mut lead = Box::pin(lead);
-        let mut follower = Box::pin(follower);
-        assert!((&mut lead).now_or_never().is_none());
-        assert!((&mut follower).now_or_never().is_none());
-        drop(lead);
-        assert_eq!(follower.await, Ok(HeaderValue::from_static("Bearer t")));
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert!(flights.lock().is_empty());
     }
 }

@@ -90,7 +90,8 @@ pub struct Upstream {
     credentials: Option<SecretSource>,
     client: reqwest::Client,
     tokens: auth::TokenCache,
-    token_flights: auth::TokenFlights,
+    /// Token handshakes in flight, by scope.
+    token_flights: pullgate_flights::Flights<String, Result<http::HeaderValue, UpstreamError>>,
     /// Set once the upstream answered a Basic challenge, so later requests send Basic
     /// up front instead of paying a 401 each.
     wants_basic: AtomicBool,
@@ -194,7 +195,7 @@ impl Upstream {
             credentials: config.credentials,
             client,
             tokens: auth::TokenCache::new(),
-            token_flights: auth::TokenFlights::new(),
+            token_flights: pullgate_flights::Flights::new(),
             wants_basic: AtomicBool::new(false),
             token_timeout,
             errors: Arc::default(),
