@@ -179,6 +179,8 @@ async fn evictor(weak: Weak<Inner>, wake: Arc<Notify>) {
     // eviction ran, a lowered max_size).
     let mut first = true;
     let mut last_prune: Option<tokio::time::Instant> = None;
+    // Evictions counted at the last prune: a prune is due when the count has moved.
+    let mut pruned_at = 0;
     loop {
         if !first {
             tokio::select! {
@@ -206,9 +208,11 @@ async fn evictor(weak: Weak<Inner>, wake: Arc<Notify>) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        if !inner.evicted_since_prune.swap(false, Ordering::Relaxed) {
+        let evicted = inner.evicted_blobs.load(Ordering::Relaxed);
+        if evicted == pruned_at {
             continue;
         }
+        pruned_at = evicted;
         last_prune = Some(tokio::time::Instant::now());
         match tokio::task::spawn_blocking(move || inner.prune_index(false)).await {
             Ok(Ok(p)) if p.tags_removed + p.links_removed > 0 => tracing::info!(
@@ -427,7 +431,6 @@ impl Inner {
         self.usage_blobs.fetch_sub(1, Ordering::Relaxed);
         self.evicted_blobs.fetch_add(1, Ordering::Relaxed);
         self.evicted_bytes.fetch_add(size, Ordering::Relaxed);
-        self.evicted_since_prune.store(true, Ordering::Relaxed);
         Ok(Some(size))
     }
 }

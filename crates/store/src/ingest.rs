@@ -89,30 +89,15 @@ impl Ingest {
         digest: Digest,
         expected_size: Option<u64>,
     ) -> Result<Ingest, StoreError> {
-        let tmp = inner.tmp_path(&digest);
-        let path = tmp.clone();
-        let room = Arc::clone(&inner);
-        let dir = inner.blob_dir(&digest);
-        let file = tokio::task::spawn_blocking(move || {
-            // The blob's directory is made now, not at the commit: on a disk out of inodes
-            // that is refused before the fill starts (and room can be made for it), not
-            // after every byte was fetched.
-            let create = || {
-                fs::create_dir_all(&dir).map_err(StoreError::io("creating blob directory"))?;
-                create_reserved(&path, expected_size)
-            };
-            match expected_size {
-                // Only an announced size can be made room for before the bytes arrive.
-                Some(size) => room.with_room(size, create),
-                None => create(),
-            }
-        })
-        .await?
-        .inspect_err(|e| {
-            if e.is_disk_trouble() {
-                inner.disk.failed(e, false);
-            }
-        })?;
+        let create = Arc::clone(&inner);
+        let d = digest.clone();
+        let (tmp, file) = tokio::task::spawn_blocking(move || create.create_tmp(&d, expected_size))
+            .await?
+            .inspect_err(|e| {
+                if e.is_disk_trouble() {
+                    inner.disk.failed(e, false);
+                }
+            })?;
         let file = Arc::new(file);
         let (state_tx, state_rx) = watch::channel(State::Writing { written: 0 });
         let state = Arc::new(state_tx);
@@ -390,6 +375,31 @@ impl Writer {
             return Err(StoreError::IngestFailed("aborted".into()));
         }
         Ok(written)
+    }
+}
+
+impl Inner {
+    /// Create `d`'s tmp file and reserve its `size` (see [`create_reserved`]), making room
+    /// if the disk has none ([`Inner::with_room`]). The blob's directory is made now, not at
+    /// the commit: on a disk out of inodes that is refused before any byte is fetched (and
+    /// room can be made for it), not after every byte was. Blocking.
+    pub(crate) fn create_tmp(
+        &self,
+        d: &Digest,
+        size: Option<u64>,
+    ) -> Result<(PathBuf, File), StoreError> {
+        let tmp = self.tmp_path(d);
+        let dir = self.blob_dir(d);
+        let create = || {
+            fs::create_dir_all(&dir).map_err(StoreError::io("creating blob directory"))?;
+            create_reserved(&tmp, size)
+        };
+        let file = match size {
+            // Only an announced size can be made room for before the bytes arrive.
+            Some(size) => self.with_room(size, create),
+            None => create(),
+        }?;
+        Ok((tmp, file))
     }
 }
 

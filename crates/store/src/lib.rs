@@ -27,7 +27,7 @@ mod room;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -68,8 +68,6 @@ pub(crate) struct Inner {
     wake: Arc<Notify>,
     evicted_blobs: AtomicU64,
     evicted_bytes: AtomicU64,
-    /// Blobs were evicted since the index was last pruned of tags and links to them.
-    evicted_since_prune: AtomicBool,
     repaired: Repair,
     disk: DiskHealth,
     room: room::Room,
@@ -148,7 +146,6 @@ impl Store {
             wake: Arc::new(Notify::new()),
             evicted_blobs: AtomicU64::new(0),
             evicted_bytes: AtomicU64::new(0),
-            evicted_since_prune: AtomicBool::new(false),
             repaired: Repair::default(),
             disk: DiskHealth::default(),
             room: room::Room::default(),
@@ -319,26 +316,11 @@ impl Store {
             if dest.exists() {
                 return Ok(());
             }
-            let tmp = inner.tmp_path(&d);
-            let dir = inner.blob_dir(&d);
-            let write = || {
-                let result = (|| {
-                    fs::create_dir_all(&dir).map_err(StoreError::io("creating blob directory"))?;
-                    let mut f =
-                        fs::File::create(&tmp).map_err(StoreError::io("creating tmp file"))?;
-                    f.write_all(&bytes)
-                        .map_err(StoreError::io("writing tmp file"))?;
-                    Ok(f)
-                })();
-                if result.is_err() {
-                    // Also frees the blocks a partial write took, before making room.
-                    let _ = fs::remove_file(&tmp);
-                }
-                result
-            };
-            let result = inner
-                .with_room(size, write)
-                .and_then(|f| inner.commit_file(&f, &tmp, &d));
+            let (tmp, mut f) = inner.create_tmp(&d, Some(size))?;
+            let result = f
+                .write_all(&bytes)
+                .map_err(StoreError::io("writing tmp file"))
+                .and_then(|()| inner.commit_file(&f, &tmp, &d));
             if result.is_err() {
                 let _ = fs::remove_file(&tmp);
             }
@@ -469,9 +451,8 @@ impl Inner {
     fn commit_file(&self, f: &fs::File, tmp: &Path, d: &Digest) -> Result<(), StoreError> {
         f.sync_all().map_err(StoreError::io("fsync tmp file"))?;
         let dest = self.blob_path(d);
+        // Made with the tmp file (`create_tmp`), and never removed.
         let dir = self.blob_dir(d);
-        // Made when the ingest began; again only if something removed it since.
-        fs::create_dir_all(&dir).map_err(StoreError::io("creating blob directory"))?;
         let size = f.metadata().map_err(StoreError::io("stat tmp file"))?.len();
         let replaced = dest.exists();
         fs::rename(tmp, &dest).map_err(StoreError::io("renaming into blobs/"))?;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use crate::{EvictSummary, Inner, StoreError};
+use crate::{Inner, StoreError};
 
 /// Left free beyond the blob itself: the index's log and the filesystem's own metadata
 /// need room to grow too, and a disk filled to the last block fails those writes instead.
@@ -49,10 +49,10 @@ pub(crate) fn bytes_to_free(size: u64, available: u64, evictable: u64) -> Option
 
 impl Inner {
     /// The disk refused `size` bytes for lack of room: evict least recently used, unpinned
-    /// blobs until they fit. Returns what was evicted, or `None` if nothing could help (the
-    /// blob is bigger than the cache could ever free, or everything old is in use), in
+    /// blobs until they fit. Returns whether anything was evicted: not if nothing could help
+    /// (the blob is bigger than the cache could ever free, or everything old is in use), in
     /// which case the caller goes on without caching. Blocking.
-    pub(crate) fn make_room(&self, size: u64) -> Result<Option<EvictSummary>, StoreError> {
+    pub(crate) fn make_room(&self, size: u64) -> Result<bool, StoreError> {
         let _one = self
             .room
             .busy
@@ -62,11 +62,11 @@ impl Inner {
         let available = available(&self.tmp)?;
         let usage = self.usage_bytes.load(Ordering::Relaxed);
         let Some(need) = bytes_to_free(size, available, usage) else {
-            return Ok(None);
+            return Ok(false);
         };
         let summary = self.evict(usage - need, false, &mut |_| {})?;
         if summary.bytes == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         // For the evictor to prune the index of what went.
         self.wake.notify_one();
@@ -87,7 +87,7 @@ impl Inner {
                  to keep it from filling)"
             );
         }
-        Ok(Some(summary))
+        Ok(true)
     }
 
     /// Run `write`; if the disk has no room for its `size` bytes, make room and run it
@@ -101,12 +101,12 @@ impl Inner {
     ) -> Result<T, StoreError> {
         match write() {
             Err(e) if e.is_no_room() => match self.make_room(size) {
-                Ok(Some(_)) => write().inspect_err(|e| {
+                Ok(true) => write().inspect_err(|e| {
                     if e.is_no_room() {
                         self.disk.pause();
                     }
                 }),
-                Ok(None) => Err(e),
+                Ok(false) => Err(e),
                 Err(evict) => {
                     tracing::warn!(error = %evict, "could not evict to make room on the cache disk");
                     Err(e)
