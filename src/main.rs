@@ -144,7 +144,8 @@ async fn serve(s: Settings) -> Result<()> {
                 .transpose()
                 .with_context(|| format!("upstream {}: reading its credentials secret", u.name))?;
             Upstream::new(UpstreamConfig {
-                name: u.name.clone(),
+                name: pullgate_oci::UpstreamId::parse(&u.name)
+                    .with_context(|| format!("upstream {:?}", u.name))?,
                 url: u.url.clone(),
                 credentials,
                 connect_timeout: u.connect_timeout,

@@ -99,7 +99,7 @@ mod tests {
     fn upstream(name: &str, url: &str) -> Arc<Upstream> {
         Arc::new(
             Upstream::new(UpstreamConfig {
-                name: name.into(),
+                name: pullgate_oci::UpstreamId::parse(name).unwrap(),
                 url: url.into(),
                 credentials: None,
                 connect_timeout: Duration::from_secs(1),

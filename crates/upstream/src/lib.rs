@@ -37,7 +37,7 @@ use futures_util::StreamExt as _;
 use http::header::{CONTENT_TYPE, LINK};
 use http::Method;
 use pullgate_credentials::SecretSource;
-use pullgate_oci::{media_types, Digest, Reference, RepoName};
+use pullgate_oci::{media_types, Digest, Reference, RepoName, UpstreamId};
 use reqwest::Url;
 
 use crate::transport::{content_length, header_text, host_of, read_bounded};
@@ -66,7 +66,7 @@ const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct UpstreamConfig {
     /// The upstream's name in the mirror, e.g. `docker.io` or `127.0.0.1:5000`.
-    pub name: String,
+    pub name: UpstreamId,
     /// Its base URL: `https://registry-1.docker.io` or `http://127.0.0.1:5000`.
     pub url: String,
     /// Credentials for it, looked up by the URL's host on every request.
@@ -79,7 +79,7 @@ pub struct UpstreamConfig {
 
 /// One upstream registry. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Upstream {
-    name: String,
+    name: UpstreamId,
     /// The validated base URL, kept for its origin (where credentials may go).
     base: Url,
     /// `base` as text without a trailing slash, to which `/v2/...` paths are appended.
@@ -156,7 +156,7 @@ impl Upstream {
         let base = parse_base(&config.url)?;
         let host = base.host_str().unwrap_or("");
         let hub_host = pullgate_oci::is_docker_hub(host);
-        let docker_hub = hub_host || config.name == pullgate_oci::DOCKER_HUB;
+        let docker_hub = hub_host || config.name.is(pullgate_oci::DOCKER_HUB);
         // Docker Hub's credentials are filed under `docker.io` whichever alias the URL uses.
         let cred_host = if hub_host {
             pullgate_oci::DOCKER_HUB.to_owned()
@@ -203,8 +203,13 @@ impl Upstream {
         })
     }
 
-    /// The upstream's name in the mirror.
+    /// The upstream's name in the mirror, as text (log fields, metric labels).
     pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// The upstream's identity: what the cache records content as coming from.
+    pub fn id(&self) -> &UpstreamId {
         &self.name
     }
 
@@ -466,7 +471,7 @@ mod tests {
 
     fn config(name: &str, url: &str) -> UpstreamConfig {
         UpstreamConfig {
-            name: name.into(),
+            name: UpstreamId::parse(name).unwrap(),
             url: url.into(),
             credentials: None,
             connect_timeout: Duration::from_secs(1),

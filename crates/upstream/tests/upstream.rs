@@ -241,7 +241,7 @@ fn content(seen: &Seen, fx: &Fixture) -> Response<Body> {
 
 fn config(addr: SocketAddr, credentials: Option<SecretSource>) -> UpstreamConfig {
     UpstreamConfig {
-        name: addr.to_string(),
+        name: pullgate_oci::UpstreamId::parse(&addr.to_string()).unwrap(),
         url: format!("http://{addr}"),
         credentials,
         connect_timeout: Duration::from_secs(2),
