@@ -232,10 +232,16 @@ fn lookups(c: &mut Criterion) {
         .map(|i| Digest::sha256_of(&i.to_le_bytes()))
         .collect();
     for (i, d) in digests.iter().enumerate() {
-        store.link("docker.io", &repo, d).unwrap();
+        store
+            .link(
+                &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+                &repo,
+                d,
+            )
+            .unwrap();
         store.touch(d, 1000);
         let key = TagKey {
-            upstream: "docker.io".into(),
+            upstream: pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
             repo: repo.clone(),
             tag: Tag::parse(&format!("v{i}")).unwrap(),
         };
@@ -248,13 +254,19 @@ fn lookups(c: &mut Criterion) {
         store.put_tag(&key, &record).unwrap();
     }
     let key = TagKey {
-        upstream: "docker.io".into(),
+        upstream: pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
         repo: repo.clone(),
         tag: Tag::parse("v4321").unwrap(),
     };
     let lookup = || {
         let tag = store.tag(&key).unwrap().unwrap();
-        let linked = store.is_linked("docker.io", &repo, &tag.digest).unwrap();
+        let linked = store
+            .is_linked(
+                &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+                &repo,
+                &tag.digest,
+            )
+            .unwrap();
         let record = store.blob_record(&tag.digest).unwrap();
         (tag.digest, linked, record.map(|r| r.size))
     };

@@ -109,6 +109,13 @@ pub struct CacheSection {
     pub high_watermark: Option<f64>,
     /// Fraction of `max_size` eviction brings usage down to.
     pub low_watermark: Option<f64>,
+    /// Largest blob fetched from an upstream (default `"32GiB"`).
+    pub max_blob_size: Option<String>,
+    /// Blob downloads one client (user, or address when anonymous) may have started and
+    /// still under way (default 64).
+    pub max_fills_per_client: Option<usize>,
+    /// How long an upstream's "unknown" for a digest is remembered (default `"5s"`; `"0s"`: off).
+    pub negative_ttl: Option<String>,
 }
 
 pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
@@ -161,6 +168,9 @@ pub struct Settings {
     pub tag_ttl: Duration,
     /// `None`: unbounded.
     pub cache_limits: Option<Limits>,
+    pub max_blob_size: u64,
+    pub max_fills_per_client: usize,
+    pub negative_ttl: Duration,
     pub upstreams: Vec<UpstreamSettings>,
     pub auth: AuthSettings,
     pub audit: AuditSettings,
@@ -282,6 +292,27 @@ impl FileConfig {
             },
             cache_dir: o.cache_dir.unwrap_or(self.cache.dir),
             tag_ttl: duration("cache.tag_ttl", &self.cache.tag_ttl)?,
+            max_blob_size: match &self.cache.max_blob_size {
+                None => pullgate_mirror::DEFAULT_MAX_BLOB_SIZE,
+                Some(text) => match parse_size(text).with_context(|| {
+                    format!("cache.max_blob_size: {text:?} is not a size like \"32GiB\"")
+                })? {
+                    0 => bail!("cache.max_blob_size must be more than 0"),
+                    n => n,
+                },
+            },
+            max_fills_per_client: match self.cache.max_fills_per_client {
+                None => pullgate_mirror::DEFAULT_MAX_FILLS_PER_CLIENT,
+                Some(n @ 1..=100_000) => n,
+                Some(n) => bail!("cache.max_fills_per_client: {n} is not between 1 and 100000"),
+            },
+            negative_ttl: match &self.cache.negative_ttl {
+                None => pullgate_mirror::DEFAULT_NEGATIVE_TTL,
+                Some(text) => match duration("cache.negative_ttl", text)? {
+                    d if d <= Duration::from_secs(3600) => d,
+                    d => bail!("cache.negative_ttl: {d:?} is too long; at most 1h"),
+                },
+            },
             upstreams,
         })
     }

@@ -132,7 +132,7 @@ async fn serve(s: Settings) -> Result<()> {
         },
     )
     .with_context(|| format!("opening the cache at {}", s.cache_dir.display()))?;
-    store.spawn_evictor();
+    let evictor_stop = tokio_util::sync::CancellationToken::new();
     let upstreams = s
         .upstreams
         .iter()
@@ -170,7 +170,12 @@ async fn serve(s: Settings) -> Result<()> {
     let mirror = Mirror::new(
         upstreams,
         store.clone(),
-        MirrorConfig { tag_ttl: s.tag_ttl },
+        MirrorConfig {
+            tag_ttl: s.tag_ttl,
+            max_blob_size: s.max_blob_size,
+            max_fills_per_client: s.max_fills_per_client,
+            negative_ttl: s.negative_ttl,
+        },
     );
     let tls = s
         .tls
@@ -189,6 +194,7 @@ async fn serve(s: Settings) -> Result<()> {
         upstreams = ?s.upstreams.iter().map(|u| format!("{}={}", u.name, u.url)).collect::<Vec<_>>(),
         "pullgate serving"
     );
+    mirror.tasks().spawn(store.evictor(evictor_stop.clone()));
     let mirror = Arc::new(mirror);
     let app = Arc::new(App::new(Arc::clone(&mirror), auth, audit));
     let config = ServerConfig {
@@ -200,15 +206,14 @@ async fn serve(s: Settings) -> Result<()> {
     };
     let drain = s.drain_timeout;
     pullgate_server::serve(listener, app, config, shutdown_signal()).await?;
-    // Connections are closed; fills that outlived their clients get what is left of the
-    // deadline to commit. One cut short leaves only a tmp file, emptied at the next start.
-    let deadline = tokio::time::Instant::now() + drain;
-    while mirror.fills_in_flight() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    if mirror.fills_in_flight() > 0 {
+    // Connections are closed; fills and manifest fetches that outlived their clients get
+    // the same deadline to commit, and the evictor finishes its run. One cut short leaves
+    // only a tmp file, emptied at the next start.
+    evictor_stop.cancel();
+    let unfinished = mirror.shutdown(tokio::time::Instant::now() + drain).await;
+    if unfinished > 0 {
         tracing::warn!(
-            fills = mirror.fills_in_flight(),
+            tasks = unfinished,
             "drain deadline passed with fills unfinished; their partial files are discarded"
         );
     }

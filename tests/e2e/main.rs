@@ -14,6 +14,7 @@ mod errors;
 mod faults;
 mod idle_connections;
 mod image;
+mod isolation;
 mod load;
 mod ops;
 mod pull;

@@ -20,6 +20,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 /// A spawned flight's task ended without a result (it panicked, or the runtime is shutting
 /// down).
@@ -33,6 +34,8 @@ type Map<K, V> = Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>;
 /// the map holds only the flights under way.
 pub struct Flights<K, V> {
     map: Map<K, V>,
+    /// Owns the tasks [`Flights::spawn`] starts, so shutdown can wait for them.
+    tasks: Option<TaskTracker>,
 }
 
 /// The lead's side of a flight. Dropped without [`Landing::land`] (the lead was
@@ -79,6 +82,16 @@ impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
     pub fn new() -> Self {
         Flights {
             map: Arc::new(Mutex::new(HashMap::new())),
+            tasks: None,
+        }
+    }
+
+    /// Flights whose spawned work is tracked by `tasks` (its owner waits for it at
+    /// shutdown).
+    pub fn owned_by(tasks: TaskTracker) -> Self {
+        Flights {
+            map: Arc::new(Mutex::new(HashMap::new())),
+            tasks: Some(tasks),
         }
     }
 
@@ -110,7 +123,11 @@ impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
             Joined::Lead(landing) => {
                 let rx = landing.tx.subscribe();
                 let fut = work();
-                tokio::spawn(async move { landing.land(fut.await) });
+                let task = async move { landing.land(fut.await) };
+                match &self.tasks {
+                    Some(tasks) => drop(tasks.spawn(task)),
+                    None => drop(tokio::spawn(task)),
+                }
                 rx
             }
         };

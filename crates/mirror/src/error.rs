@@ -29,6 +29,12 @@ pub enum MirrorError {
     /// malformed manifest, broken protocol.
     #[error("bad upstream response: {0}")]
     UpstreamBadContent(String),
+    /// This client already has as many fills under way as it may start.
+    #[error("too many blob downloads under way for this client (at most {limit})")]
+    TooManyFills { limit: usize },
+    /// A blob larger than the mirror's `max_blob_size`; `size` if the upstream announced it.
+    #[error("the blob exceeds the mirror's size limit of {limit} bytes")]
+    TooLarge { size: Option<u64>, limit: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }

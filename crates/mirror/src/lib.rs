@@ -13,20 +13,23 @@
 //! Main types: [`Mirror`], [`Target`], [`ManifestResponse`], [`BlobResponse`],
 //! [`MirrorError`], [`Stats`].
 
+mod access;
 mod blobs;
 mod error;
 mod manifests;
+mod negative;
 mod route;
 mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pullgate_oci::{Digest, RepoName};
+use pullgate_oci::{Digest, RepoName, UpstreamId};
 use pullgate_store::{Store, TagKey};
 use pullgate_upstream::Upstream;
+use tokio_util::task::TaskTracker;
 
-pub use blobs::BlobResponse;
+pub use blobs::{BlobResponse, ClientId};
 pub use error::MirrorError;
 pub use manifests::ManifestResponse;
 pub use pullgate_store::BlobStream;
@@ -61,7 +64,34 @@ impl Source {
 pub struct MirrorConfig {
     /// How long a tag is served from the index before it is revalidated upstream.
     pub tag_ttl: Duration,
+    /// Largest blob the mirror fetches: refused up front by `Content-Length`, and a body
+    /// that runs past it (chunked, or lying) fails its fill.
+    pub max_blob_size: u64,
+    /// Fills one client (user, or address when anonymous) may have started and still
+    /// under way; joining a fill someone else started does not count.
+    pub max_fills_per_client: usize,
+    /// How long an upstream's "unknown" for a digest under a repository is remembered
+    /// (zero: not at all).
+    pub negative_ttl: Duration,
 }
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            tag_ttl: Duration::from_secs(60),
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+            max_fills_per_client: DEFAULT_MAX_FILLS_PER_CLIENT,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+        }
+    }
+}
+
+/// 32 GiB: larger than any layer real images have, small enough that an endless body
+/// cannot fill a disk.
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 32 * 1024 * 1024 * 1024;
+/// A client pulling an image starts a fill per layer, a handful at a time.
+pub const DEFAULT_MAX_FILLS_PER_CLIENT: usize = 64;
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
 /// An upstream answer passed through as-is (tags list, referrers).
 #[derive(Debug, Clone)]
@@ -79,22 +109,30 @@ pub struct Mirror {
     store: Store,
     config: MirrorConfig,
     stats: Arc<Stats>,
-    manifest_flights: Flights<(String, RepoName, Digest), Result<manifests::Stored, MirrorError>>,
+    manifest_flights:
+        Flights<(UpstreamId, RepoName, Digest), Result<manifests::Stored, MirrorError>>,
     tag_flights: Flights<TagKey, Result<(manifests::Stored, Source), MirrorError>>,
     fills: blobs::Fills,
+    negative: negative::Negative,
+    /// Owns fills and manifest fetches (they outlive the request that started them).
+    tasks: TaskTracker,
 }
 
 impl Mirror {
     /// `upstreams[0]` is the default upstream.
     pub fn new(upstreams: Vec<Upstream>, store: Store, config: MirrorConfig) -> Self {
+        let tasks = TaskTracker::new();
+        let stats = Arc::new(Stats::default());
         Mirror {
             upstreams: upstreams.into_iter().map(Arc::new).collect(),
             store,
+            negative: negative::Negative::new(config.negative_ttl, Arc::clone(&stats)),
             config,
-            stats: Arc::new(Stats::default()),
-            manifest_flights: Flights::new(),
-            tag_flights: Flights::new(),
+            stats,
+            manifest_flights: Flights::owned_by(tasks.clone()),
+            tag_flights: Flights::owned_by(tasks.clone()),
             fills: blobs::Fills::default(),
+            tasks,
         }
     }
 
@@ -212,37 +250,29 @@ impl Mirror {
         })
     }
 
-    /// May this target's repository see `digest`? Yes if the index links them, or if the
-    /// upstream confirms it (a HEAD with this repository's scope), which is then recorded.
-    /// A private image's layers therefore never leak through another repository's name.
-    async fn ensure_access(
-        &self,
-        target: &Target,
-        digest: &Digest,
-        wanted: Wanted,
-    ) -> Result<(), MirrorError> {
-        let upstream = target.upstream_name();
-        if self.store.is_linked(upstream, &target.repo, digest)? {
-            return Ok(());
+    /// Stop taking new background work and wait, until `deadline`, for the fills and
+    /// manifest fetches under way to finish (they commit what they fetched). Returns how
+    /// many were still running at the deadline; their partial files are discarded.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) -> usize {
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            return self.tasks.len();
         }
-        let confirmed = match wanted {
-            Wanted::Blob => target
-                .upstream
-                .head_blob(&target.repo, digest)
-                .await
-                .map(|_| ()),
-            _ => target
-                .upstream
-                .head_manifest(
-                    &target.repo,
-                    &pullgate_oci::Reference::Digest(digest.clone()),
-                )
-                .await
-                .map(|_| ()),
-        };
-        confirmed.map_err(|e| MirrorError::from_upstream(e, wanted))?;
-        tolerate_disk(self.store.link(upstream, &target.repo, digest))?;
-        Ok(())
+        0
+    }
+
+    /// The tracker that owns every task the mirror spawns; the store's evictor is spawned
+    /// into it too, so one shutdown waits for all of them.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Digests remembered as unknown to their upstream, now.
+    pub fn negative_entries(&self) -> usize {
+        self.negative.len()
     }
 }
 

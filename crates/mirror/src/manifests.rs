@@ -89,9 +89,10 @@ impl Mirror {
             Stats::inc(&self.stats.manifest_hits);
             return Ok(found);
         }
+        self.negative.check(target, digest, Wanted::Manifest)?;
         Stats::inc(&self.stats.manifest_misses);
         let key = (
-            target.upstream_name().to_owned(),
+            target.upstream_id().clone(),
             target.repo.clone(),
             digest.clone(),
         );
@@ -113,7 +114,8 @@ impl Mirror {
                 )
                 .await
             })
-            .await??;
+            .await?
+            .inspect_err(|e| self.negative.note(target, digest, e))?;
         Ok(stored.respond(Source::Miss))
     }
 
@@ -123,7 +125,7 @@ impl Mirror {
         tag: &Tag,
     ) -> Result<ManifestResponse, MirrorError> {
         let key = TagKey {
-            upstream: target.upstream_name().to_owned(),
+            upstream: target.upstream_id().clone(),
             repo: target.repo.clone(),
             tag: tag.clone(),
         };
@@ -233,15 +235,21 @@ async fn revalidate(
         .await
         .map_err(|e| MirrorError::from_upstream(e, Wanted::Manifest))?;
 
+    // A stored copy answers the tag only if this upstream served those bytes before: its
+    // HEAD naming a digest another upstream's content has is no proof it holds them.
+    let reusable = match &head.digest {
+        Some(d) if store.has_origin(d, upstream.id())? => stored_manifest(store, d).await?,
+        _ => None,
+    };
     let (stored, source) = match head.digest {
-        Some(d) => match stored_manifest(store, &d).await? {
+        Some(d) => match reusable {
             Some(stored) => {
                 let source = if known.as_ref() == Some(&d) {
                     Source::Hit
                 } else {
                     Source::Miss
                 };
-                crate::tolerate_disk(store.link(upstream.name(), repo, &d))?;
+                crate::tolerate_disk(store.link(upstream.id(), repo, &d))?;
                 (stored, source)
             }
             None => (
@@ -330,7 +338,8 @@ async fn fetch_manifest(
         Err(e) if e.is_disk_trouble() => store.disk().note_bypass(),
         other => other.inspect_err(|e| crate::stats::note_bad_content(upstream, e))?,
     }
-    crate::tolerate_disk(store.link(upstream.name(), repo, &digest))?;
+    crate::tolerate_disk(store.record_origin(&digest, upstream.id()))?;
+    crate::tolerate_disk(store.link(upstream.id(), repo, &digest))?;
     Ok(Stored {
         digest,
         media_type,

@@ -21,6 +21,10 @@ impl Target {
     pub fn upstream_name(&self) -> &str {
         self.upstream.name()
     }
+
+    pub fn upstream_id(&self) -> &pullgate_oci::UpstreamId {
+        self.upstream.id()
+    }
 }
 
 /// Picks an upstream, in order: containerd's `?ns=<host>`; a path prefix naming a

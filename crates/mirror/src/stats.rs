@@ -14,6 +14,12 @@ pub struct Stats {
     pub blob_misses: AtomicU64,
     pub fills_started: AtomicU64,
     pub fills_failed: AtomicU64,
+    /// Fills refused because their client already had `max_fills_per_client` under way.
+    pub fills_refused: AtomicU64,
+    /// Requests answered "unknown" from the negative cache, without asking the upstream.
+    pub negative_hits: AtomicU64,
+    /// Stored digests another upstream had to prove it holds (a GET hashed to the digest).
+    pub possession_proofs: AtomicU64,
     pub bytes_fetched: AtomicU64,
     /// How long blob fills take, from the decision to fetch to commit or failure.
     pub fill_durations: Histogram,
@@ -29,6 +35,9 @@ impl Default for Stats {
             blob_misses: AtomicU64::new(0),
             fills_started: AtomicU64::new(0),
             fills_failed: AtomicU64::new(0),
+            fills_refused: AtomicU64::new(0),
+            negative_hits: AtomicU64::new(0),
+            possession_proofs: AtomicU64::new(0),
             bytes_fetched: AtomicU64::new(0),
             fill_durations: Histogram::new(FILL_BUCKETS),
         }

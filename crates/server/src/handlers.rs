@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use pullgate_auth::{Access, AuthError, Authenticator};
-use pullgate_mirror::{BlobResponse, ManifestResponse, Mirror, PassthroughResponse, Target};
+use pullgate_mirror::{
+    BlobResponse, ClientId, ManifestResponse, Mirror, PassthroughResponse, Target,
+};
 use pullgate_oci::{AcceptList, RangeSpec, RepoName};
 
 use crate::audit::{Audit, AuditEvent};
@@ -238,7 +240,8 @@ async fn dispatch<B>(
                 .get(header::RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| RangeSpec::parse(v).ok());
-            let b = mirror.blob(&t, &digest, range, head).await?;
+            let client = ClientId::new(ctx.user.as_deref(), peer.ip());
+            let b = mirror.blob(&t, &digest, range, head, &client).await?;
             ctx.source = Some(b.source.as_str());
             Ok(blob_response(b, &digest.to_string(), &app.metrics))
         }

@@ -273,6 +273,24 @@ pub(crate) fn render(app: &App) -> Response<Body> {
         get(&s.fills_failed),
     );
     out.single(
+        "pullgate_fills_refused_total",
+        "counter",
+        "Blob downloads refused because the client already had max_fills_per_client under way.",
+        get(&s.fills_refused),
+    );
+    out.single(
+        "pullgate_negative_cache_hits_total",
+        "counter",
+        "Requests for a digest the upstream recently called unknown, answered without asking it again.",
+        get(&s.negative_hits),
+    );
+    out.single(
+        "pullgate_possession_proofs_total",
+        "counter",
+        "Cached digests another upstream proved it holds by serving bytes that hash to them.",
+        get(&s.possession_proofs),
+    );
+    out.single(
         "pullgate_fills_in_flight",
         "gauge",
         "Upstream blob downloads under way.",

@@ -158,11 +158,11 @@ async fn a_blob_used_after_the_candidates_were_chosen_is_kept() {
 async fn the_background_evictor_runs_when_commits_cross_the_high_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let store = bounded(dir.path(), 10_000, 0.7, 0.4);
-    let evictor = store.spawn_evictor();
+    let evictor = tokio::spawn(store.evictor(tokio_util::sync::CancellationToken::new()));
     let blobs: Vec<_> = (1..=6).map(|s| blob(s, 2000)).collect();
     let repo = RepoName::parse("library/x").unwrap();
     let tag = |i: usize| TagKey {
-        upstream: "docker.io".into(),
+        upstream: pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
         repo: repo.clone(),
         tag: Tag::parse(&i.to_string()).unwrap(),
     };
@@ -171,7 +171,13 @@ async fn the_background_evictor_runs_when_commits_cross_the_high_watermark() {
         ingest.write(b.clone()).await.unwrap();
         ingest.commit().await.unwrap();
         // As the mirror does, after the commit.
-        store.link("docker.io", &repo, d).unwrap();
+        store
+            .link(
+                &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+                &repo,
+                d,
+            )
+            .unwrap();
         let record = TagRecord {
             digest: d.clone(),
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
@@ -196,7 +202,14 @@ async fn the_background_evictor_runs_when_commits_cross_the_high_watermark() {
     // Tags and links to what was evicted go too, and only those (the first run's prune;
     // the second run's waits out the gap between prunes).
     for _ in 0..300 {
-        if !store.is_linked("docker.io", &repo, &blobs[0].0).unwrap() {
+        if !store
+            .is_linked(
+                &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+                &repo,
+                &blobs[0].0,
+            )
+            .unwrap()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -204,7 +217,13 @@ async fn the_background_evictor_runs_when_commits_cross_the_high_watermark() {
     for (i, (d, _)) in blobs.iter().enumerate() {
         let evicted_first = i < 2;
         assert_eq!(
-            store.is_linked("docker.io", &repo, d).unwrap(),
+            store
+                .is_linked(
+                    &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+                    &repo,
+                    d
+                )
+                .unwrap(),
             !evicted_first,
             "{i}"
         );
@@ -304,7 +323,7 @@ async fn rebuild_rehashes_everything_and_gc_prunes_dangling_records() {
     bad[10] ^= 1;
     std::fs::write(store.blob_path(&b.0), &bad).unwrap();
     let key = TagKey {
-        upstream: "docker.io".into(),
+        upstream: pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
         repo: RepoName::parse("library/x").unwrap(),
         tag: Tag::parse("1").unwrap(),
     };
@@ -315,8 +334,20 @@ async fn rebuild_rehashes_everything_and_gc_prunes_dangling_records() {
         fetched_at: std::time::SystemTime::now(),
     };
     store.put_tag(&key, &record(&b.0)).unwrap();
-    store.link("docker.io", &key.repo, &a.0).unwrap();
-    store.link("docker.io", &key.repo, &b.0).unwrap();
+    store
+        .link(
+            &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+            &key.repo,
+            &a.0,
+        )
+        .unwrap();
+    store
+        .link(
+            &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+            &key.repo,
+            &b.0,
+        )
+        .unwrap();
 
     assert!(store.repair_blocking(false).unwrap().is_clean());
     let r = store.rebuild_blocking().unwrap();
@@ -330,8 +361,20 @@ async fn rebuild_rehashes_everything_and_gc_prunes_dangling_records() {
     assert!(store.tag(&key).unwrap().is_some());
     store.prune_index_blocking(false).unwrap();
     assert!(store.tag(&key).unwrap().is_none());
-    assert!(store.is_linked("docker.io", &key.repo, &a.0).unwrap());
-    assert!(!store.is_linked("docker.io", &key.repo, &b.0).unwrap());
+    assert!(store
+        .is_linked(
+            &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+            &key.repo,
+            &a.0
+        )
+        .unwrap());
+    assert!(!store
+        .is_linked(
+            &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+            &key.repo,
+            &b.0
+        )
+        .unwrap());
     let links: Vec<_> = store.links().map(Result::unwrap).collect();
     assert_eq!(
         links,
@@ -380,7 +423,13 @@ async fn an_index_sled_cannot_read_is_set_aside_and_rebuilt_from_the_files() {
         let store = Store::open(dir.path()).unwrap();
         for (d, b) in &blobs {
             store.put_verified(d, b.clone(), None).await.unwrap();
-            store.link("docker.io", &repo, d).unwrap();
+            store
+                .link(
+                    &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+                    &repo,
+                    d,
+                )
+                .unwrap();
         }
         store.flush().unwrap();
     }
@@ -414,7 +463,13 @@ async fn an_index_sled_cannot_read_is_set_aside_and_rebuilt_from_the_files() {
         for (d, _) in &blobs {
             assert!(present(&store, d));
             // Links are not in the files: they are asked of the upstream again.
-            assert!(!store.is_linked("docker.io", &repo, d).unwrap());
+            assert!(!store
+                .is_linked(
+                    &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+                    &repo,
+                    d
+                )
+                .unwrap());
         }
         assert_eq!(asides(), 1, "only the newest broken index is kept");
         store.flush().unwrap();

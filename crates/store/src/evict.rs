@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pullgate_oci::Digest;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::{Inner, Store, StoreError};
 
@@ -146,13 +147,14 @@ impl Store {
         }
     }
 
-    /// Start the background evictor on the current Tokio runtime. It holds the store only
-    /// weakly and ends when the store is dropped. An unbounded cache needs it too: a full
-    /// disk makes room by evicting, and the index is pruned after.
-    pub fn spawn_evictor(&self) -> tokio::task::JoinHandle<()> {
+    /// The background evictor, for its owner to spawn (and wait for at shutdown). It holds
+    /// the store only weakly and ends when the store is dropped or `stop` is cancelled
+    /// (after the run under way, if any). An unbounded cache needs it too: a full disk
+    /// makes room by evicting, and the index is pruned after.
+    pub fn evictor(&self, stop: CancellationToken) -> impl std::future::Future<Output = ()> {
         let weak = Arc::downgrade(&self.inner);
         let wake = Arc::clone(&self.inner.wake);
-        tokio::spawn(evictor(weak, wake))
+        evictor(weak, wake, stop)
     }
 
     /// Evict least recently used, unpinned blobs until usage is at or below the low
@@ -174,7 +176,7 @@ impl Store {
     }
 }
 
-async fn evictor(weak: Weak<Inner>, wake: Arc<Notify>) {
+async fn evictor(weak: Weak<Inner>, wake: Arc<Notify>, stop: CancellationToken) {
     // The first look is at once: a cache can start above its mark (a crash before an
     // eviction ran, a lowered max_size).
     let mut first = true;
@@ -186,6 +188,7 @@ async fn evictor(weak: Weak<Inner>, wake: Arc<Notify>) {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(PERIOD) => {}
+                _ = stop.cancelled() => return,
             }
         }
         first = false;
@@ -196,7 +199,7 @@ async fn evictor(weak: Weak<Inner>, wake: Arc<Notify>) {
         };
         let over = inner
             .limits
-            .filter(|l| inner.usage_bytes.load(Ordering::Relaxed) > l.high_bytes());
+            .filter(|l| inner.accounted_bytes() > l.high_bytes());
         if let Some(limits) = over {
             evict_in_background(inner, limits).await;
         } else {
@@ -277,10 +280,17 @@ impl Inner {
     /// A commit added bytes: wake the evictor if they took usage over the high watermark.
     pub(crate) fn note_growth(&self) {
         if let Some(l) = &self.limits {
-            if self.usage_bytes.load(Ordering::Relaxed) > l.high_bytes() {
+            if self.accounted_bytes() > l.high_bytes() {
                 self.wake.notify_one();
             }
         }
+    }
+
+    /// Committed bytes plus those ingests under way have written to `tmp/`.
+    pub(crate) fn accounted_bytes(&self) -> u64 {
+        self.usage_bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(self.inflight_bytes.load(Ordering::Relaxed))
     }
 
     pub(crate) fn evict(
@@ -290,11 +300,11 @@ impl Inner {
         on_evict: &mut dyn FnMut(&Evicted),
     ) -> Result<EvictSummary, StoreError> {
         let mut summary = EvictSummary::default();
-        let mut usage = self.usage_bytes.load(Ordering::Relaxed);
+        let mut usage = self.accounted_bytes();
         let mut cursor: Option<Cursor> = None;
         for _ in 0..MAX_PASSES {
             if !dry_run {
-                usage = self.usage_bytes.load(Ordering::Relaxed);
+                usage = self.accounted_bytes();
             }
             if usage <= target {
                 break;
@@ -323,7 +333,7 @@ impl Inner {
                             usage.saturating_sub(freed)
                         } else {
                             // Fills commit while a run goes on: keep up with them.
-                            self.usage_bytes.load(Ordering::Relaxed)
+                            self.accounted_bytes()
                         };
                         summary.blobs += 1;
                         summary.bytes += freed;
@@ -340,7 +350,7 @@ impl Inner {
         summary.usage_after = if dry_run {
             usage
         } else {
-            self.usage_bytes.load(Ordering::Relaxed)
+            self.accounted_bytes()
         };
         Ok(summary)
     }

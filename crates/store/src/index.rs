@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pullgate_oci::{Digest, RepoName, Tag};
+use pullgate_oci::{Digest, RepoName, Tag, UpstreamId};
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -11,7 +11,7 @@ use crate::StoreError;
 /// A tag of one repository on one upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TagKey {
-    pub upstream: String,
+    pub upstream: UpstreamId,
     pub repo: RepoName,
     pub tag: Tag,
 }
@@ -40,7 +40,12 @@ pub struct BlobRecord {
     /// Set for manifests.
     pub media_type: Option<String>,
     pub last_access: SystemTime,
+    /// The upstreams that served these bytes to us (a GET that hashed to the digest).
+    pub origins: Vec<String>,
 }
+
+/// Upstreams remembered per blob at most; a mirror has a handful configured.
+const MAX_ORIGINS: usize = 32;
 
 #[derive(Serialize, Deserialize)]
 struct TagValue {
@@ -61,15 +66,20 @@ struct BlobValue {
     /// written before it existed have only seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_access_ms: Option<u64>,
+    /// Which upstreams proved they hold these bytes by serving them. A record written
+    /// before this existed has none, and each upstream must prove itself again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    origins: Vec<String>,
 }
 
 impl BlobValue {
-    fn new(size: u64, media_type: Option<String>, at_ms: u64) -> BlobValue {
+    fn new(size: u64, media_type: Option<String>, at_ms: u64, origins: Vec<String>) -> BlobValue {
         BlobValue {
             size,
             media_type,
             last_access_s: at_ms / 1000,
             last_access_ms: Some(at_ms),
+            origins,
         }
     }
 
@@ -83,6 +93,7 @@ impl BlobValue {
             size: self.size,
             last_access: UNIX_EPOCH + Duration::from_millis(self.last_access_ms()),
             media_type: self.media_type,
+            origins: self.origins,
         }
     }
 }
@@ -141,9 +152,9 @@ impl Index {
     }
 
     pub(crate) fn tag(&self, k: &TagKey) -> Result<Option<TagRecord>, StoreError> {
-        let Some(v) = self
-            .tags
-            .get(key(&[&k.upstream, k.repo.as_str(), k.tag.as_str()]))?
+        let Some(v) =
+            self.tags
+                .get(key(&[k.upstream.as_str(), k.repo.as_str(), k.tag.as_str()]))?
         else {
             return Ok(None);
         };
@@ -166,18 +177,20 @@ impl Index {
             size: r.size,
             fetched_at_ms: to_ms(r.fetched_at),
         })?;
-        self.tags
-            .insert(key(&[&k.upstream, k.repo.as_str(), k.tag.as_str()]), v)?;
+        self.tags.insert(
+            key(&[k.upstream.as_str(), k.repo.as_str(), k.tag.as_str()]),
+            v,
+        )?;
         Ok(())
     }
 
     pub(crate) fn link(
         &self,
-        upstream: &str,
+        upstream: &UpstreamId,
         repo: &RepoName,
         d: &Digest,
     ) -> Result<(), StoreError> {
-        let k = key(&[upstream, repo.as_str(), &d.to_string()]);
+        let k = key(&[upstream.as_str(), repo.as_str(), &d.to_string()]);
         if !self.links.contains_key(&k)? {
             self.links.insert(k, &[])?;
         }
@@ -186,13 +199,47 @@ impl Index {
 
     pub(crate) fn is_linked(
         &self,
-        upstream: &str,
+        upstream: &UpstreamId,
         repo: &RepoName,
         d: &Digest,
     ) -> Result<bool, StoreError> {
         Ok(self
             .links
-            .contains_key(key(&[upstream, repo.as_str(), &d.to_string()]))?)
+            .contains_key(key(&[upstream.as_str(), repo.as_str(), &d.to_string()]))?)
+    }
+
+    /// Remember that `upstream` served the bytes of `d`. A blob with no record yet (its
+    /// commit is still being indexed, or it was just evicted) is left alone: the origin
+    /// is then simply not known, which only ever costs a proof, never grants access.
+    pub(crate) fn add_origin(&self, d: &Digest, upstream: &UpstreamId) -> Result<(), StoreError> {
+        let k = d.to_string();
+        loop {
+            let Some(old) = self.blobs.get(&k)? else {
+                return Ok(());
+            };
+            let mut v: BlobValue = decode(&old)?;
+            if v.origins.iter().any(|o| o == upstream.as_str()) || v.origins.len() >= MAX_ORIGINS {
+                return Ok(());
+            }
+            v.origins.push(upstream.as_str().to_owned());
+            match self
+                .blobs
+                .compare_and_swap(&k, Some(old), Some(encode(&v)?))?
+            {
+                Ok(()) => return Ok(()),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    pub(crate) fn has_origin(&self, d: &Digest, upstream: &UpstreamId) -> Result<bool, StoreError> {
+        let Some(v) = self.blobs.get(d.to_string())? else {
+            return Ok(false);
+        };
+        Ok(decode::<BlobValue>(&v)?
+            .origins
+            .iter()
+            .any(|o| o == upstream.as_str()))
     }
 
     pub(crate) fn blob(&self, d: &Digest) -> Result<Option<BlobRecord>, StoreError> {
@@ -278,12 +325,12 @@ impl Index {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         self.update_blob(d, |old| {
+            let (old_type, origins) = old.map_or((None, Vec::new()), |o| (o.media_type, o.origins));
             BlobValue::new(
                 size,
-                media_type
-                    .map(str::to_owned)
-                    .or_else(|| old.and_then(|o| o.media_type)),
+                media_type.map(str::to_owned).or(old_type),
                 now,
+                origins,
             )
         })
     }
@@ -299,15 +346,16 @@ impl Index {
     ) -> Result<(), StoreError> {
         let at = to_ms(last_access);
         self.update_blob(d, |old| {
-            let (media_type, at) = match old {
+            let (media_type, at, origins) = match old {
                 // What the index already knew beats what a file can tell.
                 Some(o) => (
                     o.media_type.clone().or(media_type.clone()),
                     o.last_access_ms(),
+                    o.origins,
                 ),
-                None => (media_type.clone(), at),
+                None => (media_type.clone(), at, Vec::new()),
             };
-            BlobValue::new(size, media_type, at)
+            BlobValue::new(size, media_type, at, origins)
         })
     }
 
@@ -319,12 +367,9 @@ impl Index {
                 return Ok(());
             }
         }
-        self.update_blob(d, |old| {
-            BlobValue::new(
-                old.as_ref().map_or(size, |o| o.size),
-                old.and_then(|o| o.media_type),
-                now,
-            )
+        self.update_blob(d, |old| match old {
+            Some(o) => BlobValue::new(o.size, o.media_type, now, o.origins),
+            None => BlobValue::new(size, None, now, Vec::new()),
         })
     }
 

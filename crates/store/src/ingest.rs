@@ -16,7 +16,7 @@
 //! the commit's `fsync` of a large blob takes as long as writing it, and a client holding
 //! verified bytes need not wait for the disk.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +73,8 @@ pub struct Ingest {
     state: Arc<watch::Sender<State>>,
     cancelled: Arc<AtomicBool>,
     follower: Follower,
+    /// What this ingest added to the store's in-flight bytes; given back when it ends.
+    inflight: u64,
 }
 
 /// Reads a blob while it is being ingested. Cheap to clone.
@@ -130,6 +132,7 @@ impl Ingest {
                 state: state_rx,
                 expected_size,
             },
+            inflight: 0,
         })
     }
 
@@ -158,6 +161,9 @@ impl Ingest {
         let Some((write_tx, hash_tx)) = &self.senders else {
             return Err(StoreError::IngestFailed("ingest already finished".into()));
         };
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        self.inflight += len;
+        self.inner.inflight_bytes.fetch_add(len, Ordering::Relaxed);
         let batch = Arc::new(chunks);
         if write_tx.send(Arc::clone(&batch)).await.is_ok() && hash_tx.send(batch).await.is_ok() {
             return Ok(());
@@ -207,6 +213,8 @@ impl Ingest {
             }
         };
         self.state.send_replace(State::Verified { size });
+        // The commit counts these bytes as usage: they must not count twice meanwhile.
+        self.release_inflight();
 
         let (inner, file, tmp, digest) = (
             Arc::clone(&self.inner),
@@ -285,6 +293,15 @@ impl Drop for Ingest {
         if self.senders.is_some() {
             self.abort("ingest abandoned");
         }
+        self.release_inflight();
+    }
+}
+
+impl Ingest {
+    /// Committed (and counted as usage by the commit) or discarded: no longer in flight.
+    fn release_inflight(&mut self) {
+        let n = std::mem::take(&mut self.inflight);
+        self.inner.inflight_bytes.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -391,7 +408,7 @@ impl Inner {
         let tmp = self.tmp_path(d);
         let dir = self.blob_dir(d);
         let create = || {
-            fs::create_dir_all(&dir).map_err(StoreError::io("creating blob directory"))?;
+            crate::private_dir(&dir).map_err(StoreError::io("creating blob directory"))?;
             create_reserved(&tmp, size)
         };
         let file = match size {
@@ -408,7 +425,9 @@ impl Inner {
 /// time per GiB here), and a disk without room for the blob says so now (`ENOSPC`), before
 /// any byte is fetched or shown to a client, instead of halfway through the write.
 fn create_reserved(path: &std::path::Path, size: Option<u64>) -> Result<File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = OpenOptions::new()
+        .mode(0o600)
         .read(true)
         .write(true)
         .create_new(true)

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pullgate_oci::{Digest, RepoName};
+use pullgate_oci::{Digest, RepoName, UpstreamId};
 use tokio::sync::Notify;
 
 pub use blob::{BlobReader, BlobStream};
@@ -62,6 +62,9 @@ pub(crate) struct Inner {
     /// Bytes and files under `blobs/`, counted at open and kept as blobs come and go.
     usage_bytes: AtomicU64,
     usage_blobs: AtomicU64,
+    /// Bytes written to `tmp/` by ingests under way: they count against the bound too, so
+    /// fills cannot take the disk past `max_size` before they commit.
+    inflight_bytes: AtomicU64,
     limits: Option<Limits>,
     pins: Pins,
     /// Wakes the evictor when a commit takes usage over the high watermark.
@@ -78,7 +81,7 @@ pub(crate) struct Inner {
 /// How to open a cache.
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
-    /// Bound the cache (see [`Store::spawn_evictor`]); `None`: it only grows.
+    /// Bound the cache (see [`Store::evictor`]); `None`: it only grows.
     pub limits: Option<Limits>,
     /// Leave the directory as found: `tmp/` is not emptied and nothing is repaired. For
     /// looking at a cache without changing it.
@@ -105,12 +108,15 @@ impl Store {
     /// the index is made to agree with the files ([`Repair`]); one log line says what was
     /// found.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        fs::create_dir_all(dir).map_err(StoreError::io("creating the cache directory"))?;
+        private_dir(dir).map_err(StoreError::io("creating the cache directory"))?;
+        // A cache made by an older pullgate (0755): private content must not be readable
+        // by other users of the node. The files inside are then out of their reach too.
+        restrict(dir);
         // Before anything is touched: a running server's tmp/ is not ours to empty.
         let lock = lock(dir)?;
         let blobs = dir.join("blobs");
         let tmp = dir.join("tmp");
-        fs::create_dir_all(&blobs).map_err(StoreError::io("creating blobs/"))?;
+        private_dir(&blobs).map_err(StoreError::io("creating blobs/"))?;
         let tmp_removed = if options.inspect_only {
             0
         } else {
@@ -141,6 +147,7 @@ impl Store {
             tmp_seq: AtomicU64::new(0),
             usage_bytes: AtomicU64::new(0),
             usage_blobs: AtomicU64::new(0),
+            inflight_bytes: AtomicU64::new(0),
             limits: options.limits,
             pins: Pins::default(),
             wake: Arc::new(Notify::new()),
@@ -391,8 +398,15 @@ impl Store {
             .inspect_err(|e| self.note_write_error(e))
     }
 
-    /// Record that `repo` on `upstream` may see `digest`.
-    pub fn link(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
+    /// Record that `repo` on `upstream` may see `digest`. Only after that upstream said so
+    /// for that repository (it served the content, or confirmed it holds content it had
+    /// already served us).
+    pub fn link(
+        &self,
+        upstream: &UpstreamId,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
         self.inner
             .index
             .link(upstream, repo, digest)
@@ -401,11 +415,27 @@ impl Store {
 
     pub fn is_linked(
         &self,
-        upstream: &str,
+        upstream: &UpstreamId,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<bool, StoreError> {
         self.inner.index.is_linked(upstream, repo, digest)
+    }
+
+    /// Remember that `upstream` served `digest`'s bytes (they hashed to it). Call it after
+    /// the blob is committed.
+    pub fn record_origin(&self, digest: &Digest, upstream: &UpstreamId) -> Result<(), StoreError> {
+        self.inner
+            .index
+            .add_origin(digest, upstream)
+            .inspect_err(|e| self.note_write_error(e))
+    }
+
+    /// Whether `upstream` ever served `digest`'s bytes to us. Only such an upstream's word
+    /// (a HEAD) is taken that another of its repositories holds them; any other upstream
+    /// must prove it by serving bytes that hash to the digest.
+    pub fn has_origin(&self, digest: &Digest, upstream: &UpstreamId) -> Result<bool, StoreError> {
+        self.inner.index.has_origin(digest, upstream)
     }
 
     pub fn manifest_media_type(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
@@ -489,10 +519,30 @@ pub fn set_aside_broken_index(dir: &Path) -> Result<PathBuf, StoreError> {
     Ok(aside)
 }
 
+/// Create `path` and its missing parents readable by the owner only (0700): the cache
+/// holds private images.
+pub(crate) fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Make an existing directory 0700, or say why not (a volume we do not own, say).
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot make the cache directory private (0700)");
+    }
+}
+
 /// Take the cache directory's lock file, or say who has it.
 fn lock(dir: &Path) -> Result<fs::File, StoreError> {
     use fs2::FileExt;
+    use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
+        .mode(0o600)
         .create(true)
         .truncate(false)
         .write(true)

@@ -48,6 +48,16 @@ impl BlobPin {
     pub fn digest(&self) -> &Digest {
         &self.digest
     }
+
+    /// Pins on the same digest besides this one: whether anyone else (a response being
+    /// streamed, a waiting client) still wants the blob.
+    pub fn others(&self) -> u32 {
+        self.inner
+            .pins
+            .lock()
+            .get(&self.digest)
+            .map_or(0, |n| n.saturating_sub(1))
+    }
 }
 
 impl Drop for BlobPin {

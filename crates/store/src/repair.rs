@@ -309,7 +309,7 @@ pub(crate) fn empty_tmp(tmp: &Path) -> Result<u64, StoreError> {
             .count() as u64;
         fs::remove_dir_all(tmp).map_err(StoreError::io("emptying tmp/"))?;
     }
-    fs::create_dir_all(tmp).map_err(StoreError::io("creating tmp/"))?;
+    crate::private_dir(tmp).map_err(StoreError::io("creating tmp/"))?;
     Ok(removed)
 }
 

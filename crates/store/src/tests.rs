@@ -259,7 +259,7 @@ async fn put_verified_rejects_wrong_bytes_and_read_small_is_bounded() {
 async fn index_survives_reopen_and_tmp_is_emptied() {
     let dir = tempfile::tempdir().unwrap();
     let key = TagKey {
-        upstream: "docker.io".into(),
+        upstream: pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
         repo: RepoName::parse("library/alpine").unwrap(),
         tag: Tag::parse("3.20").unwrap(),
     };
@@ -279,7 +279,13 @@ async fn index_survives_reopen_and_tmp_is_emptied() {
                 },
             )
             .unwrap();
-        store.link("docker.io", &key.repo, &digest).unwrap();
+        store
+            .link(
+                &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+                &key.repo,
+                &digest,
+            )
+            .unwrap();
         store.flush().unwrap();
         std::fs::write(dir.path().join("tmp/leftover"), b"partial").unwrap();
     }
@@ -288,10 +294,28 @@ async fn index_survives_reopen_and_tmp_is_emptied() {
     let rec = store.tag(&key).unwrap().unwrap();
     assert_eq!(rec.digest, digest);
     assert_eq!(rec.fetched_at, fetched_at);
-    assert!(store.is_linked("docker.io", &key.repo, &digest).unwrap());
+    assert!(store
+        .is_linked(
+            &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+            &key.repo,
+            &digest
+        )
+        .unwrap());
     let other = RepoName::parse("library/busybox").unwrap();
-    assert!(!store.is_linked("docker.io", &other, &digest).unwrap());
-    assert!(!store.is_linked("ghcr.io", &key.repo, &digest).unwrap());
+    assert!(!store
+        .is_linked(
+            &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),
+            &other,
+            &digest
+        )
+        .unwrap());
+    assert!(!store
+        .is_linked(
+            &pullgate_oci::UpstreamId::parse("ghcr.io").unwrap(),
+            &key.repo,
+            &digest
+        )
+        .unwrap());
 }
 
 #[tokio::test]

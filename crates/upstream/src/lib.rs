@@ -96,6 +96,7 @@ pub struct Upstream {
     /// up front instead of paying a 401 each.
     wants_basic: AtomicBool,
     token_timeout: Duration,
+    read_timeout: Duration,
     /// Final failures of calls (after retries), by kind.
     errors: Arc<ErrorCounts>,
     /// Until when the upstream asked us (429 with `Retry-After`) to leave it alone.
@@ -198,6 +199,7 @@ impl Upstream {
             token_flights: pullgate_flights::Flights::new(),
             wants_basic: AtomicBool::new(false),
             token_timeout,
+            read_timeout: config.read_timeout,
             errors: Arc::default(),
             backoff: transport::Backoff::default(),
         })
@@ -206,6 +208,11 @@ impl Upstream {
     /// The upstream's name in the mirror, as text (log fields, metric labels).
     pub fn name(&self) -> &str {
         self.name.as_str()
+    }
+
+    /// Longest wait for any single read from this upstream.
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
     }
 
     /// The upstream's identity: what the cache records content as coming from.

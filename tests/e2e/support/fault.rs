@@ -40,6 +40,10 @@ pub enum Fault {
     RedirectLoop,
     /// A chunked body (no `Content-Length`).
     Chunked,
+    /// A chunked body that never ends: 64 KiB chunks of zeros, as fast as they are read.
+    Endless,
+    /// A chunked body that sends one byte every 200 ms, for ever.
+    Trickle,
 }
 
 #[derive(Clone)]
@@ -58,6 +62,10 @@ struct Content {
     delays: HashMap<String, Duration>,
     /// Answer token requests with this status instead.
     token_status: Option<u16>,
+    /// Answer every blob and manifest `HEAD` with 200, whatever is asked (a lying upstream).
+    head_yes: bool,
+    /// Blobs held only by these repositories (others answer 404); unlisted blobs are in all.
+    blob_repos: HashMap<String, Vec<String>>,
 }
 
 struct State {
@@ -196,6 +204,19 @@ impl FaultUpstream {
             .unwrap()
             .delays
             .insert(key.to_owned(), d);
+    }
+
+    /// Hold blob `digest` only in `repos`: requests under any other repository get 404.
+    pub fn restrict_blob(&self, digest: &str, repos: &[&str]) {
+        self.state.content.lock().unwrap().blob_repos.insert(
+            digest.to_owned(),
+            repos.iter().map(|r| (*r).to_owned()).collect(),
+        );
+    }
+
+    /// Answer every blob and manifest `HEAD` with 200 and the asked-for digest, held or not.
+    pub fn set_head_yes(&self, yes: bool) {
+        self.state.content.lock().unwrap().head_yes = yes;
     }
 
     /// Make the token endpoint answer `status` (`None`: work again).
@@ -367,6 +388,15 @@ fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) ->
 
     let head = method == "HEAD";
     let content = st.content.lock().unwrap();
+    if head && content.head_yes && (rest.contains("/manifests/") || rest.contains("/blobs/")) {
+        let digest = fault_key(&path);
+        return Response::builder()
+            .header("content-length", 1234)
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .header("docker-content-digest", digest)
+            .body(full(Bytes::new()))
+            .unwrap();
+    }
     if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
         let fault = content.faults.get(reference).copied();
         let Some((mt, bytes)) = content
@@ -380,7 +410,14 @@ fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) ->
         let digest = super::images::sha256(&bytes);
         return serve(bytes, &mt, Some(&digest), fault, head, &path);
     }
-    if let Some((_repo, digest)) = rest.rsplit_once("/blobs/") {
+    if let Some((repo, digest)) = rest.rsplit_once("/blobs/") {
+        if content
+            .blob_repos
+            .get(digest)
+            .is_some_and(|repos| !repos.iter().any(|r| r == repo))
+        {
+            return error(404, "BLOB_UNKNOWN", &[]);
+        }
         let fault = content.faults.get(digest).copied();
         let Some(bytes) = content.blobs.get(digest).cloned() else {
             return error(404, "BLOB_UNKNOWN", &[]);
@@ -464,7 +501,10 @@ fn serve(
         _ => bytes.len(),
     };
     let mut r = Response::builder().header("content-type", content_type);
-    if !matches!(fault, Some(Fault::Chunked)) {
+    if !matches!(
+        fault,
+        Some(Fault::Chunked | Fault::Endless | Fault::Trickle)
+    ) {
         r = r.header("content-length", announced);
     }
     if let Some(d) = digest {
@@ -515,6 +555,18 @@ fn serve(
                 .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
                 .collect();
             BodyExt::boxed(StreamBody::new(futures_util::stream::iter(chunks)))
+        }
+        Some(Fault::Endless) => {
+            let zeros = Bytes::from(vec![0u8; 64 * 1024]);
+            let s = futures_util::stream::repeat_with(move || Ok(Frame::data(zeros.clone())));
+            BodyExt::boxed(StreamBody::new(s))
+        }
+        Some(Fault::Trickle) => {
+            let s = futures_util::stream::unfold((), |()| async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Some((Ok(Frame::data(Bytes::from_static(b"x"))), ()))
+            });
+            BodyExt::boxed(StreamBody::new(s))
         }
         _ => full(bytes),
     };
