@@ -1,5 +1,12 @@
-//! The TOML configuration: parsed strictly (`deny_unknown_fields`), then validated into
-//! the typed settings each crate takes. The default is `config/pullgate.toml`, embedded.
+//! The TOML configuration: laid over the embedded default (`config/pullgate.toml`), parsed
+//! strictly (`deny_unknown_fields`), then validated into the typed settings each crate
+//! takes.
+//!
+//! How a file meets the default ([`overlay`]): a table the file has is merged key by key
+//! into the default's table of that name, recursively; any other value the file has
+//! replaces the default's whole, arrays included, so a file's `[[upstream]]` list replaces
+//! the default one (docker.io) rather than adding to it. A key neither sets takes the
+//! default its struct field gives below. Flags then override the result.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +17,7 @@ use pullgate_auth::{Rule, Scheme, ThrottleConfig};
 use pullgate_server::TlsFiles;
 use pullgate_store::Limits;
 use serde::Deserialize;
+use toml::{Table, Value};
 
 pub const DEFAULT_CONFIG: &str = include_str!("../config/pullgate.toml");
 
@@ -203,14 +211,36 @@ pub struct Overrides {
     pub upstream: Option<String>,
 }
 
+/// Lays `file` over `base`: a table merges key by key, recursively; any other value, an
+/// array of tables (`[[upstream]]`) included, replaces the base's whole. Lists replace
+/// rather than append so that a file can say exactly which upstreams (or secrets, or
+/// rules) there are, with no way to inherit one it did not write.
+fn overlay(base: &mut Table, file: Table) {
+    for (key, value) in file {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Table(b)), Value::Table(f)) => overlay(b, f),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 impl FileConfig {
+    /// `text` laid over the embedded default. A syntax error points at the line of `text`;
+    /// a wrong value names its key (`in `cache.tag_ttl``) and the value.
     pub fn parse(text: &str) -> Result<Self> {
-        toml::from_str(text).context("invalid configuration")
+        let file: Table = text.parse().context("invalid configuration")?;
+        let mut merged: Table = DEFAULT_CONFIG
+            .parse()
+            .context("the embedded default configuration")?;
+        overlay(&mut merged, file);
+        merged.try_into().context("invalid configuration")
     }
 
     pub fn load(path: Option<&Path>) -> Result<Self> {
         match path {
-            None => Self::parse(DEFAULT_CONFIG).context("the embedded default configuration"),
+            None => Self::parse("").context("the embedded default configuration"),
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading {}", p.display()))?;
@@ -229,21 +259,14 @@ impl FileConfig {
             .into_iter()
             .map(UpstreamSettings::try_from)
             .collect::<Result<Vec<_>>>()?;
+        // Only a file that writes `upstream = []` gets here with none: the embedded default
+        // has one, and `--upstream` re-points the first rather than inventing a name.
+        if upstreams.is_empty() {
+            bail!("at least one [[upstream]] is required (`upstream = []` leaves none)");
+        }
         if let Some(url) = o.upstream {
             check_url(&url).context("--upstream")?;
-            match upstreams.first_mut() {
-                Some(first) => first.url = url,
-                None => upstreams.push(UpstreamSettings {
-                    name: "docker.io".into(),
-                    url,
-                    credentials: None,
-                    connect_timeout: Duration::from_secs(10),
-                    read_timeout: Duration::from_secs(30),
-                }),
-            }
-        }
-        if upstreams.is_empty() {
-            bail!("at least one [[upstream]] is required");
+            upstreams[0].url = url;
         }
         for (i, u) in upstreams.iter().enumerate() {
             if upstreams[..i]
@@ -512,12 +535,132 @@ mod tests {
             format!("{base}[[upstream]]\nname = \"a b\"\nurl = \"https://x\"\n"),
             format!("{base}[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n[[upstream]]\nname = \"A\"\nurl = \"https://y\"\n"),
             format!("{base}[[upstream]]\nname = \"a\"\nurl = \"https://x\"\nbogus = 1\n"),
-            base.to_string(),
+            "upstream = []\n".to_string(),
+            "[server]\nbogus = 1\n".to_string(),
+            "[surver]\nlisten = \"127.0.0.1:5000\"\n".to_string(),
             format!("{base}tag_ttl = \"soon\"\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n"),
         ];
         for text in bad {
             let r = FileConfig::parse(&text).and_then(|c| c.into_settings(Overrides::default()));
             assert!(r.is_err(), "accepted:\n{text}");
+        }
+    }
+
+    fn settings(text: &str, o: Overrides) -> Result<Settings> {
+        FileConfig::parse(text).and_then(|c| c.into_settings(o))
+    }
+
+    /// Tried as a new user would: who may pull and from where, the rest from flags.
+    #[test]
+    fn only_auth_and_upstreams_with_listen_and_cache_dir_flags() {
+        let text = "[auth]\nclient_secrets = [\"/run/secrets/clients\"]\n\n\
+                    [[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n";
+        let s = settings(
+            text,
+            Overrides {
+                listen: Some("0.0.0.0:5000".into()),
+                cache_dir: Some("/var/cache/pullgate".into()),
+                upstream: None,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(s.listen.to_string(), "0.0.0.0:5000");
+        assert_eq!(s.cache_dir, PathBuf::from("/var/cache/pullgate"));
+        assert_eq!(
+            s.auth.client_secrets,
+            [PathBuf::from("/run/secrets/clients")]
+        );
+        assert!(!s.auth.anonymous);
+        // The file's list replaces the default one: docker.io is not inherited.
+        let names: Vec<_> = s.upstreams.iter().map(|u| u.name.to_string()).collect();
+        assert_eq!(names, ["ghcr.io"]);
+        // Everything else is the embedded default's.
+        assert_eq!(s.tag_ttl, Duration::from_secs(60));
+        assert_eq!(s.header_read_timeout, Duration::from_secs(30));
+
+        // Without the flags, the embedded default's listen address and cache directory.
+        let s = settings(text, Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(s.cache_dir, PathBuf::from("./pullgate-data"));
+    }
+
+    /// Tried as a new user would: a size bound, and `--upstream` re-pointing the embedded
+    /// default's upstream (docker.io keeps its name).
+    #[test]
+    fn only_max_size_with_the_upstream_flag() {
+        let s = settings(
+            "[cache]\nmax_size = \"10GiB\"\n",
+            Overrides {
+                upstream: Some("http://127.0.0.1:5001".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(s.cache_limits.map(|l| l.max_bytes()), Some(10 << 30));
+        assert_eq!(s.cache_dir, PathBuf::from("./pullgate-data"));
+        assert_eq!(s.tag_ttl, Duration::from_secs(60));
+        assert_eq!(s.upstreams.len(), 1);
+        assert_eq!(s.upstreams[0].name.to_string(), "docker.io");
+        assert_eq!(s.upstreams[0].url, "http://127.0.0.1:5001");
+        assert!(s.auth.anonymous, "loopback without secrets");
+    }
+
+    /// Each absent section and key takes the embedded default's value; a present table
+    /// merges key by key; a list replaces the default's.
+    #[test]
+    fn a_partial_file_is_laid_over_the_embedded_default() {
+        let default = settings("", Overrides::default()).unwrap();
+        let embedded = FileConfig::load(None)
+            .and_then(|c| c.into_settings(Overrides::default()))
+            .unwrap();
+        assert_eq!(format!("{default:?}"), format!("{embedded:?}"));
+        assert_eq!(default.listen.to_string(), "127.0.0.1:5000");
+
+        // A table the file has keeps the default's other keys.
+        let s = settings("[server]\nmax_connections = 10\n", Overrides::default()).unwrap();
+        assert_eq!(s.max_connections, 10);
+        assert_eq!(s.listen.to_string(), "127.0.0.1:5000");
+        let s = settings("[cache]\ntag_ttl = \"5m\"\n", Overrides::default()).unwrap();
+        assert_eq!(s.tag_ttl, Duration::from_secs(300));
+        assert_eq!(s.cache_dir, PathBuf::from("./pullgate-data"));
+        // A file's own value wins over the embedded default's.
+        let s = settings("[cache]\ndir = \"/c\"\n", Overrides::default()).unwrap();
+        assert_eq!(
+            (s.cache_dir, s.tag_ttl),
+            ("/c".into(), Duration::from_secs(60))
+        );
+        // Sub-tables merge too: TLS alone keeps the default listen address.
+        let s = settings(
+            "[server.tls]\ncert = \"/c\"\nkey = \"/k\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(s.tls.is_some());
+        assert_eq!(s.listen.to_string(), "127.0.0.1:5000");
+        // Two upstreams in the file are exactly the upstreams.
+        let s = settings(
+            "[[upstream]]\nname = \"quay.io\"\nurl = \"https://quay.io\"\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"https://mirror.gcr.io\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        let names: Vec<_> = s.upstreams.iter().map(|u| u.name.to_string()).collect();
+        assert_eq!(names, ["quay.io", "docker.io"]);
+        assert_eq!(s.upstreams[1].url, "https://mirror.gcr.io");
+        // A file can still leave no upstream only by saying so, and that is refused,
+        // with the flag too: it re-points an upstream, it does not make one up.
+        for o in [
+            Overrides::default(),
+            Overrides {
+                upstream: Some("http://127.0.0.1:5001".into()),
+                ..Overrides::default()
+            },
+        ] {
+            let err = settings("upstream = []\n", o).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("at least one [[upstream]]"),
+                "{err:#}"
+            );
         }
     }
 

@@ -103,7 +103,7 @@ fn main() -> Result<()> {
         Command::CheckConfig(args) => {
             let source = args.config.as_ref().map_or_else(
                 || "the embedded default".to_owned(),
-                |p| p.display().to_string(),
+                |p| format!("{} over the embedded default", p.display()),
             );
             let settings = args.settings()?;
             for line in check::files(&settings) {
