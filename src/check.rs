@@ -11,7 +11,8 @@ use pullgate_credentials::SecretSource;
 use pullgate_server::Tls;
 use toml::{Table, Value};
 
-use crate::config::{format_size, Settings};
+use crate::config::Settings;
+use crate::units::format_size;
 
 /// The effective settings as a TOML document.
 pub fn render(s: &Settings) -> String {
@@ -52,7 +53,7 @@ pub fn render(s: &Settings) -> String {
         .iter()
         .map(|u| {
             let mut t = Table::new();
-            t.insert("name".into(), u.name.clone().into());
+            t.insert("name".into(), u.name.to_string().into());
             t.insert("url".into(), u.url.clone().into());
             if let Some(c) = &u.credentials {
                 t.insert("credentials".into(), path(c));

@@ -5,7 +5,9 @@ mod cache;
 mod check;
 mod config;
 mod fds;
+mod units;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -60,7 +62,7 @@ struct ConfigArgs {
     config: Option<PathBuf>,
     /// Address to listen on, e.g. 127.0.0.1:5000 (overrides server.listen).
     #[arg(long, value_name = "ADDR")]
-    listen: Option<String>,
+    listen: Option<SocketAddr>,
     /// Cache directory (overrides cache.dir).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -144,8 +146,7 @@ async fn serve(s: Settings) -> Result<()> {
                 .transpose()
                 .with_context(|| format!("upstream {}: reading its credentials secret", u.name))?;
             Upstream::new(UpstreamConfig {
-                name: pullgate_oci::UpstreamId::parse(&u.name)
-                    .with_context(|| format!("upstream {:?}", u.name))?,
+                name: u.name.clone(),
                 url: u.url.clone(),
                 credentials,
                 connect_timeout: u.connect_timeout,
@@ -239,7 +240,7 @@ fn authenticator(s: &Settings) -> Result<Authenticator> {
             scheme: a.scheme,
             anonymous: a.anonymous,
             mirror_hosts: a.mirror_hosts.clone(),
-            upstreams: s.upstreams.iter().map(|u| u.name.clone()).collect(),
+            upstreams: s.upstreams.iter().map(|u| u.name.to_string()).collect(),
             rules: a.rules.clone(),
             service: a.service.clone(),
             token_ttl: a.token_ttl,
