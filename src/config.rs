@@ -875,6 +875,60 @@ mod tests {
         }
     }
 
+    /// Every default docs/configuration.md writes as a value (`"30s"`, `4096`, `[]`) is the
+    /// one in effect when a file leaves the key out, as `check-config` shows it. Defaults
+    /// written as prose ("required", "none (unbounded)") are not values to compare.
+    #[test]
+    fn documented_defaults_are_the_effective_ones() {
+        let doc = include_str!("../docs/configuration.md");
+        // max_size has no default; set, it makes the watermarks' defaults show.
+        let s = settings("[cache]\nmax_size = \"1GiB\"\n", Overrides::default()).unwrap();
+        let shown: Table = crate::check::render(&s).parse().unwrap();
+        // Durations are compared as durations: the doc says "60s", check-config "1m".
+        let same = |a: &Value, b: &Value| match (a.as_str(), b.as_str()) {
+            (Some(x), Some(y)) => {
+                match (humantime::parse_duration(x), humantime::parse_duration(y)) {
+                    (Ok(x), Ok(y)) => x == y,
+                    _ => x == y,
+                }
+            }
+            _ => a == b,
+        };
+        let mut checked = Vec::new();
+        for line in doc.lines() {
+            let Some(row) = line.strip_prefix("| `") else {
+                continue;
+            };
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let key = cells[0].trim_end_matches('`');
+            let Some(literal) = cells[2].strip_prefix('`').and_then(|d| d.split('`').next()) else {
+                continue;
+            };
+            let want = format!("v = {literal}")
+                .parse::<Table>()
+                .unwrap_or_else(|e| panic!("{key}: default {literal} is not a TOML value: {e}"))
+                .remove("v")
+                .unwrap();
+            let mut parts = key.split('.');
+            let mut at = &shown[parts.next().unwrap()];
+            for part in parts {
+                // [[upstream]]: the embedded default's one.
+                if let Value::Array(list) = at {
+                    at = &list[0];
+                }
+                at = at
+                    .get(part)
+                    .unwrap_or_else(|| panic!("check-config does not show {key}"));
+            }
+            assert!(
+                same(at, &want),
+                "{key}: documented default {literal}, in effect {at}"
+            );
+            checked.push(key);
+        }
+        assert!(checked.len() >= 20, "{checked:?}");
+    }
+
     #[test]
     fn every_file_in_config_parses() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
