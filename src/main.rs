@@ -57,7 +57,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ConfigArgs {
-    /// TOML configuration file (default: the embedded config/pullgate.toml).
+    /// TOML configuration file, laid over the embedded config/pullgate.toml: it needs only
+    /// what it changes (default: the embedded file alone).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on, e.g. 127.0.0.1:5000 (overrides server.listen).
@@ -67,7 +68,8 @@ struct ConfigArgs {
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// URL of the default upstream registry; http:// is allowed for local registries
-    /// (overrides the first [[upstream]]'s url).
+    /// (overrides the first [[upstream]]'s url: the embedded default's docker.io, keeping
+    /// its name, when the file has no [[upstream]]).
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
 }

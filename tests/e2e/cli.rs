@@ -169,3 +169,69 @@ async fn a_file_with_only_auth_and_upstreams_serves_with_listen_and_cache_dir_fl
         log()
     );
 }
+
+/// Tried as a new user would: a file with only a size bound, run with `--upstream`, which
+/// re-points the embedded default's docker.io (so one-component names get `library/`).
+/// The listen address and the cache directory are flags only so that the test shares
+/// nothing with others on this machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_only_max_size_serves_with_the_upstream_flag() {
+    let upstream = Distribution::start(Auth::Anonymous);
+    let img = images::image("bounded", &[4096], Flavor::Oci, "amd64");
+    Pusher::new(&upstream.url(), None)
+        .image("library/bounded", "v1", &img)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pullgate.toml");
+    std::fs::write(&config, "[cache]\nmax_size = \"64MiB\"\n").unwrap();
+    let port = free_port();
+    let log_path = dir.path().join("pullgate.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--upstream", &upstream.url()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("NO_COLOR", "1")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    if !wait_port(port, std::time::Duration::from_secs(20)) {
+        let _ = child.kill();
+        panic!("pullgate did not listen:\n{}", log());
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    // Docker Hub's rules still apply to the re-pointed docker.io: `bounded` is
+    // `library/bounded`, and so is `?ns=docker.io`.
+    let r = get(&format!("{base}/v2/bounded/blobs/{}", img.layers[0].digest)).await;
+    assert_eq!(r.status, 200, "{}", log());
+    assert_eq!(sha256(r.bytes()), img.layers[0].digest);
+    let r = get(&format!("{base}/v2/bounded/manifests/v1?ns=docker.io")).await;
+    assert_eq!(r.status, 200, "{}", log());
+    assert_eq!(sha256(r.bytes()), img.manifest.digest);
+    fills_settled(&base).await;
+    let started = log();
+    assert!(
+        started.contains(&format!("cache_max_size={}", 64 << 20)),
+        "{started}"
+    );
+    assert!(
+        started.contains(&format!("docker.io={}", upstream.url())),
+        "{started}"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "pullgate exited with {status}:\n{}",
+        log()
+    );
+}
