@@ -11,7 +11,8 @@ use pullgate_credentials::SecretSource;
 use pullgate_server::Tls;
 use toml::{Table, Value};
 
-use crate::config::{format_size, Settings};
+use crate::config::Settings;
+use crate::units::format_size;
 
 /// The effective settings as a TOML document.
 pub fn render(s: &Settings) -> String {
@@ -45,6 +46,12 @@ pub fn render(s: &Settings) -> String {
         cache.insert("high_watermark".into(), l.high().into());
         cache.insert("low_watermark".into(), l.low().into());
     }
+    cache.insert("max_blob_size".into(), format_size(s.max_blob_size).into());
+    cache.insert(
+        "max_fills_per_client".into(),
+        (s.max_fills_per_client as i64).into(),
+    );
+    cache.insert("negative_ttl".into(), dur(s.negative_ttl).into());
     doc.insert("cache".into(), Value::Table(cache));
 
     let upstreams = s
@@ -52,7 +59,7 @@ pub fn render(s: &Settings) -> String {
         .iter()
         .map(|u| {
             let mut t = Table::new();
-            t.insert("name".into(), u.name.clone().into());
+            t.insert("name".into(), u.name.to_string().into());
             t.insert("url".into(), u.url.clone().into());
             if let Some(c) = &u.credentials {
                 t.insert("credentials".into(), path(c));

@@ -1,5 +1,12 @@
-//! The TOML configuration: parsed strictly (`deny_unknown_fields`), then validated into
-//! the typed settings each crate takes. The default is `config/pullgate.toml`, embedded.
+//! The TOML configuration: laid over the embedded default (`config/pullgate.toml`), parsed
+//! strictly (`deny_unknown_fields`), then validated into the typed settings each crate
+//! takes.
+//!
+//! How a file meets the default ([`overlay`]): a table the file has is merged key by key
+//! into the default's table of that name, recursively; any other value the file has
+//! replaces the default's whole, arrays included, so a file's `[[upstream]]` list replaces
+//! the default one (docker.io) rather than adding to it. A key neither sets takes the
+//! default its struct field gives below. Flags then override the result.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,9 +14,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use pullgate_auth::{Rule, Scheme, ThrottleConfig};
+use pullgate_oci::UpstreamId;
 use pullgate_server::TlsFiles;
 use pullgate_store::Limits;
+use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
+use toml::{Table, Value};
+
+use crate::units::{self, ByteSize};
 
 pub const DEFAULT_CONFIG: &str = include_str!("../config/pullgate.toml");
 
@@ -36,17 +48,21 @@ pub struct AuthSection {
     pub client_secrets: Vec<PathBuf>,
     pub anonymous: Option<bool>,
     /// "basic" or "token".
-    pub scheme: Option<String>,
+    #[serde(default, deserialize_with = "scheme")]
+    pub scheme: Option<Scheme>,
     /// Host names clients use for the mirror; a secret entry keyed by one grants every upstream.
     #[serde(default)]
     pub mirror_hosts: Vec<String>,
     pub service: Option<String>,
-    pub token_ttl: Option<String>,
+    #[serde(default, with = "units::duration::option")]
+    pub token_ttl: Option<Duration>,
     /// A file (mounted secret) holding the token signing key; generated at start-up if unset.
     pub signing_key: Option<PathBuf>,
     pub max_failures: Option<u32>,
-    pub failure_window: Option<String>,
-    pub block: Option<String>,
+    #[serde(default, with = "units::duration::option")]
+    pub failure_window: Option<Duration>,
+    #[serde(default, with = "units::duration::option")]
+    pub block: Option<Duration>,
     #[serde(default)]
     pub rule: Vec<RuleSection>,
 }
@@ -71,15 +87,16 @@ pub struct AuditSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
-    pub listen: String,
-    #[serde(default = "default_header_timeout")]
-    pub header_read_timeout: String,
+    #[serde(deserialize_with = "listen_addr")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_header_timeout", with = "units::duration")]
+    pub header_read_timeout: Duration,
     /// No request in flight and no bytes moving, or a response the client reads nothing
     /// of, for this long: the connection is closed.
-    #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: String,
-    #[serde(default = "default_drain_timeout")]
-    pub drain_timeout: String,
+    #[serde(default = "default_idle_timeout", with = "units::duration")]
+    pub idle_timeout: Duration,
+    #[serde(default = "default_drain_timeout", with = "units::duration")]
+    pub drain_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -100,22 +117,23 @@ pub struct TlsSection {
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
     pub dir: PathBuf,
-    #[serde(default = "default_tag_ttl")]
-    pub tag_ttl: String,
+    #[serde(default = "default_tag_ttl", with = "units::duration")]
+    pub tag_ttl: Duration,
     /// `"50GiB"`, `"500MB"`: the cache evicts least recently used blobs to stay under it.
     /// Unset: it only grows.
-    pub max_size: Option<String>,
+    pub max_size: Option<ByteSize>,
     /// Fraction of `max_size` above which eviction starts.
     pub high_watermark: Option<f64>,
     /// Fraction of `max_size` eviction brings usage down to.
     pub low_watermark: Option<f64>,
     /// Largest blob fetched from an upstream (default `"32GiB"`).
-    pub max_blob_size: Option<String>,
+    pub max_blob_size: Option<ByteSize>,
     /// Blob downloads one client (user, or address when anonymous) may have started and
     /// still under way (default 64).
     pub max_fills_per_client: Option<usize>,
     /// How long an upstream's "unknown" for a digest is remembered (default `"5s"`; `"0s"`: off).
-    pub negative_ttl: Option<String>,
+    #[serde(default, with = "units::duration::option")]
+    pub negative_ttl: Option<Duration>,
 }
 
 pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
@@ -124,35 +142,64 @@ pub const DEFAULT_LOW_WATERMARK: f64 = 0.85;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
-    pub name: String,
+    #[serde(deserialize_with = "upstream_id")]
+    pub name: UpstreamId,
     pub url: String,
     pub credentials: Option<PathBuf>,
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: String,
-    #[serde(default = "default_read_timeout")]
-    pub read_timeout: String,
+    #[serde(default = "default_connect_timeout", with = "units::duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_read_timeout", with = "units::duration")]
+    pub read_timeout: Duration,
 }
 
-fn default_header_timeout() -> String {
-    "30s".into()
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_idle_timeout() -> String {
-    "60s".into()
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_max_connections() -> usize {
     4096
 }
-fn default_drain_timeout() -> String {
-    "30s".into()
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_tag_ttl() -> String {
-    "60s".into()
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(60)
 }
-fn default_connect_timeout() -> String {
-    "10s".into()
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_read_timeout() -> String {
-    "30s".into()
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+// Values read once, where the file is deserialized. Each error quotes the value; the TOML
+// layer adds the key (`in `server.listen``).
+
+fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        D::Error::custom(format!(
+            "{text:?} is not an address:port such as \"127.0.0.1:5000\""
+        ))
+    })
+}
+
+fn upstream_id<'de, D: Deserializer<'de>>(d: D) -> Result<UpstreamId, D::Error> {
+    let text = String::deserialize(d)?;
+    UpstreamId::parse(&text).map_err(|e| D::Error::custom(format!("{text:?}: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(remote = "Scheme", rename_all = "lowercase")]
+enum SchemeDef {
+    Basic,
+    Token,
+}
+
+fn scheme<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Scheme>, D::Error> {
+    SchemeDef::deserialize(d).map(Some)
 }
 
 /// Settings after validation: every value typed, every rule checked.
@@ -198,7 +245,7 @@ pub struct AuditSettings {
 
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
-    pub name: String,
+    pub name: UpstreamId,
     pub url: String,
     pub credentials: Option<PathBuf>,
     pub connect_timeout: Duration,
@@ -208,19 +255,41 @@ pub struct UpstreamSettings {
 /// Command-line values that override the file.
 #[derive(Debug, Default)]
 pub struct Overrides {
-    pub listen: Option<String>,
+    pub listen: Option<SocketAddr>,
     pub cache_dir: Option<PathBuf>,
     pub upstream: Option<String>,
 }
 
+/// Lays `file` over `base`: a table merges key by key, recursively; any other value, an
+/// array of tables (`[[upstream]]`) included, replaces the base's whole. Lists replace
+/// rather than append so that a file can say exactly which upstreams (or secrets, or
+/// rules) there are, with no way to inherit one it did not write.
+fn overlay(base: &mut Table, file: Table) {
+    for (key, value) in file {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Table(b)), Value::Table(f)) => overlay(b, f),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 impl FileConfig {
+    /// `text` laid over the embedded default. A syntax error points at the line of `text`;
+    /// a wrong value names its key (`in `cache.tag_ttl``) and the value.
     pub fn parse(text: &str) -> Result<Self> {
-        toml::from_str(text).context("invalid configuration")
+        let file: Table = text.parse().context("invalid configuration")?;
+        let mut merged: Table = DEFAULT_CONFIG
+            .parse()
+            .context("the embedded default configuration")?;
+        overlay(&mut merged, file);
+        merged.try_into().context("invalid configuration")
     }
 
     pub fn load(path: Option<&Path>) -> Result<Self> {
         match path {
-            None => Self::parse(DEFAULT_CONFIG).context("the embedded default configuration"),
+            None => Self::parse("").context("the embedded default configuration"),
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading {}", p.display()))?;
@@ -230,37 +299,25 @@ impl FileConfig {
     }
 
     pub fn into_settings(self, o: Overrides) -> Result<Settings> {
-        let listen_text = o.listen.unwrap_or(self.server.listen);
-        let listen: SocketAddr = listen_text
-            .parse()
-            .with_context(|| format!("server.listen: {listen_text:?} is not an address:port"))?;
+        let listen = o.listen.unwrap_or(self.server.listen);
         let mut upstreams = self
             .upstream
             .into_iter()
             .map(UpstreamSettings::try_from)
             .collect::<Result<Vec<_>>>()?;
+        // Only a file that writes `upstream = []` gets here with none: the embedded default
+        // has one, and `--upstream` re-points the first rather than inventing a name.
+        if upstreams.is_empty() {
+            bail!("at least one [[upstream]] is required (`upstream = []` leaves none)");
+        }
         if let Some(url) = o.upstream {
             check_url(&url).context("--upstream")?;
-            match upstreams.first_mut() {
-                Some(first) => first.url = url,
-                None => upstreams.push(UpstreamSettings {
-                    name: "docker.io".into(),
-                    url,
-                    credentials: None,
-                    connect_timeout: Duration::from_secs(10),
-                    read_timeout: Duration::from_secs(30),
-                }),
-            }
-        }
-        if upstreams.is_empty() {
-            bail!("at least one [[upstream]] is required");
+            upstreams[0].url = url.trim_end_matches('/').to_owned();
         }
         for (i, u) in upstreams.iter().enumerate() {
-            if upstreams[..i]
-                .iter()
-                .any(|v| v.name.eq_ignore_ascii_case(&u.name))
-            {
-                bail!("upstream name {:?} is configured twice", u.name);
+            // UpstreamId is lowercased, so `Docker.io` and `docker.io` are one name.
+            if upstreams[..i].iter().any(|v| v.name == u.name) {
+                bail!("upstream name {:?} is configured twice", u.name.as_str());
             }
         }
         let auth = auth_settings(self.auth, listen, &upstreams)?;
@@ -277,41 +334,32 @@ impl FileConfig {
                 cert: t.cert,
                 key: t.key,
             }),
-            header_read_timeout: duration(
-                "server.header_read_timeout",
-                &self.server.header_read_timeout,
-            )?,
-            idle_timeout: match duration("server.idle_timeout", &self.server.idle_timeout)? {
+            header_read_timeout: self.server.header_read_timeout,
+            idle_timeout: match self.server.idle_timeout {
                 d if d >= Duration::from_millis(100) => d,
                 d => bail!("server.idle_timeout: {d:?} is too short; 100ms at least"),
             },
-            drain_timeout: duration("server.drain_timeout", &self.server.drain_timeout)?,
+            drain_timeout: self.server.drain_timeout,
             max_connections: match self.server.max_connections {
                 n @ 1..=1_000_000 => n,
                 n => bail!("server.max_connections: {n} is not between 1 and 1000000"),
             },
             cache_dir: o.cache_dir.unwrap_or(self.cache.dir),
-            tag_ttl: duration("cache.tag_ttl", &self.cache.tag_ttl)?,
-            max_blob_size: match &self.cache.max_blob_size {
+            tag_ttl: self.cache.tag_ttl,
+            max_blob_size: match self.cache.max_blob_size.map(ByteSize::bytes) {
                 None => pullgate_mirror::DEFAULT_MAX_BLOB_SIZE,
-                Some(text) => match parse_size(text).with_context(|| {
-                    format!("cache.max_blob_size: {text:?} is not a size like \"32GiB\"")
-                })? {
-                    0 => bail!("cache.max_blob_size must be more than 0"),
-                    n => n,
-                },
+                Some(0) => bail!("cache.max_blob_size must be more than 0"),
+                Some(n) => n,
             },
             max_fills_per_client: match self.cache.max_fills_per_client {
                 None => pullgate_mirror::DEFAULT_MAX_FILLS_PER_CLIENT,
                 Some(n @ 1..=100_000) => n,
                 Some(n) => bail!("cache.max_fills_per_client: {n} is not between 1 and 100000"),
             },
-            negative_ttl: match &self.cache.negative_ttl {
+            negative_ttl: match self.cache.negative_ttl {
                 None => pullgate_mirror::DEFAULT_NEGATIVE_TTL,
-                Some(text) => match duration("cache.negative_ttl", text)? {
-                    d if d <= Duration::from_secs(3600) => d,
-                    d => bail!("cache.negative_ttl: {d:?} is too long; at most 1h"),
-                },
+                Some(d) if d <= Duration::from_secs(3600) => d,
+                Some(d) => bail!("cache.negative_ttl: {d:?} is too long; at most 1h"),
             },
             upstreams,
         })
@@ -321,21 +369,10 @@ impl FileConfig {
 impl TryFrom<UpstreamSection> for UpstreamSettings {
     type Error = anyhow::Error;
     fn try_from(u: UpstreamSection) -> Result<Self> {
-        let valid_name = !u.name.is_empty()
-            && u.name.len() <= 253
-            && u.name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
-        if !valid_name {
-            bail!(
-                "upstream name {:?} must be a registry host such as docker.io",
-                u.name
-            );
-        }
         check_url(&u.url).with_context(|| format!("upstream {}", u.name))?;
         Ok(UpstreamSettings {
-            connect_timeout: duration("upstream.connect_timeout", &u.connect_timeout)?,
-            read_timeout: duration("upstream.read_timeout", &u.read_timeout)?,
+            connect_timeout: u.connect_timeout,
+            read_timeout: u.read_timeout,
             name: u.name,
             url: u.url.trim_end_matches('/').to_owned(),
             credentials: u.credentials,
@@ -363,11 +400,7 @@ fn auth_settings(
     if !anonymous && a.client_secrets.is_empty() {
         bail!("[auth] anonymous = false needs at least one path in [auth] client_secrets");
     }
-    let scheme = match a.scheme.as_deref().unwrap_or("basic") {
-        "basic" => Scheme::Basic,
-        "token" => Scheme::Token,
-        other => bail!("[auth] scheme = {other:?}: use \"basic\" or \"token\""),
-    };
+    let scheme = a.scheme.unwrap_or(Scheme::Basic);
     let mut rules = Vec::new();
     for r in a.rule {
         if r.user.is_empty() || r.repositories.is_empty() {
@@ -375,7 +408,7 @@ fn auth_settings(
         }
         for p in &r.repositories {
             let first = p.split('/').next().unwrap_or("");
-            let known = upstreams.iter().any(|u| u.name.eq_ignore_ascii_case(first));
+            let known = upstreams.iter().any(|u| u.name.is(first));
             if !known {
                 bail!(
                     "[[auth.rule]] for {:?}: pattern {p:?} must start with a configured upstream name",
@@ -402,15 +435,12 @@ fn auth_settings(
         scheme,
         mirror_hosts,
         service: a.service.unwrap_or_else(|| "pullgate".into()),
-        token_ttl: duration("auth.token_ttl", a.token_ttl.as_deref().unwrap_or("5m"))?,
+        token_ttl: a.token_ttl.unwrap_or(Duration::from_secs(5 * 60)),
         signing_key: a.signing_key,
         throttle: ThrottleConfig {
             max_failures: a.max_failures.unwrap_or(10).max(1),
-            window: duration(
-                "auth.failure_window",
-                a.failure_window.as_deref().unwrap_or("60s"),
-            )?,
-            block: duration("auth.block", a.block.as_deref().unwrap_or("60s"))?,
+            window: a.failure_window.unwrap_or(Duration::from_secs(60)),
+            block: a.block.unwrap_or(Duration::from_secs(60)),
             ..ThrottleConfig::default()
         },
         rules,
@@ -418,70 +448,17 @@ fn auth_settings(
 }
 
 fn cache_limits(c: &CacheSection) -> Result<Option<Limits>> {
-    let Some(text) = &c.max_size else {
+    let Some(max) = c.max_size else {
         if c.high_watermark.is_some() || c.low_watermark.is_some() {
             bail!("cache.high_watermark and cache.low_watermark need cache.max_size");
         }
         return Ok(None);
     };
-    let max = parse_size(text)
-        .with_context(|| format!("cache.max_size: {text:?} is not a size like \"50GiB\""))?;
     let high = c.high_watermark.unwrap_or(DEFAULT_HIGH_WATERMARK);
     let low = c.low_watermark.unwrap_or(DEFAULT_LOW_WATERMARK);
-    Limits::new(max, high, low)
+    Limits::new(max.bytes(), high, low)
         .map(Some)
         .context("cache.high_watermark, cache.low_watermark")
-}
-
-/// A size in bytes from `"50GiB"`, `"1.5 GiB"`, `"500MB"`, `"4096"`: binary units (KiB,
-/// MiB, GiB, TiB) are powers of 1024, decimal ones (KB, MB, GB, TB, and K, M, G, T) powers
-/// of 1000, `B` or no unit bytes.
-pub fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "m" | "mb" => 1000_u64.pow(2),
-        "g" | "gb" => 1000_u64.pow(3),
-        "t" | "tb" => 1000_u64.pow(4),
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "tib" => 1 << 40,
-        other => bail!("unknown unit {other:?}"),
-    };
-    let bytes = match number.split_once('.') {
-        None => number.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)),
-        Some((whole, frac)) if !frac.is_empty() && frac.len() <= 9 => {
-            let whole: u64 = if whole.is_empty() { 0 } else { whole.parse()? };
-            let scale = 10_u64.pow(frac.len() as u32);
-            let frac: u64 = frac.parse()?;
-            whole.checked_mul(unit).and_then(|w| {
-                // unit * frac fits: unit <= 2^40 and frac < 10^9 < 2^30.
-                w.checked_add(unit * frac / scale)
-            })
-        }
-        Some(_) => None,
-    };
-    match bytes {
-        Some(b) if b > 0 => Ok(b),
-        Some(_) => bail!("the size must be above zero"),
-        None => bail!("not a number of bytes"),
-    }
-}
-
-/// The exact size in the largest binary unit that divides it: `parse_size` reads it back.
-pub fn format_size(bytes: u64) -> String {
-    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    format!("{bytes}B")
 }
 
 fn check_url(url: &str) -> Result<()> {
@@ -494,11 +471,6 @@ fn check_url(url: &str) -> Result<()> {
         bail!("{url:?} must name a host (and no user info: use a credentials secret)");
     }
     Ok(())
-}
-
-fn duration(field: &str, text: &str) -> Result<Duration> {
-    humantime::parse_duration(text)
-        .with_context(|| format!("{field}: {text:?} is not a duration like \"60s\""))
 }
 
 #[cfg(test)]
@@ -515,7 +487,7 @@ mod tests {
         assert_eq!(s.cache_dir, PathBuf::from("./pullgate-data"));
         assert_eq!(s.tag_ttl, Duration::from_secs(60));
         assert_eq!(s.upstreams.len(), 1);
-        assert_eq!(s.upstreams[0].name, "docker.io");
+        assert_eq!(s.upstreams[0].name.as_str(), "docker.io");
         assert_eq!(s.upstreams[0].url, "https://registry-1.docker.io");
     }
 
@@ -524,14 +496,15 @@ mod tests {
         let s = FileConfig::load(None)
             .unwrap()
             .into_settings(Overrides {
-                listen: Some("127.0.0.1:0".into()),
+                listen: Some(([127, 0, 0, 1], 0).into()),
                 cache_dir: Some("/tmp/x".into()),
                 upstream: Some("http://127.0.0.1:5001/".into()),
             })
             .unwrap();
         assert_eq!(s.listen.port(), 0);
         assert_eq!(s.cache_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(s.upstreams[0].url, "http://127.0.0.1:5001/");
+        // Trimmed like a file's URL.
+        assert_eq!(s.upstreams[0].url, "http://127.0.0.1:5001");
     }
 
     #[test]
@@ -543,7 +516,9 @@ mod tests {
             format!("{base}[[upstream]]\nname = \"a b\"\nurl = \"https://x\"\n"),
             format!("{base}[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n[[upstream]]\nname = \"A\"\nurl = \"https://y\"\n"),
             format!("{base}[[upstream]]\nname = \"a\"\nurl = \"https://x\"\nbogus = 1\n"),
-            base.to_string(),
+            "upstream = []\n".to_string(),
+            "[server]\nbogus = 1\n".to_string(),
+            "[surver]\nlisten = \"127.0.0.1:5000\"\n".to_string(),
             format!("{base}tag_ttl = \"soon\"\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n"),
         ];
         for text in bad {
@@ -552,46 +527,204 @@ mod tests {
         }
     }
 
+    fn settings(text: &str, o: Overrides) -> Result<Settings> {
+        FileConfig::parse(text).and_then(|c| c.into_settings(o))
+    }
+
+    /// Tried as a new user would: who may pull and from where, the rest from flags.
+    #[test]
+    fn only_auth_and_upstreams_with_listen_and_cache_dir_flags() {
+        let text = "[auth]\nclient_secrets = [\"/run/secrets/clients\"]\n\n\
+                    [[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n";
+        let s = settings(
+            text,
+            Overrides {
+                listen: Some(([0, 0, 0, 0], 5000).into()),
+                cache_dir: Some("/var/cache/pullgate".into()),
+                upstream: None,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(s.listen.to_string(), "0.0.0.0:5000");
+        assert_eq!(s.cache_dir, PathBuf::from("/var/cache/pullgate"));
+        assert_eq!(
+            s.auth.client_secrets,
+            [PathBuf::from("/run/secrets/clients")]
+        );
+        assert!(!s.auth.anonymous);
+        // The file's list replaces the default one: docker.io is not inherited.
+        let names: Vec<_> = s.upstreams.iter().map(|u| u.name.to_string()).collect();
+        assert_eq!(names, ["ghcr.io"]);
+        // Everything else is the embedded default's.
+        assert_eq!(s.tag_ttl, Duration::from_secs(60));
+        assert_eq!(s.header_read_timeout, Duration::from_secs(30));
+
+        // Without the flags, the embedded default's listen address and cache directory.
+        let s = settings(text, Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(s.cache_dir, PathBuf::from("./pullgate-data"));
+    }
+
+    /// Tried as a new user would: a size bound, and `--upstream` re-pointing the embedded
+    /// default's upstream (docker.io keeps its name).
+    #[test]
+    fn only_max_size_with_the_upstream_flag() {
+        let s = settings(
+            "[cache]\nmax_size = \"10GiB\"\n",
+            Overrides {
+                upstream: Some("http://127.0.0.1:5001".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(s.cache_limits.map(|l| l.max_bytes()), Some(10 << 30));
+        assert_eq!(s.cache_dir, PathBuf::from("./pullgate-data"));
+        assert_eq!(s.tag_ttl, Duration::from_secs(60));
+        assert_eq!(s.upstreams.len(), 1);
+        assert_eq!(s.upstreams[0].name.to_string(), "docker.io");
+        assert_eq!(s.upstreams[0].url, "http://127.0.0.1:5001");
+        assert!(s.auth.anonymous, "loopback without secrets");
+    }
+
+    /// Each absent section and key takes the embedded default's value; a present table
+    /// merges key by key; a list replaces the default's.
+    #[test]
+    fn a_partial_file_is_laid_over_the_embedded_default() {
+        let default = settings("", Overrides::default()).unwrap();
+        let embedded = FileConfig::load(None)
+            .and_then(|c| c.into_settings(Overrides::default()))
+            .unwrap();
+        assert_eq!(format!("{default:?}"), format!("{embedded:?}"));
+        assert_eq!(default.listen.to_string(), "127.0.0.1:5000");
+
+        // A table the file has keeps the default's other keys.
+        let s = settings("[server]\nmax_connections = 10\n", Overrides::default()).unwrap();
+        assert_eq!(s.max_connections, 10);
+        assert_eq!(s.listen.to_string(), "127.0.0.1:5000");
+        let s = settings("[cache]\ntag_ttl = \"5m\"\n", Overrides::default()).unwrap();
+        assert_eq!(s.tag_ttl, Duration::from_secs(300));
+        assert_eq!(s.cache_dir, PathBuf::from("./pullgate-data"));
+        // A file's own value wins over the embedded default's.
+        let s = settings("[cache]\ndir = \"/c\"\n", Overrides::default()).unwrap();
+        assert_eq!(
+            (s.cache_dir, s.tag_ttl),
+            ("/c".into(), Duration::from_secs(60))
+        );
+        // Sub-tables merge too: TLS alone keeps the default listen address.
+        let s = settings(
+            "[server.tls]\ncert = \"/c\"\nkey = \"/k\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(s.tls.is_some());
+        assert_eq!(s.listen.to_string(), "127.0.0.1:5000");
+        // Two upstreams in the file are exactly the upstreams.
+        let s = settings(
+            "[[upstream]]\nname = \"quay.io\"\nurl = \"https://quay.io\"\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"https://mirror.gcr.io\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        let names: Vec<_> = s.upstreams.iter().map(|u| u.name.to_string()).collect();
+        assert_eq!(names, ["quay.io", "docker.io"]);
+        assert_eq!(s.upstreams[1].url, "https://mirror.gcr.io");
+        // A file can still leave no upstream only by saying so, and that is refused,
+        // with the flag too: it re-points an upstream, it does not make one up.
+        for o in [
+            Overrides::default(),
+            Overrides {
+                upstream: Some("http://127.0.0.1:5001".into()),
+                ..Overrides::default()
+            },
+        ] {
+            let err = settings("upstream = []\n", o).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("at least one [[upstream]]"),
+                "{err:#}"
+            );
+        }
+    }
+
+    /// Durations, sizes, addresses, upstream names and the scheme are read once into their
+    /// types; a bad one is refused naming the key and quoting the value.
+    #[test]
+    fn typed_values_and_errors_that_name_the_key_and_the_value() {
+        let s = settings(
+            "[server]\nlisten = \"[::1]:5001\"\nidle_timeout = \"1h 30m\"\n\
+             [cache]\nmax_size = 1048576\ntag_ttl = \"90s\"\n\
+             [[upstream]]\nname = \"Docker.IO\"\nurl = \"https://x/\"\nread_timeout = \"2m\"\n\
+             [auth]\nscheme = \"token\"\ntoken_ttl = \"1h\"\nblock = \"10m\"\n",
+            Overrides::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(s.listen, "[::1]:5001".parse::<SocketAddr>().unwrap());
+        assert_eq!(s.idle_timeout, Duration::from_secs(5400));
+        assert_eq!(s.cache_limits.map(|l| l.max_bytes()), Some(1 << 20));
+        assert_eq!(s.tag_ttl, Duration::from_secs(90));
+        assert_eq!(s.upstreams[0].name, UpstreamId::parse("docker.io").unwrap());
+        assert_eq!(s.upstreams[0].url, "https://x");
+        assert_eq!(s.upstreams[0].read_timeout, Duration::from_secs(120));
+        assert_eq!(s.auth.scheme, Scheme::Token);
+        assert_eq!(s.auth.token_ttl, Duration::from_secs(3600));
+        assert_eq!(s.auth.throttle.block, Duration::from_secs(600));
+
+        for (text, key, value) in [
+            (
+                "[server]\nlisten = \"localhost\"",
+                "server.listen",
+                "\"localhost\"",
+            ),
+            ("[server]\nlisten = 5000", "server.listen", "5000"),
+            (
+                "[server]\ndrain_timeout = \"soon\"",
+                "server.drain_timeout",
+                "\"soon\"",
+            ),
+            ("[server]\nidle_timeout = 60", "server.idle_timeout", "60"),
+            (
+                "[server]\nidle_timeout = \"10ms\"",
+                "server.idle_timeout",
+                "10ms",
+            ),
+            (
+                "[cache]\ntag_ttl = \"1 fortnight\"",
+                "cache.tag_ttl",
+                "\"1 fortnight\"",
+            ),
+            ("[cache]\nmax_size = \"lots\"", "cache.max_size", "\"lots\""),
+            ("[cache]\nmax_size = \"1PB\"", "cache.max_size", "\"1PB\""),
+            ("[cache]\nmax_size = 0", "cache.max_size", "0"),
+            (
+                "[[upstream]]\nname = \"a b\"\nurl = \"https://x\"",
+                "upstream.name",
+                "\"a b\"",
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nurl = \"https://x\"\nconnect_timeout = \"x\"",
+                "upstream.connect_timeout",
+                "\"x\"",
+            ),
+            ("[auth]\nscheme = \"digest\"", "auth.scheme", "digest"),
+            (
+                "[auth]\ntoken_ttl = \"forever\"",
+                "auth.token_ttl",
+                "\"forever\"",
+            ),
+            (
+                "[auth]\nfailure_window = \"\"",
+                "auth.failure_window",
+                "\"\"",
+            ),
+        ] {
+            let err = format!("{:#}", settings(text, Overrides::default()).unwrap_err());
+            assert!(err.contains(key), "{text}: {err} does not name {key}");
+            assert!(err.contains(value), "{text}: {err} does not quote {value}");
+        }
+    }
+
     #[test]
     fn sizes_and_cache_limits() {
         let gib = 1 << 30;
-        for (text, want) in [
-            ("50GiB", 50 * gib),
-            ("50 GiB", 50 * gib),
-            ("1.5GiB", 3 * gib / 2),
-            ("500MB", 500_000_000),
-            ("2M", 2_000_000),
-            ("4096", 4096),
-            ("10B", 10),
-            ("64kib", 65536),
-            ("1TiB", 1 << 40),
-        ] {
-            assert_eq!(parse_size(text).unwrap(), want, "{text}");
-        }
-        for bad in [
-            "",
-            "GiB",
-            "0",
-            "0GiB",
-            "1.GiB",
-            "-1GiB",
-            "1PB",
-            "1e9",
-            "99999999999TiB",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
-        }
-        for n in [1, 1023, 1024, 3 << 29, 50 * gib, 1 << 40, 12345] {
-            assert_eq!(
-                parse_size(&format_size(n)).unwrap(),
-                n,
-                "{}",
-                format_size(n)
-            );
-        }
-        assert_eq!(format_size(50 * gib), "50GiB");
-        assert_eq!(format_size(1536), "1536B");
-
         let cache = |extra: &str| {
             FileConfig::parse(&format!(
                 "[server]\nlisten = \"127.0.0.1:5000\"\n[cache]\ndir = \"d\"\n{extra}\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n"
@@ -766,6 +899,60 @@ mod tests {
         for key in &accepted {
             assert!(set.contains(key), "the complete example lacks {key}");
         }
+    }
+
+    /// Every default docs/configuration.md writes as a value (`"30s"`, `4096`, `[]`) is the
+    /// one in effect when a file leaves the key out, as `check-config` shows it. Defaults
+    /// written as prose ("required", "none (unbounded)") are not values to compare.
+    #[test]
+    fn documented_defaults_are_the_effective_ones() {
+        let doc = include_str!("../docs/configuration.md");
+        // max_size has no default; set, it makes the watermarks' defaults show.
+        let s = settings("[cache]\nmax_size = \"1GiB\"\n", Overrides::default()).unwrap();
+        let shown: Table = crate::check::render(&s).parse().unwrap();
+        // Durations are compared as durations: the doc says "60s", check-config "1m".
+        let same = |a: &Value, b: &Value| match (a.as_str(), b.as_str()) {
+            (Some(x), Some(y)) => {
+                match (humantime::parse_duration(x), humantime::parse_duration(y)) {
+                    (Ok(x), Ok(y)) => x == y,
+                    _ => x == y,
+                }
+            }
+            _ => a == b,
+        };
+        let mut checked = Vec::new();
+        for line in doc.lines() {
+            let Some(row) = line.strip_prefix("| `") else {
+                continue;
+            };
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let key = cells[0].trim_end_matches('`');
+            let Some(literal) = cells[2].strip_prefix('`').and_then(|d| d.split('`').next()) else {
+                continue;
+            };
+            let want = format!("v = {literal}")
+                .parse::<Table>()
+                .unwrap_or_else(|e| panic!("{key}: default {literal} is not a TOML value: {e}"))
+                .remove("v")
+                .unwrap();
+            let mut parts = key.split('.');
+            let mut at = &shown[parts.next().unwrap()];
+            for part in parts {
+                // [[upstream]]: the embedded default's one.
+                if let Value::Array(list) = at {
+                    at = &list[0];
+                }
+                at = at
+                    .get(part)
+                    .unwrap_or_else(|| panic!("check-config does not show {key}"));
+            }
+            assert!(
+                same(at, &want),
+                "{key}: documented default {literal}, in effect {at}"
+            );
+            checked.push(key);
+        }
+        assert!(checked.len() >= 20, "{checked:?}");
     }
 
     #[test]

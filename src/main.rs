@@ -5,7 +5,9 @@ mod cache;
 mod check;
 mod config;
 mod fds;
+mod units;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -55,17 +57,19 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ConfigArgs {
-    /// TOML configuration file (default: the embedded config/pullgate.toml).
+    /// TOML configuration file, laid over the embedded config/pullgate.toml: it needs only
+    /// what it changes (default: the embedded file alone).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on, e.g. 127.0.0.1:5000 (overrides server.listen).
     #[arg(long, value_name = "ADDR")]
-    listen: Option<String>,
+    listen: Option<SocketAddr>,
     /// Cache directory (overrides cache.dir).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// URL of the default upstream registry; http:// is allowed for local registries
-    /// (overrides the first [[upstream]]'s url).
+    /// (overrides the first [[upstream]]'s url: the embedded default's docker.io, keeping
+    /// its name, when the file has no [[upstream]]).
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
 }
@@ -103,7 +107,7 @@ fn main() -> Result<()> {
         Command::CheckConfig(args) => {
             let source = args.config.as_ref().map_or_else(
                 || "the embedded default".to_owned(),
-                |p| p.display().to_string(),
+                |p| format!("{} over the embedded default", p.display()),
             );
             let settings = args.settings()?;
             for line in check::files(&settings) {
@@ -144,8 +148,7 @@ async fn serve(s: Settings) -> Result<()> {
                 .transpose()
                 .with_context(|| format!("upstream {}: reading its credentials secret", u.name))?;
             Upstream::new(UpstreamConfig {
-                name: pullgate_oci::UpstreamId::parse(&u.name)
-                    .with_context(|| format!("upstream {:?}", u.name))?,
+                name: u.name.clone(),
                 url: u.url.clone(),
                 credentials,
                 connect_timeout: u.connect_timeout,
@@ -244,7 +247,7 @@ fn authenticator(s: &Settings) -> Result<Authenticator> {
             scheme: a.scheme,
             anonymous: a.anonymous,
             mirror_hosts: a.mirror_hosts.clone(),
-            upstreams: s.upstreams.iter().map(|u| u.name.clone()).collect(),
+            upstreams: s.upstreams.iter().map(|u| u.name.to_string()).collect(),
             rules: a.rules.clone(),
             service: a.service.clone(),
             token_ttl: a.token_ttl,
