@@ -208,7 +208,7 @@ async fn serve(s: Settings) -> Result<()> {
         tls,
     };
     let drain = s.drain_timeout;
-    pullgate_server::serve(listener, app, config, shutdown_signal()).await?;
+    pullgate_server::serve(listener, Arc::clone(&app), config, shutdown_signal()).await?;
     // Connections are closed; fills and manifest fetches that outlived their clients get
     // the same deadline to commit, and the evictor finishes its run. One cut short leaves
     // only a tmp file, emptied at the next start.
@@ -219,6 +219,15 @@ async fn serve(s: Settings) -> Result<()> {
             tasks = unfinished,
             "drain deadline passed with fills unfinished; their partial files are discarded"
         );
+    }
+    // The audit lines of every request answered are written before the process ends.
+    let audit_deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let audit_app = Arc::clone(&app);
+    let flushed = tokio::task::spawn_blocking(move || audit_app.audit.shutdown(audit_deadline))
+        .await
+        .unwrap_or(false);
+    if !flushed {
+        tracing::warn!("the audit writer did not finish in time; its last lines may be lost");
     }
     // Blob files are fsynced as they commit; the index's last writes are flushed here.
     store.flush().context("flushing the cache index")?;

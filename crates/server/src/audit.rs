@@ -1,11 +1,14 @@
 //! The audit log: one JSON line per manifest pull and per refused request, written by its
 //! own thread so a slow disk never stalls a request. The queue is bounded; lines that do
-//! not fit are counted, never buffered without end.
+//! not fit are counted, never buffered without end. [`Audit::shutdown`] writes what is
+//! queued and waits for the thread, so a stopping mirror loses no line it accepted.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::SystemTime;
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -30,37 +33,76 @@ pub struct AuditEvent<'a> {
 }
 
 pub struct Audit {
-    tx: Option<mpsc::SyncSender<String>>,
+    /// `None` asks the writer to finish.
+    tx: Option<mpsc::SyncSender<Option<String>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     dropped: AtomicU64,
 }
 
 impl Audit {
     /// Audit lines go to `out` (stdout in the binary), one JSON object a line.
     pub fn new(out: Box<dyn Write + Send>) -> Audit {
-        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<Option<String>>(QUEUE);
         let spawned = std::thread::Builder::new()
             .name("pullgate-audit".into())
             .spawn(move || {
                 let mut out = std::io::LineWriter::new(out);
-                for line in rx {
+                for line in rx.iter().map_while(|m| m) {
                     if out.write_all(line.as_bytes()).is_err() {
                         break;
                     }
                 }
+                let _ = out.flush();
             });
-        if let Err(e) = &spawned {
-            tracing::error!(error = %e, "cannot start the audit writer; audit lines are dropped");
+        match spawned {
+            Ok(handle) => Audit {
+                tx: Some(tx),
+                thread: Mutex::new(Some(handle)),
+                dropped: AtomicU64::new(0),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the audit writer; audit lines are dropped");
+                Audit::disabled()
+            }
         }
-        Audit {
-            tx: spawned.ok().map(|_| tx),
-            dropped: AtomicU64::new(0),
+    }
+
+    /// Write every line queued so far and stop the writer, waiting for it until
+    /// `deadline`. Blocking. Lines recorded afterwards are dropped (and counted). Returns
+    /// whether the writer finished in time.
+    pub fn shutdown(&self, deadline: Instant) -> bool {
+        let Some(tx) = &self.tx else { return true };
+        loop {
+            match tx.try_send(None) {
+                Ok(()) | Err(mpsc::TrySendError::Disconnected(_)) => break,
+                Err(mpsc::TrySendError::Full(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(mpsc::TrySendError::Full(_)) => return false,
+            }
         }
+        let Some(handle) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return true;
+        };
+        while !handle.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        handle.join().is_ok()
     }
 
     /// No audit log (tests, or audit switched off).
     pub fn disabled() -> Audit {
         Audit {
             tx: None,
+            thread: Mutex::new(None),
             dropped: AtomicU64::new(0),
         }
     }
@@ -71,7 +113,7 @@ impl Audit {
             return;
         };
         line.push('\n');
-        if tx.try_send(line).is_err() {
+        if tx.try_send(Some(line)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -84,4 +126,59 @@ impl Audit {
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            // Slow, so lines are still queued when shutdown is asked for.
+            std::thread::sleep(Duration::from_millis(2));
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn shutdown_writes_every_queued_line_and_then_drops_later_ones() {
+        let out = Shared::default();
+        let audit = Audit::new(Box::new(out.clone()));
+        let event = AuditEvent {
+            time: now_rfc3339(),
+            user: Some("u"),
+            client: "127.0.0.1".into(),
+            method: "GET",
+            upstream: None,
+            repository: None,
+            reference: None,
+            digest: None,
+            outcome: "hit",
+            status: 200,
+            bytes: 0,
+        };
+        for _ in 0..100 {
+            audit.record(&event);
+        }
+        assert!(audit.shutdown(Instant::now() + Duration::from_secs(10)));
+        let lines = out
+            .0
+            .lock()
+            .unwrap()
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        assert_eq!(lines, 100);
+        audit.record(&event);
+        assert_eq!(audit.dropped(), 1);
+        assert!(audit.shutdown(Instant::now()));
+    }
 }
