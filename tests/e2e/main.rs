@@ -17,5 +17,6 @@ mod image;
 mod load;
 mod ops;
 mod pull;
+mod token_realm;
 mod upstream_auth;
 mod upstream_faults;
