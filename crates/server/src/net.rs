@@ -164,11 +164,12 @@ impl PerAddress {
         let client = Client::of(ip);
         // Held for a map lookup only; a panic elsewhere cannot leave the counts wrong.
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(client).or_insert(0);
-        if *n >= self.limit {
+        let n = open.get(&client).copied().unwrap_or(0);
+        if n >= self.limit {
+            // Refused without an entry: a client with nothing open is never in the map.
             return None;
         }
-        *n += 1;
+        open.insert(client, n + 1);
         Some(AddressSlot {
             counted: Some((Arc::clone(self), client)),
         })
@@ -245,6 +246,15 @@ mod tests {
         ] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_refused_client_leaves_nothing_behind() {
+        let none = PerAddress::new(0, vec![]);
+        for i in 0..100u8 {
+            assert!(none.admit(IpAddr::from([192, 0, 2, i])).is_none());
+        }
+        assert_eq!(none.clients(), 0);
     }
 
     #[test]
