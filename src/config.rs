@@ -836,6 +836,12 @@ mod tests {
             s.auth.realm.as_ref().map(|r| r.as_str()),
             Some("https://mirror.example.com/token")
         );
+        // check-config prints them back as a configuration that yields the same.
+        let printed = crate::check::render(&s);
+        let again = FileConfig::parse(&printed)
+            .and_then(|c| c.into_settings(Overrides::default()))
+            .unwrap();
+        assert_eq!(format!("{again:?}"), format!("{s:?}"), "{printed}");
         for (server, auth) in [
             ("max_connections_per_address = 0", ""),
             ("trusted_proxies = [\"10.0.0.0/40\"]", ""),
