@@ -30,6 +30,17 @@ pub fn render(s: &Settings) -> String {
         "max_connections".into(),
         i64::try_from(s.max_connections).unwrap_or(i64::MAX).into(),
     );
+    server.insert(
+        "max_connections_per_address".into(),
+        i64::try_from(s.max_connections_per_address)
+            .unwrap_or(i64::MAX)
+            .into(),
+    );
+    server.insert(
+        "connection_limit_exempt".into(),
+        nets(&s.connection_limit_exempt),
+    );
+    server.insert("trusted_proxies".into(), nets(&s.trusted_proxies));
     if let Some(tls) = &s.tls {
         let mut t = Table::new();
         t.insert("cert".into(), path(&tls.cert));
@@ -94,6 +105,9 @@ pub fn render(s: &Settings) -> String {
     auth.insert("token_ttl".into(), dur(a.token_ttl).into());
     if let Some(k) = &a.signing_key {
         auth.insert("signing_key".into(), path(k));
+    }
+    if let Some(r) = &a.realm {
+        auth.insert("realm".into(), r.as_str().into());
     }
     auth.insert(
         "max_failures".into(),
@@ -168,6 +182,10 @@ pub fn files(s: &Settings) -> Vec<String> {
 
 fn dur(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+fn nets(n: &[pullgate_server::IpNet]) -> Value {
+    Value::Array(n.iter().map(|n| n.to_string().into()).collect())
 }
 
 fn path(p: &Path) -> Value {

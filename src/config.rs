@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use pullgate_auth::{Rule, Scheme, ThrottleConfig};
 use pullgate_oci::UpstreamId;
-use pullgate_server::TlsFiles;
+use pullgate_server::{IpNet, RealmUrl, TlsFiles};
 use pullgate_store::Limits;
 use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
@@ -58,6 +58,8 @@ pub struct AuthSection {
     pub token_ttl: Option<Duration>,
     /// A file (mounted secret) holding the token signing key; generated at start-up if unset.
     pub signing_key: Option<PathBuf>,
+    /// The token realm clients are sent to; unset, each request's own scheme and host.
+    pub realm: Option<String>,
     pub max_failures: Option<u32>,
     #[serde(default, with = "units::duration::option")]
     pub failure_window: Option<Duration>,
@@ -100,6 +102,15 @@ pub struct ServerSection {
     /// Connections served at once; more wait in the kernel's backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 /64) may hold; more are closed at accept.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Addresses or networks not counted against `max_connections_per_address`.
+    #[serde(default = "default_connection_limit_exempt")]
+    pub connection_limit_exempt: Vec<String>,
+    /// Proxies (addresses or networks) whose `Forwarded` / `X-Forwarded-*` are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// HTTPS with these PEM files (a mounted `kubernetes.io/tls` secret); plain HTTP if absent.
     pub tls: Option<TlsSection>,
 }
@@ -161,6 +172,12 @@ fn default_idle_timeout() -> Duration {
 fn default_max_connections() -> usize {
     4096
 }
+fn default_max_connections_per_address() -> usize {
+    64
+}
+fn default_connection_limit_exempt() -> Vec<String> {
+    vec!["127.0.0.1".into(), "::1".into()]
+}
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -211,6 +228,9 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub connection_limit_exempt: Vec<IpNet>,
+    pub trusted_proxies: Vec<IpNet>,
     pub cache_dir: PathBuf,
     pub tag_ttl: Duration,
     /// `None`: unbounded.
@@ -233,6 +253,7 @@ pub struct AuthSettings {
     pub service: String,
     pub token_ttl: Duration,
     pub signing_key: Option<PathBuf>,
+    pub realm: Option<RealmUrl>,
     pub throttle: ThrottleConfig,
     pub rules: Vec<Rule>,
 }
@@ -344,6 +365,15 @@ impl FileConfig {
                 n @ 1..=1_000_000 => n,
                 n => bail!("server.max_connections: {n} is not between 1 and 1000000"),
             },
+            max_connections_per_address: match self.server.max_connections_per_address {
+                n @ 1..=1_000_000 => n,
+                n => bail!("server.max_connections_per_address: {n} is not between 1 and 1000000"),
+            },
+            connection_limit_exempt: networks(
+                "server.connection_limit_exempt",
+                &self.server.connection_limit_exempt,
+            )?,
+            trusted_proxies: networks("server.trusted_proxies", &self.server.trusted_proxies)?,
             cache_dir: o.cache_dir.unwrap_or(self.cache.dir),
             tag_ttl: self.cache.tag_ttl,
             max_blob_size: match self.cache.max_blob_size.map(ByteSize::bytes) {
@@ -437,6 +467,12 @@ fn auth_settings(
         service: a.service.unwrap_or_else(|| "pullgate".into()),
         token_ttl: a.token_ttl.unwrap_or(Duration::from_secs(5 * 60)),
         signing_key: a.signing_key,
+        realm: a
+            .realm
+            .as_deref()
+            .map(RealmUrl::parse)
+            .transpose()
+            .context("auth.realm")?,
         throttle: ThrottleConfig {
             max_failures: a.max_failures.unwrap_or(10).max(1),
             window: a.failure_window.unwrap_or(Duration::from_secs(60)),
@@ -471,6 +507,13 @@ fn check_url(url: &str) -> Result<()> {
         bail!("{url:?} must name a host (and no user info: use a credentials secret)");
     }
     Ok(())
+}
+
+fn networks(field: &str, texts: &[String]) -> Result<Vec<IpNet>> {
+    texts
+        .iter()
+        .map(|t| t.parse().with_context(|| field.to_owned()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -979,5 +1022,53 @@ mod tests {
             }
         }
         assert!(seen >= 4);
+    }
+
+    #[test]
+    fn connection_caps_proxies_and_realm() {
+        let cfg = |server: &str, auth: &str| {
+            FileConfig::parse(&format!(
+                "[server]\nlisten = \"127.0.0.1:5000\"\n{server}\n[cache]\ndir = \"d\"\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n[auth]\n{auth}"
+            ))
+            .and_then(|c| c.into_settings(Overrides::default()))
+        };
+        let s = cfg("", "").unwrap();
+        assert_eq!(s.max_connections_per_address, 64);
+        let exempt: Vec<String> = s
+            .connection_limit_exempt
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(exempt, ["127.0.0.1", "::1"]);
+        assert!(s.trusted_proxies.is_empty() && s.auth.realm.is_none());
+
+        let s = cfg(
+            "max_connections_per_address = 8\nconnection_limit_exempt = []\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::1\"]",
+            "scheme = \"token\"\nrealm = \"https://mirror.example.com/token\"",
+        )
+        .unwrap();
+        assert_eq!(s.max_connections_per_address, 8);
+        assert!(s.connection_limit_exempt.is_empty());
+        assert!(s.trusted_proxies[0].contains("10.2.3.4".parse().unwrap()));
+        assert_eq!(
+            s.auth.realm.as_ref().map(|r| r.as_str()),
+            Some("https://mirror.example.com/token")
+        );
+        // check-config prints them back as a configuration that yields the same.
+        let printed = crate::check::render(&s);
+        let again = FileConfig::parse(&printed)
+            .and_then(|c| c.into_settings(Overrides::default()))
+            .unwrap();
+        assert_eq!(format!("{again:?}"), format!("{s:?}"), "{printed}");
+        for (server, auth) in [
+            ("max_connections_per_address = 0", ""),
+            ("trusted_proxies = [\"10.0.0.0/40\"]", ""),
+            ("trusted_proxies = [\"proxy.example\"]", ""),
+            ("connection_limit_exempt = [\"\"]", ""),
+            ("", "realm = \"mirror.example.com/token\""),
+            ("", "realm = \"https://h/\\\"x\""),
+        ] {
+            assert!(cfg(server, auth).is_err(), "accepted {server:?} {auth:?}");
+        }
     }
 }

@@ -198,12 +198,17 @@ async fn serve(s: Settings) -> Result<()> {
         "pullgate serving"
     );
     mirror.tasks().spawn(store.evictor(evictor_stop.clone()));
+    warn_about_the_realm(&s, tls.is_some());
     let mirror = Arc::new(mirror);
     let app = Arc::new(App::new(Arc::clone(&mirror), auth, audit));
     let config = ServerConfig {
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
         max_connections: fds::connection_budget(s.max_connections),
+        max_connections_per_address: s.max_connections_per_address,
+        connection_limit_exempt: s.connection_limit_exempt.clone(),
+        realm: s.auth.realm.clone(),
+        trusted_proxies: s.trusted_proxies.clone(),
         drain_timeout: s.drain_timeout,
         tls,
     };
@@ -233,6 +238,26 @@ async fn serve(s: Settings) -> Result<()> {
     store.flush().context("flushing the cache index")?;
     tracing::info!("pullgate stopped");
     Ok(())
+}
+
+/// Where the token flow would send passwords in clear text, say so once at start.
+fn warn_about_the_realm(s: &Settings, tls: bool) {
+    if s.auth.scheme != pullgate_auth::Scheme::Token {
+        return;
+    }
+    match &s.auth.realm {
+        Some(realm) if realm.is_plain_http() => tracing::warn!(
+            realm = realm.as_str(),
+            "[auth] realm is plain http: clients send their passwords to it in clear text"
+        ),
+        None if !tls && s.trusted_proxies.is_empty() && !s.listen.ip().is_loopback() => {
+            tracing::warn!(
+                "the token realm is plain http (no [server.tls], no [auth] realm, no \
+                 server.trusted_proxies): clients send their passwords in clear text"
+            )
+        }
+        _ => {}
+    }
 }
 
 /// Client authentication from the mounted secrets. Every secret must load now: a mirror

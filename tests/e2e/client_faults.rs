@@ -1,6 +1,6 @@
 //! Misbehaving clients: connections that send nothing, send headers a byte at a time or sit
-//! idle; oversized headers and URIs; a thousand idle connections at once; thousands of
-//! Range requests. pullgate bounds what each costs and keeps serving everyone else. (A
+//! idle; oversized headers and URIs; a thousand idle connections at once; dripping sockets
+//! from one address against the per-address cap; thousands of Range requests. pullgate bounds what each costs and keeps serving everyone else. (A
 //! client that disconnects mid-blob: `pull.rs`, `a_fill_completes_after_its_client_disconnects`.)
 
 use std::io::{Read, Write};
@@ -157,6 +157,86 @@ async fn a_thousand_silent_connections_are_bounded_closed_and_starve_no_one() {
     eprintln!(
         "{SILENT} silent connections, max_connections {MAX}: peak {peak} fds (baseline \
          {baseline}); the real client waited {waited:?}; all closed {closed:?} later"
+    );
+}
+
+/// A connection to pullgate from the loopback address `local`.
+async fn connect_from(local: std::net::IpAddr, port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((local, 0).into()).unwrap();
+    socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .expect("connect")
+}
+
+/// Whether pullgate has closed (or reset) this socket; `false` while it is open.
+fn closed(s: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match s.try_read(&mut buf) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// 60 sockets dripping header bytes from one address against 50 connection slots used to
+/// delay every other client by `header_read_timeout`. The per-address cap keeps that
+/// address to its share, closing its excess at accept, and others are served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dripping_sockets_from_one_address_cannot_starve_other_clients() {
+    const SLOTS: usize = 50;
+    const PER_ADDRESS: usize = 10;
+    const DRIPPING: usize = 60;
+    let (_fault, blob, pullgate) = start(&format!(
+        "header_read_timeout = \"8s\"\nmax_connections = {SLOTS}\nmax_connections_per_address = {PER_ADDRESS}"
+    ));
+    let port = pullgate.port;
+    let attacker = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut sockets = Vec::new();
+    for _ in 0..DRIPPING {
+        sockets.push(connect_from(attacker, port).await);
+    }
+    let sockets = std::sync::Arc::new(sockets);
+    let drip = {
+        let sockets = std::sync::Arc::clone(&sockets);
+        tokio::spawn(async move {
+            for b in b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+                for s in sockets.iter() {
+                    // A socket pullgate closed refuses the byte: that is the point.
+                    let _ = s.try_write(&[*b]);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    // Let pullgate accept (or close) every one of them before the real client comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let url = format!("{}/v2/e2e/drip/blobs/{}", pullgate.url(), blob.digest);
+    let started = Instant::now();
+    let r = get(&url).await;
+    let waited = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(r.bytes()), blob.digest);
+    assert!(
+        waited < Duration::from_secs(3),
+        "a client from another address waited {waited:?} behind {DRIPPING} dripping sockets"
+    );
+    // The attacker kept its share; the rest was closed at accept, long before the
+    // header timeout.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let open = sockets.iter().filter(|s| !closed(s)).count();
+    assert_eq!(open, PER_ADDRESS, "dripping sockets still open");
+    let refused = http::metric(
+        &pullgate.url(),
+        "pullgate_connections_over_address_limit_total",
+    )
+    .await;
+    assert_eq!(refused, (DRIPPING - PER_ADDRESS) as f64);
+    drip.abort();
+    eprintln!(
+        "{DRIPPING} dripping sockets from {attacker}, {PER_ADDRESS} per address, {SLOTS} slots: \
+         another client waited {waited:?}"
     );
 }
 

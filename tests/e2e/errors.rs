@@ -44,11 +44,24 @@ async fn bad_and_unsupported_requests_get_oci_errors() {
             400,
             "NAME_INVALID",
         ),
+        // A tag that cannot exist is an unknown manifest, as Distribution answers.
         (
             "GET",
             format!("{base}/v2/e2e/err/manifests/-bad-tag"),
-            400,
-            "MANIFEST_INVALID",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            "GET",
+            format!("{base}/v2/e2e/err/manifests/.INVALID"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            "HEAD",
+            format!("{base}/v2/e2e/err/manifests/.INVALID"),
+            404,
+            "",
         ),
         (
             "GET",
@@ -130,6 +143,14 @@ async fn bad_and_unsupported_requests_get_oci_errors() {
                 "{method} {url}"
             );
         }
+    }
+    // Answered here: no upstream is asked about a tag that cannot exist.
+    for method in ["GET", "HEAD"] {
+        assert_eq!(
+            upstream.count(method, "/v2/e2e/err/manifests/.INVALID"),
+            0,
+            "{method}"
+        );
     }
     assert!(!pullgate.log().contains("panicked"));
 }

@@ -18,5 +18,6 @@ mod isolation;
 mod load;
 mod ops;
 mod pull;
+mod token_realm;
 mod upstream_auth;
 mod upstream_faults;

@@ -17,4 +17,7 @@ pub enum AuthError {
     KeyFile { path: PathBuf, reason: String },
     #[error("generating a signing key: {0}")]
     KeyGeneration(String),
+    /// A token could not be signed: the request fails rather than get an empty token.
+    #[error("signing a token: {0}")]
+    Signing(&'static str),
 }

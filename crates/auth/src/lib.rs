@@ -344,6 +344,7 @@ impl Authenticator {
     /// A token for the requested accesses this principal may have; the others are left out
     /// silently, as the Docker token spec asks. Only a password buys a token: a token
     /// traded for a new one could be renewed forever, outliving the password it came from.
+    /// A token that cannot be signed is `Err(Signing)`, never an empty token.
     pub fn issue_token(
         &self,
         principal: &Principal,
@@ -377,7 +378,7 @@ impl Authenticator {
             access,
         };
         Ok(IssuedToken {
-            token: token::sign(&self.config.signing_key, &claims).unwrap_or_default(),
+            token: token::sign(&self.config.signing_key, &claims)?,
             expires_in: ttl,
             issued_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         })

@@ -533,3 +533,25 @@ proptest! {
         let _ = a.authenticate(Some(&format!("Bearer {header}")), peer(7));
     }
 }
+
+/// A token that cannot be signed is an error for the caller to answer, never an empty token.
+#[test]
+fn a_signing_failure_is_an_error_not_an_empty_token() {
+    let (a, _d) = with_secret(
+        AuthConfig {
+            scheme: Scheme::Token,
+            signing_key: vec![1u8; 8],
+            ..config()
+        },
+        SECRET,
+    );
+    let p = a
+        .authenticate(Some(&basic("admin", "admin-pw")), peer(1))
+        .unwrap()
+        .unwrap();
+    match a.issue_token(&p, &[access("docker.io", "library/alpine")]) {
+        Err(AuthError::Signing(_)) => {}
+        Err(e) => panic!("{e}"),
+        Ok(t) => panic!("issued {:?} bytes of token", t.token.len()),
+    }
+}

@@ -10,6 +10,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::AuthError;
+
 /// Longest token accepted: ours are well under 2 KiB even with many scopes.
 pub(crate) const MAX_TOKEN_LEN: usize = 8 * 1024;
 
@@ -50,17 +52,22 @@ pub(crate) fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub(crate) fn sign(key: &[u8], claims: &Claims) -> Option<String> {
-    let payload = serde_json::to_vec(claims).ok()?;
+pub(crate) fn sign(key: &[u8], claims: &Claims) -> Result<String, AuthError> {
+    // A short key makes tokens anyone can forge; only a caller's bug passes one.
+    if key.len() < crate::MIN_KEY_LEN {
+        return Err(AuthError::Signing("the signing key is too short"));
+    }
+    let payload =
+        serde_json::to_vec(claims).map_err(|_| AuthError::Signing("encoding the claims"))?;
     let signing_input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(HEADER),
         URL_SAFE_NO_PAD.encode(payload)
     );
-    let mut m = mac(key)?;
+    let mut m = mac(key).ok_or(AuthError::Signing("keying the MAC"))?;
     m.update(signing_input.as_bytes());
     let sig = m.finalize().into_bytes();
-    Some(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
 /// The claims of a token we signed, still valid for `audience`; `None` otherwise.

@@ -110,7 +110,11 @@ impl From<RouteError> for ApiError {
         match e {
             RouteError::NameInvalid(d) => ApiError::new(ErrorCode::NameInvalid, d),
             RouteError::DigestInvalid(d) => ApiError::new(ErrorCode::DigestInvalid, d),
-            RouteError::ReferenceInvalid(d) => ApiError::new(ErrorCode::ManifestInvalid, d),
+            // Distribution answers a malformed tag with 404 MANIFEST_UNKNOWN, and clients
+            // treat a 400 on a manifest as a broken registry rather than a missing tag.
+            RouteError::TagInvalid(d) => {
+                ApiError::new(ErrorCode::ManifestUnknown, d).status(StatusCode::NOT_FOUND)
+            }
             RouteError::Unsupported(d) => ApiError::new(ErrorCode::Unsupported, d),
             RouteError::PathTooLong => ApiError::new(ErrorCode::NameInvalid, e.to_string())
                 .status(StatusCode::URI_TOO_LONG),
@@ -198,5 +202,46 @@ impl From<MirrorError> for ApiError {
             }),
             MirrorError::Internal(detail) => ApiError::new(ErrorCode::Unknown, None).log(detail),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Route;
+    use http_body_util::BodyExt as _;
+
+    async fn body_json(resp: Response<Body>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// What Distribution answers and clients expect: a tag that cannot exist is an unknown
+    /// manifest, for HEAD (no body) and GET alike.
+    #[tokio::test]
+    async fn a_malformed_tag_is_manifest_unknown() {
+        for tag in [".INVALID", "-bad", "a%20b", &"t".repeat(129)] {
+            for method in [http::Method::GET, http::Method::HEAD] {
+                let path = format!("/v2/library/alpine/manifests/{tag}");
+                let e = ApiError::from(Route::parse(&method, &path).unwrap_err());
+                assert_eq!(e.status, StatusCode::NOT_FOUND, "{method} {path}");
+                assert_eq!(e.code, ErrorCode::ManifestUnknown, "{method} {path}");
+                let head = method == http::Method::HEAD;
+                let resp = e.into_response(head);
+                assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+                if !head {
+                    let v = body_json(resp).await;
+                    assert_eq!(v["errors"][0]["code"], "MANIFEST_UNKNOWN", "{path}");
+                }
+            }
+        }
+        // A malformed digest is still the client's error.
+        let e = ApiError::from(
+            Route::parse(&http::Method::GET, "/v2/a/manifests/sha256:zz").unwrap_err(),
+        );
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)
+        );
     }
 }

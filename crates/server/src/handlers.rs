@@ -14,6 +14,7 @@ use pullgate_oci::{AcceptList, RangeSpec, RepoName};
 
 use crate::audit::{Audit, AuditEvent};
 use crate::metrics::Metrics;
+use crate::realm::{Conn, RealmPolicy};
 use crate::token;
 
 use crate::body::Body;
@@ -58,7 +59,13 @@ struct Ctx {
     bytes: u64,
 }
 
-pub(crate) async fn handle<B>(app: Arc<App>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
+pub(crate) async fn handle<B>(
+    app: Arc<App>,
+    req: Request<B>,
+    conn: Conn,
+    realm: &RealmPolicy,
+) -> Response<Body> {
+    let peer = conn.peer;
     let started = Instant::now();
     let method = req.method().clone();
     let head = method == http::Method::HEAD;
@@ -69,7 +76,8 @@ pub(crate) async fn handle<B>(app: Arc<App>, req: Request<B>, peer: SocketAddr) 
         ..Ctx::default()
     };
 
-    let mut resp = match dispatch(&app, &req, &method, &path, &query, peer, &mut ctx).await {
+    let mut resp = match dispatch(&app, &req, &method, &path, &query, &conn, realm, &mut ctx).await
+    {
         Ok(resp) => resp,
         Err(e) => {
             log_error(&e, &method, &path, peer);
@@ -132,22 +140,6 @@ fn log_error(e: &ApiError, method: &http::Method, path: &str, peer: SocketAddr) 
     }
 }
 
-/// The token realm as this client reached us: its `Host`, if it is a plain host[:port].
-fn realm_url<B>(req: &Request<B>) -> String {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-        })
-        .unwrap_or("localhost");
-    format!("http://{host}/token")
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn dispatch<B>(
     app: &App,
@@ -155,9 +147,11 @@ async fn dispatch<B>(
     method: &http::Method,
     path: &str,
     query: &Query,
-    peer: SocketAddr,
+    conn: &Conn,
+    realm: &RealmPolicy,
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
+    let peer = conn.peer;
     let route = Route::parse(method, path).inspect_err(|e| ctx.route = e.label())?;
     ctx.route = route.label();
     // Probes and scrapes come from the cluster, without credentials; none says anything
@@ -169,9 +163,9 @@ async fn dispatch<B>(
         _ => {}
     }
     let auth = &app.auth;
-    let realm = realm_url(req);
-    let unauthorized =
-        |access: Option<&Access>| ApiError::unauthorized(auth.challenge(&realm, access));
+    let unauthorized = |access: Option<&Access>| {
+        ApiError::unauthorized(auth.challenge(&realm.url(req, conn), access))
+    };
 
     auth.check_throttle(peer.ip()).map_err(ApiError::from)?;
     let authorization = req

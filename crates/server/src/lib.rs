@@ -5,7 +5,9 @@
 //! What it is not: it never binds a socket, reads the environment or exits; the binary
 //! passes in a bound listener and a shutdown future.
 //!
-//! Main items: [`serve`], [`ServerConfig`], [`App`], [`Route`], [`ApiError`], [`Body`].
+//! Main items: [`serve`], [`ServerConfig`], [`App`], [`Route`], [`ApiError`], [`Body`];
+//! the token realm is chosen in `realm.rs` ([`RealmUrl`] is a configured one), and
+//! connections are counted per client address in `net.rs` ([`IpNet`]).
 
 mod audit;
 mod body;
@@ -13,6 +15,8 @@ mod error;
 mod handlers;
 mod idle;
 mod metrics;
+mod net;
+mod realm;
 mod route;
 mod tls;
 mod token;
@@ -34,6 +38,8 @@ pub use body::Body;
 pub use error::ApiError;
 pub use handlers::App;
 pub use metrics::Metrics;
+pub use net::{IpNet, IpNetError};
+pub use realm::{RealmUrl, RealmUrlError};
 pub use route::{Query, Route, RouteError, MAX_SCOPES, ROUTE_LABELS};
 pub use tls::{Tls, TlsError, TlsFiles};
 
@@ -51,6 +57,18 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Connections beyond this wait in the kernel's backlog instead of using descriptors.
     pub max_connections: usize,
+    /// Connections one client (an IPv4 address, an IPv6 /64) may hold at once; more are
+    /// closed as soon as they are accepted, so a few silent sockets from one place cannot
+    /// take the slots of `max_connections` that everyone else waits for.
+    pub max_connections_per_address: usize,
+    /// Clients not counted against `max_connections_per_address`. Trusted proxies are not
+    /// counted either: every client behind one arrives from its address.
+    pub connection_limit_exempt: Vec<IpNet>,
+    /// The realm of token challenges, instead of the one each request implies.
+    pub realm: Option<RealmUrl>,
+    /// Peers whose `Forwarded` / `X-Forwarded-Proto` / `X-Forwarded-Host` headers choose
+    /// the realm's scheme and host. Nobody else's are believed.
+    pub trusted_proxies: Vec<IpNet>,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
     /// Serve HTTPS with this certificate (reloaded when its files change); plain HTTP if
@@ -64,10 +82,23 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_connections_per_address: 64,
+            connection_limit_exempt: default_connection_limit_exempt(),
+            realm: None,
+            trusted_proxies: Vec::new(),
             drain_timeout: Duration::from_secs(30),
             tls: None,
         }
     }
+}
+
+/// The node's own clients (containerd or dockerd on the node, a sidecar): loopback's own
+/// addresses, not the rest of 127.0.0.0/8.
+pub fn default_connection_limit_exempt() -> Vec<IpNet> {
+    vec![
+        IpNet::from(std::net::Ipv4Addr::LOCALHOST),
+        IpNet::from(std::net::Ipv6Addr::LOCALHOST),
+    ]
 }
 
 /// Serve until `shutdown` resolves, then stop accepting and let in-flight requests finish
@@ -80,6 +111,17 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let uncounted = config
+        .connection_limit_exempt
+        .iter()
+        .chain(&config.trusted_proxies)
+        .copied()
+        .collect();
+    let per_address = net::PerAddress::new(config.max_connections_per_address, uncounted);
+    let realm = Arc::new(realm::RealmPolicy {
+        configured: config.realm.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -119,16 +161,33 @@ pub async fn serve(
                 }
             },
         };
+        // Closed at once: the excess costs its client a handshake, and us nothing.
+        let Some(address_slot) = per_address.admit(peer.ip()) else {
+            app.metrics.connection_over_address_limit();
+            tracing::debug!(client = %peer, "connection closed: too many from this address");
+            continue;
+        };
+        let Ok(local) = stream.local_addr() else {
+            // Reset before we looked: nothing to serve.
+            continue;
+        };
+        let conn = realm::Conn {
+            peer,
+            local,
+            tls: config.tls.is_some(),
+        };
         let _ = stream.set_nodelay(true);
         let activity = idle::Activity::new();
         let stream = idle::Watched::new(stream, Arc::clone(&activity));
         let app = Arc::clone(&app);
         let requests = Arc::clone(&activity);
+        let realm = Arc::clone(&realm);
         let service = service_fn(move |req| {
             let app = Arc::clone(&app);
+            let realm = Arc::clone(&realm);
             let in_flight = requests.request();
             async move {
-                let response = handlers::handle(app, req, peer).await;
+                let response = handlers::handle(app, req, conn, &realm).await;
                 Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, in_flight)))
             }
         });
@@ -168,6 +227,7 @@ pub async fn serve(
             if let Some(Err(e)) = result {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
+            drop(address_slot);
             drop(permit);
         });
     }

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub(crate) served_blob_bytes: AtomicU64,
     tls_reloads_ok: AtomicU64,
     tls_reloads_failed: AtomicU64,
+    over_address_limit: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -52,6 +53,7 @@ impl Default for Metrics {
             served_blob_bytes: AtomicU64::new(0),
             tls_reloads_ok: AtomicU64::new(0),
             tls_reloads_failed: AtomicU64::new(0),
+            over_address_limit: AtomicU64::new(0),
         }
     }
 }
@@ -84,6 +86,10 @@ impl Metrics {
     pub(crate) fn manifest_served(&self, bytes: u64) {
         self.served_manifest_bytes
             .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_over_address_limit(&self) {
+        self.over_address_limit.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn tls_reloaded(&self, ok: bool) {
@@ -414,6 +420,12 @@ pub(crate) fn render(app: &App) -> Response<Body> {
         "pullgate_tls_reloads_total",
         &[("result", "failed")],
         m.tls_reloads_failed.load(Ordering::Relaxed),
+    );
+    out.single(
+        "pullgate_connections_over_address_limit_total",
+        "counter",
+        "Connections closed at accept because their client address already held server.max_connections_per_address.",
+        m.over_address_limit.load(Ordering::Relaxed),
     );
     full_ok(out.0, "text/plain; version=0.0.4; charset=utf-8")
 }

@@ -43,8 +43,10 @@ pub enum RouteError {
     NameInvalid(String),
     #[error("{0}")]
     DigestInvalid(String),
+    /// A reference that is no digest and no valid tag: no such manifest can exist, so it
+    /// is answered as an unknown manifest (as Distribution does), not as a bad request.
     #[error("{0}")]
-    ReferenceInvalid(String),
+    TagInvalid(String),
     /// Writes and catalog: a read-only mirror does not do them.
     #[error("{0}")]
     Unsupported(String),
@@ -167,7 +169,7 @@ impl Route {
                 }
                 let reference = Reference::parse(last).map_err(|e| match e {
                     NameError::BadDigest(d) => RouteError::DigestInvalid(d.to_string()),
-                    e => RouteError::ReferenceInvalid(e.to_string()),
+                    e => RouteError::TagInvalid(e.to_string()),
                 })?;
                 Ok(Route::Manifest {
                     name,
@@ -416,7 +418,7 @@ mod tests {
             let parsed = Route::parse(&Method::GET, &format!("/v2/{n}/manifests/{bad_ref}"));
             prop_assert!(matches!(
                 parsed,
-                Err(RouteError::ReferenceInvalid(_) | RouteError::DigestInvalid(_))
+                Err(RouteError::TagInvalid(_) | RouteError::DigestInvalid(_))
             ), "{bad_ref}: {parsed:?}");
         }
 
@@ -518,7 +520,7 @@ mod tests {
         ));
         assert!(matches!(
             err(&get, "/v2/a/manifests/-bad"),
-            RouteError::ReferenceInvalid(_)
+            RouteError::TagInvalid(_)
         ));
         assert!(matches!(
             err(&Method::PUT, "/v2/a/manifests/x"),

@@ -91,9 +91,10 @@ fn answers(daemon: &mut Daemon, mut probe: Command) -> bool {
 /// newer CLI may come earlier on PATH; name Debian's.
 const DOCKER_CLI: &str = "/usr/bin/docker";
 
-/// dockerd with `registry-mirrors` (and `insecure-registries`) set to a plain-HTTP mirror,
-/// vfs storage, no bridge, no iptables, listening only on a unix socket in its directory,
-/// on a containerd of its own (else it would use the host's /run/containerd if one runs).
+/// dockerd with `registry-mirrors` (and `insecure-registries`) set to a mirror, plain HTTP
+/// or TLS, vfs storage, no bridge, no iptables, listening only on a unix socket in its
+/// directory, on a containerd of its own (else it would use the host's /run/containerd if
+/// one runs).
 pub struct Dockerd {
     // Dropped in this order: dockerd, then its containerd, then the directory.
     daemon: Daemon,
@@ -104,6 +105,17 @@ pub struct Dockerd {
 impl Dockerd {
     /// `mirror` is `host:port`.
     pub fn start(mirror: &str) -> Dockerd {
+        Dockerd::start_mirror(&format!("http://{mirror}"), mirror)
+    }
+
+    /// A mirror speaking TLS at `mirror` (`host:port`). dockerd would trust a CA only from
+    /// the host's /etc/docker/certs.d, so the mirror is also in `insecure-registries`,
+    /// which keeps TLS but skips verifying the chain.
+    pub fn start_https(mirror: &str) -> Dockerd {
+        Dockerd::start_mirror(&format!("https://{mirror}"), mirror)
+    }
+
+    fn start_mirror(url: &str, mirror: &str) -> Dockerd {
         netns::assert_isolated();
         let dockerd = require("dockerd");
         assert!(
@@ -116,7 +128,7 @@ impl Dockerd {
         std::fs::create_dir_all(w.join("cli")).unwrap();
         std::fs::create_dir_all(w.join("home")).unwrap();
         let config = serde_json::json!({
-            "registry-mirrors": [format!("http://{mirror}")],
+            "registry-mirrors": [url],
             "insecure-registries": [mirror],
             "storage-driver": "vfs",
             "iptables": false, "ip6tables": false, "ip-masq": false, "ip-forward": false,
