@@ -125,7 +125,7 @@ fn ingest(c: &mut Criterion) {
             for b in &batches {
                 ingest.write_batch(b.clone()).await.unwrap();
             }
-            ingest.commit().await.unwrap();
+            ingest.commit(None).await.unwrap();
             let mut seen = Vec::new();
             for r in readers {
                 seen.push(r.await.unwrap());

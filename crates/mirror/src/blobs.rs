@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures_util::{FutureExt, StreamExt};
 use pullgate_oci::{ByteRange, Digest, RangeError, RangeSpec, RepoName, UpstreamId};
 use pullgate_store::{
-    pass_through, BlobPin, BlobStream, Follower, Store, BATCH_BYTES, BATCH_CHUNKS,
+    pass_through, BlobPin, BlobStream, Follower, Origin, Store, BATCH_BYTES, BATCH_CHUNKS,
 };
 use pullgate_upstream::{BlobDownload, Upstream};
 use tokio::sync::watch;
@@ -501,12 +501,14 @@ impl FillJob {
             }
         }
         // A size or digest mismatch maps to UpstreamBadContent (502); a disk error to Internal.
+        let origin = Origin {
+            upstream: upstream.id().clone(),
+            repo: repo.clone(),
+        };
         ingest
-            .commit()
+            .commit(Some(origin))
             .await
             .inspect_err(|e| crate::stats::note_bad_content(upstream, e))?;
-        crate::tolerate_disk(store.record_origin(digest, upstream.id()))?;
-        crate::tolerate_disk(store.link(upstream.id(), repo, digest))?;
         Ok(())
     }
 }

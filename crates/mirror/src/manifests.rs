@@ -8,7 +8,7 @@ use bytes::Bytes;
 use pullgate_oci::{
     media_types, AcceptList, Digest, ManifestInfo, Reference, RepoName, Tag, MANIFEST_SIZE_LIMIT,
 };
-use pullgate_store::{Store, TagKey, TagRecord};
+use pullgate_store::{Origin, Store, TagKey, TagRecord};
 use pullgate_upstream::{ErrorKind, Upstream};
 
 use crate::error::{MirrorError, Wanted};
@@ -331,15 +331,17 @@ async fn fetch_manifest(
     // A mismatch is the store's DigestMismatch, which is the upstream's fault: 502. The
     // bytes are hashed before anything is written, so a disk that refuses them has still
     // let them be verified: they are served from memory, uncached.
+    let origin = Origin {
+        upstream: upstream.id().clone(),
+        repo: repo.clone(),
+    };
     match store
-        .put_verified(&digest, m.bytes.clone(), Some(&media_type))
+        .put_verified(&digest, m.bytes.clone(), Some(&media_type), Some(origin))
         .await
     {
         Err(e) if e.is_disk_trouble() => store.disk().note_bypass(),
         other => other.inspect_err(|e| crate::stats::note_bad_content(upstream, e))?,
     }
-    crate::tolerate_disk(store.record_origin(&digest, upstream.id()))?;
-    crate::tolerate_disk(store.link(upstream.id(), repo, &digest))?;
     Ok(Stored {
         digest,
         media_type,

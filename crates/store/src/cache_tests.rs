@@ -30,7 +30,7 @@ fn bounded(dir: &Path, max: u64, high: f64, low: f64) -> Store {
 /// Commit in order, a few milliseconds apart so access times order them.
 async fn put_all(store: &Store, blobs: &[&(Digest, Bytes)]) {
     for (d, b) in blobs {
-        store.put_verified(d, b.clone(), None).await.unwrap();
+        store.put_verified(d, b.clone(), None, None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
 }
@@ -169,7 +169,7 @@ async fn the_background_evictor_runs_when_commits_cross_the_high_watermark() {
     for (i, (d, b)) in blobs.iter().enumerate() {
         let mut ingest = store.begin_ingest(d.clone(), Some(2000)).await.unwrap();
         ingest.write(b.clone()).await.unwrap();
-        ingest.commit().await.unwrap();
+        ingest.commit(None).await.unwrap();
         // As the mirror does, after the commit.
         store
             .link(
@@ -254,6 +254,7 @@ async fn start_up_repairs_what_a_crash_leaves() {
                 &m,
                 manifest.clone(),
                 Some("application/vnd.oci.image.manifest.v1+json"),
+                None,
             )
             .await
             .unwrap();
@@ -422,7 +423,7 @@ async fn an_index_sled_cannot_read_is_set_aside_and_rebuilt_from_the_files() {
     {
         let store = Store::open(dir.path()).unwrap();
         for (d, b) in &blobs {
-            store.put_verified(d, b.clone(), None).await.unwrap();
+            store.put_verified(d, b.clone(), None, None).await.unwrap();
             store
                 .link(
                     &pullgate_oci::UpstreamId::parse("docker.io").unwrap(),

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::blob::{chunk_len, read_at_async, BlobStream};
-use crate::{Inner, StoreError};
+use crate::{Inner, Origin, StoreError};
 
 /// Batches queued to each of the writer and the hasher. Both queues hold the same buffers,
 /// so an ingest pins at most about `QUEUE` batches of memory.
@@ -186,7 +186,11 @@ impl Ingest {
 
     /// Finish: check size and digest (followers may read the last byte from then on),
     /// fsync, rename into `blobs/`. Returns the size.
-    pub async fn commit(mut self) -> Result<u64, StoreError> {
+    ///
+    /// With an `origin`, the upstream that served the bytes and the repository they were
+    /// fetched for are recorded (origin and link) *before* the file appears under
+    /// `blobs/`: nobody finds the blob without also finding who vouched for it.
+    pub async fn commit(mut self, origin: Option<Origin>) -> Result<u64, StoreError> {
         self.senders = None;
         let (Some(writer), Some(hasher)) = (self.writer.take(), self.hasher.take()) else {
             return Err(StoreError::IngestFailed("ingest already finished".into()));
@@ -224,13 +228,18 @@ impl Ingest {
         );
         tokio::task::spawn_blocking(move || {
             let result = inner
-                .commit_file(&file, &tmp, &digest)
-                .and_then(|()| inner.index.put_blob(&digest, size, None));
+                .index
+                .put_blob(&digest, size, None)
+                .and_then(|()| inner.record_origin(&digest, origin.as_ref()))
+                .and_then(|()| inner.commit_file(&file, &tmp, &digest));
             match &result {
                 Ok(()) => inner.disk.succeeded(),
                 Err(e) => {
                     // Readers already hold verified bytes; only the cache loses this blob.
                     let _ = std::fs::remove_file(&tmp);
+                    if !inner.blob_path(&digest).exists() {
+                        let _ = inner.index.remove_blob(&digest);
+                    }
                     if e.is_disk_trouble() {
                         inner.disk.failed(e, false);
                     }

@@ -48,6 +48,14 @@ pub use ingest::{Follower, Ingest, BATCH_BYTES, BATCH_CHUNKS};
 use index::Index;
 use pins::Pins;
 
+/// Who vouched for content being committed: the upstream that served it, for the
+/// repository it was fetched for.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub upstream: UpstreamId,
+    pub repo: RepoName,
+}
+
 /// Handle to the cache. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -298,14 +306,18 @@ impl Store {
     /// Commit content already held whole in memory (manifests), with its media type when it
     /// has one. The bytes are hashed here, the one check they get: nothing unverified is
     /// ever committed.
+    /// With an `origin`, it is recorded (origin and link) before the file is in place, as
+    /// [`Ingest::commit`] does.
     pub async fn put_verified(
         &self,
         digest: &Digest,
         bytes: Bytes,
         media_type: Option<&str>,
+        origin: Option<Origin>,
     ) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         let d = digest.clone();
+        let media = media_type.map(str::to_owned);
         let size = bytes.len() as u64;
         // Between finding the file present and recording it, eviction must not remove it.
         let _pin = self.pin(digest);
@@ -319,26 +331,30 @@ impl Store {
                     actual,
                 });
             }
+            inner.index.put_blob(&d, size, media.as_deref())?;
+            inner.record_origin(&d, origin.as_ref())?;
             let dest = inner.blob_path(&d);
             if dest.exists() {
                 return Ok(());
             }
-            let (tmp, mut f) = inner.create_tmp(&d, Some(size))?;
-            let result = f
-                .write_all(&bytes)
-                .map_err(StoreError::io("writing tmp file"))
-                .and_then(|()| inner.commit_file(&f, &tmp, &d));
+            let result = inner.create_tmp(&d, Some(size)).and_then(|(tmp, mut f)| {
+                let written = f
+                    .write_all(&bytes)
+                    .map_err(StoreError::io("writing tmp file"))
+                    .and_then(|()| inner.commit_file(&f, &tmp, &d));
+                if written.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                written
+            });
             if result.is_err() {
-                let _ = fs::remove_file(&tmp);
+                // No file: no record either (the links stay; they say who holds what).
+                let _ = inner.index.remove_blob(&d);
             }
             result
         })
         .await?
         .inspect_err(|e| self.note_write_error(e))?;
-        self.inner
-            .index
-            .put_blob(digest, size, media_type)
-            .inspect_err(|e| self.note_write_error(e))?;
         self.inner.disk.succeeded();
         Ok(())
     }
@@ -478,6 +494,13 @@ impl Inner {
 
     /// fsync the file, rename it into place, fsync the directory: after this returns, the
     /// blob survives a crash, and before it no reader can see it under its digest.
+    /// Record who vouched for `d` (its origin, and the link of its repository).
+    fn record_origin(&self, d: &Digest, origin: Option<&Origin>) -> Result<(), StoreError> {
+        let Some(o) = origin else { return Ok(()) };
+        self.index.add_origin(d, &o.upstream)?;
+        self.index.link(&o.upstream, &o.repo, d)
+    }
+
     fn commit_file(&self, f: &fs::File, tmp: &Path, d: &Digest) -> Result<(), StoreError> {
         f.sync_all().map_err(StoreError::io("fsync tmp file"))?;
         let dest = self.blob_path(d);

@@ -176,7 +176,7 @@ mod tests {
             .collect();
         for b in &blobs {
             let d = pullgate_oci::Digest::sha256_of(b);
-            store.put_verified(&d, b.clone(), None).await.unwrap();
+            store.put_verified(&d, b.clone(), None, None).await.unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(3)).await;
         }
         // A quota statvfs does not show: the disk looks roomy, and refuses every write.
@@ -196,7 +196,7 @@ mod tests {
         let store = crate::Store::open(dir.path()).unwrap();
         let d = pullgate_oci::Digest::sha256_of(&blobs[0]);
         store
-            .put_verified(&d, blobs[0].clone(), None)
+            .put_verified(&d, blobs[0].clone(), None, None)
             .await
             .unwrap();
         let mut calls = 0;

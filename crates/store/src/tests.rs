@@ -35,7 +35,7 @@ async fn ingest_commits_verified_content_at_its_digest_path() {
     for c in bytes.chunks(70_000) {
         ingest.write(Bytes::copy_from_slice(c)).await.unwrap();
     }
-    assert_eq!(ingest.commit().await.unwrap(), bytes.len() as u64);
+    assert_eq!(ingest.commit(None).await.unwrap(), bytes.len() as u64);
 
     let path = dir
         .path()
@@ -93,7 +93,7 @@ async fn follower_streams_while_writing_and_withholds_the_last_byte() {
     let pending = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
     assert!(pending.is_err(), "last byte delivered before verification");
 
-    ingest.commit().await.unwrap();
+    ingest.commit(None).await.unwrap();
     got.extend_from_slice(&stream.next().await.unwrap().unwrap());
     assert!(stream.next().await.is_none());
     assert_eq!(got, bytes);
@@ -115,7 +115,7 @@ async fn digest_mismatch_is_never_committed_and_fails_followers() {
     for c in bytes.chunks(100_000) {
         ingest.write(Bytes::copy_from_slice(c)).await.unwrap();
     }
-    let err = ingest.commit().await.unwrap_err();
+    let err = ingest.commit(None).await.unwrap_err();
     assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
     assert!(err.is_bad_content());
     let whole = collect(whole).await;
@@ -154,7 +154,7 @@ async fn too_many_bytes_fail_early_and_too_few_fail_at_commit() {
         .unwrap();
     ingest.write(Bytes::copy_from_slice(&bytes)).await.unwrap();
     assert!(matches!(
-        ingest.commit().await,
+        ingest.commit(None).await,
         Err(StoreError::SizeMismatch {
             expected: 2000,
             actual: 1000
@@ -175,7 +175,7 @@ async fn unknown_size_is_learned_at_commit() {
     assert_eq!(follower.size(), None);
     let size = tokio::spawn(async move { follower.wait_size().await });
     ingest.write(Bytes::copy_from_slice(&bytes)).await.unwrap();
-    ingest.commit().await.unwrap();
+    ingest.commit(None).await.unwrap();
     assert_eq!(size.await.unwrap().unwrap(), 1234);
 }
 
@@ -226,7 +226,9 @@ async fn put_verified_rejects_wrong_bytes_and_read_small_is_bounded() {
     let digest = Digest::sha256_of(&manifest);
     let wrong = Digest::sha256_of(b"x");
     assert!(matches!(
-        store.put_verified(&wrong, manifest.clone(), None).await,
+        store
+            .put_verified(&wrong, manifest.clone(), None, None)
+            .await,
         Err(StoreError::DigestMismatch { .. })
     ));
     assert_eq!(store.stat(&wrong).await.unwrap(), None);
@@ -235,6 +237,7 @@ async fn put_verified_rejects_wrong_bytes_and_read_small_is_bounded() {
             &digest,
             manifest.clone(),
             Some("application/vnd.oci.image.manifest.v1+json"),
+            None,
         )
         .await
         .unwrap();
@@ -328,7 +331,7 @@ async fn usage_counts_committed_blobs_across_reopen_and_removal() {
     for bytes in [&a, &b, &a] {
         let d = Digest::sha256_of(bytes);
         store
-            .put_verified(&d, Bytes::copy_from_slice(bytes), None)
+            .put_verified(&d, Bytes::copy_from_slice(bytes), None, None)
             .await
             .unwrap();
     }
@@ -337,7 +340,7 @@ async fn usage_counts_committed_blobs_across_reopen_and_removal() {
         .await
         .unwrap();
     ingest.write(Bytes::from(data(10))).await.unwrap();
-    ingest.commit().await.unwrap();
+    ingest.commit(None).await.unwrap();
     let want = Usage {
         bytes: 3510,
         blobs: 3,
@@ -358,4 +361,56 @@ async fn usage_counts_committed_blobs_across_reopen_and_removal() {
             blobs: 2
         }
     );
+}
+
+/// Whoever finds a committed blob also finds who vouched for it: origin and link are
+/// written with the record, before the file is in place; an origin survives touches and
+/// is kept per upstream; a failed commit leaves no record behind.
+#[tokio::test]
+async fn a_commit_records_its_origin_and_link_with_the_blob() {
+    use crate::Origin;
+    use pullgate_oci::UpstreamId;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let hub = UpstreamId::parse("docker.io").unwrap();
+    let ghcr = UpstreamId::parse("ghcr.io").unwrap();
+    let repo = RepoName::parse("library/x").unwrap();
+    let origin = Origin {
+        upstream: hub.clone(),
+        repo: repo.clone(),
+    };
+
+    let bytes = data(100_000);
+    let digest = Digest::sha256_of(&bytes);
+    let mut ingest = store
+        .begin_ingest(digest.clone(), Some(bytes.len() as u64))
+        .await
+        .unwrap();
+    ingest.write(Bytes::from(bytes.clone())).await.unwrap();
+    ingest.commit(Some(origin.clone())).await.unwrap();
+    assert!(store.is_linked(&hub, &repo, &digest).unwrap());
+    assert!(store.has_origin(&digest, &hub).unwrap());
+    assert!(!store.has_origin(&digest, &ghcr).unwrap());
+    store.touch(&digest, bytes.len() as u64);
+    store.record_origin(&digest, &ghcr).unwrap();
+    assert!(store.has_origin(&digest, &hub).unwrap());
+    assert!(store.has_origin(&digest, &ghcr).unwrap());
+    assert!(!store.is_linked(&ghcr, &repo, &digest).unwrap());
+
+    let manifest = Bytes::from_static(b"{\"schemaVersion\":2}");
+    let m = Digest::sha256_of(&manifest);
+    store
+        .put_verified(&m, manifest, Some("application/json"), Some(origin))
+        .await
+        .unwrap();
+    assert!(store.is_linked(&hub, &repo, &m).unwrap());
+    assert!(store.has_origin(&m, &hub).unwrap());
+
+    // A blob whose bytes do not verify gets neither a record nor an origin.
+    let wrong = Digest::sha256_of(b"something else");
+    let mut ingest = store.begin_ingest(wrong.clone(), None).await.unwrap();
+    ingest.write(Bytes::from(bytes)).await.unwrap();
+    assert!(ingest.commit(None).await.is_err());
+    assert!(store.blob_record(&wrong).unwrap().is_none());
+    assert!(!store.has_origin(&wrong, &hub).unwrap());
 }
