@@ -25,6 +25,10 @@ pub enum MirrorError {
     RateLimited { retry_after: Option<Duration> },
     #[error("upstream unavailable: {detail}")]
     UpstreamUnavailable { detail: String, timeout: bool },
+    /// The blob is larger than the mirror's maximum blob size (by its `Content-Length`, or
+    /// as it streamed): the upstream's to serve, not ours to cache.
+    #[error("the blob is larger than the maximum blob size of {limit} bytes")]
+    BlobTooLarge { limit: u64 },
     /// The upstream sent something we will not pass on: wrong digest, oversized or
     /// malformed manifest, broken protocol.
     #[error("bad upstream response: {0}")]
@@ -55,13 +59,16 @@ impl MirrorError {
             },
             UpstreamError::Denied => MirrorError::UpstreamDenied,
             UpstreamError::RateLimited { retry_after } => MirrorError::RateLimited { retry_after },
-            UpstreamError::Unavailable(detail) => {
-                let timeout = detail.contains("timed out") || detail.contains("timeout");
-                MirrorError::UpstreamUnavailable { detail, timeout }
-            }
+            // The upstream crate decided the cause where it failed; its words are for logs.
+            UpstreamError::Unavailable { cause, detail } => MirrorError::UpstreamUnavailable {
+                detail,
+                timeout: cause.is_timeout(),
+            },
             UpstreamError::TooLarge => {
                 MirrorError::UpstreamBadContent("upstream response exceeds the size limit".into())
             }
+            UpstreamError::BlobTooLarge { limit } => MirrorError::BlobTooLarge { limit },
+            e @ UpstreamError::Redirect(_) => MirrorError::UpstreamBadContent(e.to_string()),
             UpstreamError::Protocol(detail) => MirrorError::UpstreamBadContent(detail),
         }
     }

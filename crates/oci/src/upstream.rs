@@ -23,7 +23,9 @@ pub enum UpstreamIdError {
     Empty,
     #[error("upstream name is longer than {MAX_UPSTREAM_LEN} characters")]
     TooLong,
-    #[error("upstream name must be a registry host such as docker.io (letters, digits, '-', '.', ':')")]
+    #[error(
+        "upstream name must be a registry host such as docker.io (letters, digits, '-', '.', ':')"
+    )]
     BadChar,
 }
 

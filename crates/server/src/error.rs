@@ -175,6 +175,11 @@ impl From<MirrorError> for ApiError {
                 .status(status)
                 .log(detail)
             }
+            MirrorError::BlobTooLarge { limit } => ApiError::new(
+                ErrorCode::Unknown,
+                format!("the blob is larger than this mirror's maximum blob size ({limit} bytes)"),
+            )
+            .status(StatusCode::BAD_GATEWAY),
             // Never DIGEST_INVALID: that would blame the client for the upstream's bytes.
             MirrorError::UpstreamBadContent(detail) => ApiError::new(
                 ErrorCode::Unknown,

@@ -24,7 +24,7 @@ mod auth;
 mod error;
 mod transport;
 
-pub use error::{ErrorCounts, ErrorKind, UpstreamError};
+pub use error::{Cause, ErrorCounts, ErrorKind, RefusedRedirect, UpstreamError};
 
 use std::fmt;
 use std::pin::Pin;
@@ -37,7 +37,7 @@ use futures_util::StreamExt as _;
 use http::header::{CONTENT_TYPE, LINK};
 use http::Method;
 use pullgate_credentials::SecretSource;
-use pullgate_oci::{media_types, Digest, Reference, RepoName, UpstreamId};
+use pullgate_oci::{media_types, Digest, PullScope, Reference, RepoName, UpstreamId};
 use reqwest::Url;
 
 use crate::transport::{content_length, header_text, host_of, read_bounded};
@@ -91,7 +91,7 @@ pub struct Upstream {
     client: reqwest::Client,
     tokens: auth::TokenCache,
     /// Token handshakes in flight, by scope.
-    token_flights: pullgate_flights::Flights<String, Result<http::HeaderValue, UpstreamError>>,
+    token_flights: pullgate_flights::Flights<PullScope, Result<http::HeaderValue, UpstreamError>>,
     /// Set once the upstream answered a Basic challenge, so later requests send Basic
     /// up front instead of paying a 401 each.
     wants_basic: AtomicBool,
@@ -243,7 +243,12 @@ impl Upstream {
             async {
                 let url = self.url(repo, &format!("manifests/{reference}"))?;
                 let response = self
-                    .request(Method::HEAD, url, Some(&manifest_accept()), &scope(repo))
+                    .request(
+                        Method::HEAD,
+                        url,
+                        Some(&manifest_accept()),
+                        &PullScope::repository(repo),
+                    )
                     .await?;
                 let headers = response.headers();
                 Ok(ManifestHead {
@@ -267,7 +272,12 @@ impl Upstream {
             async {
                 let url = self.url(repo, &format!("manifests/{reference}"))?;
                 let response = self
-                    .request(Method::GET, url, Some(&manifest_accept()), &scope(repo))
+                    .request(
+                        Method::GET,
+                        url,
+                        Some(&manifest_accept()),
+                        &PullScope::repository(repo),
+                    )
                     .await?;
                 let digest = docker_content_digest(response.headers());
                 let media_type = media_type(response.headers());
@@ -289,7 +299,9 @@ impl Upstream {
         self.counted(
             async {
                 let url = self.url(repo, &format!("blobs/{digest}"))?;
-                let response = self.request(Method::HEAD, url, None, &scope(repo)).await?;
+                let response = self
+                    .request(Method::HEAD, url, None, &PullScope::repository(repo))
+                    .await?;
                 content_length(response.headers()).ok_or_else(|| {
                     UpstreamError::Protocol("blob HEAD answered without a Content-Length".into())
                 })
@@ -308,7 +320,9 @@ impl Upstream {
         self.counted(
             async {
                 let url = self.url(repo, &format!("blobs/{digest}"))?;
-                let response = self.request(Method::GET, url, None, &scope(repo)).await?;
+                let response = self
+                    .request(Method::GET, url, None, &PullScope::repository(repo))
+                    .await?;
                 let size = content_length(response.headers());
                 // Name the host that serves the bytes (the CDN after a redirect), never its query.
                 let host = host_of(response.url());
@@ -341,7 +355,9 @@ impl Upstream {
             async {
                 check_suffix(suffix_and_query)?;
                 let url = self.url(repo, suffix_and_query)?;
-                let response = self.request(Method::GET, url, accept, &scope(repo)).await?;
+                let response = self
+                    .request(Method::GET, url, accept, &PullScope::repository(repo))
+                    .await?;
                 let status = response.status().as_u16();
                 let headers = response.headers();
                 let content_type =
@@ -440,11 +456,6 @@ fn check_suffix(suffix_and_query: &str) -> Result<(), UpstreamError> {
         return Err(UpstreamError::Protocol("invalid pass-through path".into()));
     }
     Ok(())
-}
-
-/// The token scope every request of this crate needs: pull access to the repository.
-fn scope(repo: &RepoName) -> String {
-    format!("repository:{repo}:pull")
 }
 
 /// Every manifest type, so the upstream answers with what it has and one cached copy

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, LOCATION};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use pullgate_oci::PullScope;
 use reqwest::{Response, Url};
 
 use crate::error::{self, UpstreamError};
@@ -82,7 +83,7 @@ impl Upstream {
         method: Method,
         url: Url,
         accept: Option<&str>,
-        scope: &str,
+        scope: &PullScope,
     ) -> Result<Response, UpstreamError> {
         if let Some(left) = self.backoff.remaining() {
             // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
@@ -103,7 +104,7 @@ impl Upstream {
         method: Method,
         url: Url,
         accept: Option<&str>,
-        scope: &str,
+        scope: &PullScope,
     ) -> Result<Response, UpstreamError> {
         let mut auth = self.proactive_auth(scope)?;
         let mut answered = false;
@@ -182,9 +183,13 @@ impl Upstream {
                     request = request.header(AUTHORIZATION, auth.clone());
                 }
             }
-            let response = request.send().await.map_err(|e| Failure {
-                retryable: e.is_connect() || !e.is_timeout(),
-                error: error::from_reqwest(e, &host),
+            let response = request.send().await.map_err(|e| {
+                // Connect failures, and anything before the answer but a timeout.
+                let retryable = e.is_connect() || !e.is_timeout();
+                Failure {
+                    retryable,
+                    error: error::from_reqwest(e, &host),
+                }
             })?;
             let status = response.status();
             // The query is left out: on CDN redirects it holds signatures.
@@ -305,7 +310,10 @@ mod tests {
         assert_eq!(b.remaining(), None);
         // Only a 429 that says how long sets it.
         b.note(&UpstreamError::RateLimited { retry_after: None });
-        b.note(&UpstreamError::Unavailable("upstream answered 503".into()));
+        b.note(&UpstreamError::unavailable(
+            crate::error::Cause::Status(503),
+            "upstream answered 503".into(),
+        ));
         assert_eq!(b.remaining(), None);
         b.note(&UpstreamError::RateLimited {
             retry_after: Some(Duration::from_secs(30)),

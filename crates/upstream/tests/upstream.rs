@@ -19,7 +19,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use pullgate_credentials::SecretSource;
 use pullgate_oci::{media_types, Digest, Reference, RepoName};
-use pullgate_upstream::{Upstream, UpstreamConfig, UpstreamError};
+use pullgate_upstream::{Cause, Upstream, UpstreamConfig, UpstreamError};
 use tokio::net::TcpListener;
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -680,7 +680,10 @@ async fn transient_5xx_is_retried() {
         .await;
     assert_eq!(
         err.unwrap_err(),
-        UpstreamError::Unavailable("upstream answered 503".into())
+        UpstreamError::Unavailable {
+            cause: Cause::Status(503),
+            detail: "upstream answered 503".into()
+        }
     );
     assert_eq!(log.lock().unwrap().len(), 3, "three attempts in all");
 }
@@ -694,11 +697,11 @@ async fn closed_port_is_unavailable() {
         .await
         .unwrap_err();
     match err {
-        UpstreamError::Unavailable(message) => {
-            assert!(message.contains("connect"), "{message}");
-            assert!(!message.contains("http://"), "{message}");
-        }
-        other => panic!("expected Unavailable, got {other:?}"),
+        UpstreamError::Unavailable {
+            cause: Cause::Connect,
+            detail,
+        } => assert!(!detail.contains("http://"), "{detail}"),
+        other => panic!("expected a connect failure, got {other:?}"),
     }
 }
 
@@ -803,8 +806,36 @@ async fn stalled_blob_body_times_out() {
         }
     };
     assert_eq!(received, 10);
-    match err {
-        UpstreamError::Unavailable(message) => assert!(message.contains("timed out"), "{message}"),
-        other => panic!("expected Unavailable, got {other:?}"),
-    }
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(err.kind(), Some(pullgate_upstream::ErrorKind::Timeout));
+}
+
+#[tokio::test]
+async fn a_token_endpoint_5xx_is_a_server_error_not_unreachable() {
+    let (listener, addr) = bind().await;
+    serve(listener, move |seen| {
+        if seen.path == "/token" {
+            return response(503, &[], "down");
+        }
+        let challenge = format!(r#"Bearer realm="http://{addr}/token",service="s""#);
+        response(401, &[("www-authenticate", &challenge)], "")
+    });
+    let up = upstream(addr, None);
+    let err = up
+        .head_manifest(&repo("library/alpine"), &latest())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UpstreamError::Unavailable {
+                cause: Cause::TokenEndpoint(503),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_timeout());
+    let counted: Vec<_> = up.errors().snapshot().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(counted, [(pullgate_upstream::ErrorKind::ServerError, 1)]);
 }
