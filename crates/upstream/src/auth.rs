@@ -11,7 +11,7 @@ use pullgate_credentials::Credential;
 use pullgate_oci::{Challenge, PullScope};
 use reqwest::Url;
 
-use crate::error::{self, Cause, UpstreamError};
+use crate::error::{self, Cause, RefusedRedirect, UpstreamError};
 use crate::transport::{host_of, read_bounded};
 use crate::Upstream;
 
@@ -284,6 +284,13 @@ impl Upstream {
         }
     }
 
+    /// Whether the upstream's credentials may go to `realm`: its own origin (scheme, host
+    /// and port, so never a plain-http downgrade), or a realm configured for it.
+    pub(crate) fn realm_allowed(&self, realm: &Url) -> bool {
+        let origin = realm.origin();
+        origin == self.base.origin() || self.token_realms.iter().any(|r| r.origin() == origin)
+    }
+
     /// The token handshake: GET `realm?service=…&scope=…`, with our credentials if we have
     /// them and may send them there.
     async fn fetch_token(
@@ -318,20 +325,31 @@ impl Upstream {
             }
         }
         let realm_host = host_of(&url);
-        let mut request = self
-            .client
+        let allowed = self.realm_allowed(&url);
+        // A realm the upstream names but nobody vouched for is a host of the upstream's
+        // choosing: asked anonymously (what Docker does, and enough for public images),
+        // and through the guarded client, so it cannot be an address in our own network.
+        let client = if allowed {
+            &self.client
+        } else {
+            self.guard
+                .check_url(&url)
+                .map_err(|_| UpstreamError::Redirect(RefusedRedirect::InternalAddress))?;
+            &self.guarded_client
+        };
+        let mut request = client
             .get(url.clone())
             .timeout(self.token_timeout)
             .header(ACCEPT, "application/json");
         if let Some(cred) = cred {
-            // Plain http to another host would hand our password to anyone on the path.
-            if url.scheme() == "https" || url.host_str() == self.base.host_str() {
+            if allowed {
                 request = request.header(AUTHORIZATION, basic_header(cred)?);
             } else {
                 tracing::warn!(
                     upstream = %self.name,
                     realm = %realm_host,
-                    "token realm is plain http on another host; asking for a token anonymously"
+                    "token realm is neither the upstream's origin nor listed in its token_realms; \
+                     asking for a token anonymously"
                 );
             }
         }

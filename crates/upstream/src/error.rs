@@ -36,7 +36,7 @@ pub enum UpstreamError {
     /// `Content-Length`, or cut off once that many bytes arrived.
     #[error("the blob is larger than the maximum blob size of {limit} bytes")]
     BlobTooLarge { limit: u64 },
-    /// A redirect we do not follow.
+    /// A redirect (or a token realm the config does not list) we do not follow.
     #[error("upstream redirect refused: {0}")]
     Redirect(RefusedRedirect),
     /// The upstream answered something we cannot use.
@@ -74,9 +74,9 @@ pub enum RefusedRedirect {
     /// bodies reach clients, and a redirect elsewhere would read whatever is there.
     #[error("a manifest, tags or referrers redirect leaves the upstream's origin")]
     CrossOrigin,
-    /// A blob redirect to a loopback, link-local, private or unspecified address, from an
-    /// upstream that may not point into the mirror's own network.
-    #[error("a redirect to a loopback, link-local or private address")]
+    /// A blob redirect (or an unlisted token realm) to a loopback, link-local, private or
+    /// unspecified address, from an upstream that may not point into the mirror's network.
+    #[error("the upstream pointed at a loopback, link-local or private address")]
     InternalAddress,
 }
 
@@ -224,6 +224,9 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// The URL is stripped first: reqwest's `Display` includes it, query string and all.
 pub(crate) fn from_reqwest(e: reqwest::Error, host: &str) -> UpstreamError {
     let e = e.without_url();
+    if refused_by_resolver(&e) {
+        return UpstreamError::Redirect(RefusedRedirect::InternalAddress);
+    }
     let (cause, message) = if e.is_timeout() {
         let message = if e.is_connect() {
             format!("connecting to {host} timed out")
@@ -251,6 +254,19 @@ pub(crate) fn from_reqwest(e: reqwest::Error, host: &str) -> UpstreamError {
         )
     };
     UpstreamError::unavailable(cause, message)
+}
+
+/// Whether the guarded resolver refused the name's addresses: its error, found in the
+/// source chain by type.
+pub(crate) fn refused_by_resolver(e: &reqwest::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<crate::guard::InternalAddress>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The innermost error's text: the useful part ("Connection refused") without the layers
