@@ -124,6 +124,12 @@ pub struct UpstreamSection {
     pub connect_timeout: String,
     #[serde(default = "default_read_timeout")]
     pub read_timeout: String,
+    /// Token realms (origins) besides the upstream's own that may receive its credentials.
+    #[serde(default)]
+    pub token_realms: Vec<String>,
+    /// Blob redirects to loopback, link-local or private addresses; unset: only when the
+    /// upstream itself is on one.
+    pub allow_private_redirects: Option<bool>,
 }
 
 fn default_header_timeout() -> String {
@@ -193,6 +199,8 @@ pub struct UpstreamSettings {
     pub credentials: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    pub token_realms: Vec<String>,
+    pub allow_private_redirects: Option<bool>,
 }
 
 /// Command-line values that override the file.
@@ -239,6 +247,8 @@ impl FileConfig {
                     credentials: None,
                     connect_timeout: Duration::from_secs(10),
                     read_timeout: Duration::from_secs(30),
+                    token_realms: Vec::new(),
+                    allow_private_redirects: None,
                 }),
             }
         }
@@ -302,12 +312,24 @@ impl TryFrom<UpstreamSection> for UpstreamSettings {
             );
         }
         check_url(&u.url).with_context(|| format!("upstream {}", u.name))?;
+        for realm in &u.token_realms {
+            check_url(realm).with_context(|| format!("upstream {}: token_realms", u.name))?;
+            if u.url.starts_with("https://") && !realm.starts_with("https://") {
+                bail!(
+                    "upstream {}: token_realms: {realm:?} is plain http for an https upstream; \
+                     its credentials would travel unencrypted",
+                    u.name
+                );
+            }
+        }
         Ok(UpstreamSettings {
             connect_timeout: duration("upstream.connect_timeout", &u.connect_timeout)?,
             read_timeout: duration("upstream.read_timeout", &u.read_timeout)?,
             name: u.name,
             url: u.url.trim_end_matches('/').to_owned(),
             credentials: u.credentials,
+            token_realms: u.token_realms,
+            allow_private_redirects: u.allow_private_redirects,
         })
     }
 }

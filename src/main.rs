@@ -151,6 +151,10 @@ async fn serve(s: Settings) -> Result<()> {
                 connect_timeout: u.connect_timeout,
                 read_timeout: u.read_timeout,
                 user_agent: format!("pullgate/{}", env!("CARGO_PKG_VERSION")),
+                token_realms: u.token_realms.clone(),
+                allow_private_redirects: u.allow_private_redirects,
+                // TODO(lead): `cache.max_blob_size` is to be wired here.
+                max_blob_size: pullgate_upstream::DEFAULT_MAX_BLOB_SIZE,
             })
             .with_context(|| format!("upstream {}", u.name))
         })
