@@ -396,7 +396,8 @@ impl Upstream {
                 });
                 Ok(BlobDownload {
                     size,
-                    stream: Box::pin(stream),
+                    // Fused: callers may poll again after the end, which `unfold` forbids.
+                    stream: Box::pin(stream.fuse()),
                 })
             }
             .await,
