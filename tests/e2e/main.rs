@@ -19,3 +19,4 @@ mod ops;
 mod pull;
 mod upstream_auth;
 mod upstream_faults;
+mod upstream_redirects;
