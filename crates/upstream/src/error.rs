@@ -92,7 +92,8 @@ pub enum ErrorKind {
     ServerError,
     /// 401 after the handshake, or 403: our credentials are not good enough.
     Denied,
-    /// An answer we cannot use: bad headers, oversized, unexpected status.
+    /// An answer we cannot use: bad headers, oversized (a blob past the maximum blob size
+    /// too), unexpected status, a redirect we refuse.
     Invalid,
     /// The bytes did not hash to the digest they were asked for (reported by the mirror).
     DigestMismatch,
