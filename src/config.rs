@@ -544,6 +544,35 @@ mod tests {
     }
 
     #[test]
+    fn upstream_token_realms_and_private_redirects() {
+        let load = |url: &str, extra: &str| {
+            FileConfig::parse(&format!(
+                "[server]\nlisten = \"127.0.0.1:5000\"\n[cache]\ndir = \"d\"\n[[upstream]]\nname = \"a\"\nurl = \"{url}\"\n{extra}\n"
+            ))
+            .and_then(|c| c.into_settings(Overrides::default()))
+        };
+        let u = &load("https://x", "").unwrap().upstreams[0];
+        assert!(u.token_realms.is_empty());
+        assert_eq!(u.allow_private_redirects, None);
+        let s = load(
+            "https://registry.gitlab.com",
+            "token_realms = [\"https://gitlab.com\"]\nallow_private_redirects = false",
+        )
+        .unwrap();
+        assert_eq!(s.upstreams[0].token_realms, ["https://gitlab.com"]);
+        assert_eq!(s.upstreams[0].allow_private_redirects, Some(false));
+        // A plain-http realm would carry an https upstream's password in clear text.
+        let err = load("https://x", "token_realms = [\"http://auth.x\"]").unwrap_err();
+        assert!(format!("{err:#}").contains("plain http"), "{err:#}");
+        assert!(load(
+            "http://127.0.0.1:1",
+            "token_realms = [\"http://127.0.0.1:2\"]"
+        )
+        .is_ok());
+        assert!(load("https://x", "token_realms = [\"auth.x\"]").is_err());
+    }
+
+    #[test]
     fn sizes_and_cache_limits() {
         let gib = 1 << 30;
         for (text, want) in [
