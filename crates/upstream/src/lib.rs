@@ -185,9 +185,10 @@ pub struct Passthrough {
 }
 
 impl Upstream {
-    /// Validate the URL and build the HTTP client. Fails on a URL that is not plain
-    /// `http(s)://host[:port][/path]` (credentials in the URL are refused: they belong in
-    /// the secret, and would otherwise show up wherever the URL is logged).
+    /// Validate the URL and the token realms, and build the two HTTP clients. Fails on a URL
+    /// that is not plain `http(s)://host[:port][/path]` (credentials in the URL are
+    /// refused: they belong in the secret, and would otherwise show up wherever the URL is
+    /// logged), and on a realm that is not an http(s) origin or would downgrade https.
     pub fn new(config: UpstreamConfig) -> Result<Upstream, UpstreamError> {
         let base = parse_base(&config.url)?;
         let host = base.host_str().unwrap_or("");
