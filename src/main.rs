@@ -153,7 +153,8 @@ async fn serve(s: Settings) -> Result<()> {
                 user_agent: format!("pullgate/{}", env!("CARGO_PKG_VERSION")),
                 token_realms: u.token_realms.clone(),
                 allow_private_redirects: u.allow_private_redirects,
-                // TODO(lead): `cache.max_blob_size` is to be wired here.
+                // Until `cache.max_blob_size` is configurable, the generous default bounds
+                // every fill (issue 16, item 8).
                 max_blob_size: pullgate_upstream::DEFAULT_MAX_BLOB_SIZE,
             })
             .with_context(|| format!("upstream {}", u.name))
