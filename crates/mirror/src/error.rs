@@ -99,3 +99,42 @@ impl From<pullgate_flights::Abandoned> for MirrorError {
         MirrorError::internal(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pullgate_upstream::Cause;
+
+    #[test]
+    fn upstream_causes_decide_not_their_words() {
+        let unavailable = |cause, detail: &str| {
+            MirrorError::from_upstream(
+                UpstreamError::Unavailable {
+                    cause,
+                    detail: detail.into(),
+                },
+                Wanted::Blob,
+            )
+        };
+        let cases = [
+            (unavailable(Cause::Timeout, "request to h failed"), true),
+            // A refused connection whose text happens to say "timeout" is not one.
+            (
+                unavailable(Cause::Connect, "cannot connect to timeout.example"),
+                false,
+            ),
+            (
+                unavailable(Cause::TokenEndpoint(503), "token endpoint answered 503"),
+                false,
+            ),
+        ];
+        for (e, want) in cases {
+            match e {
+                MirrorError::UpstreamUnavailable { timeout, .. } => assert_eq!(timeout, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        let e = MirrorError::from_upstream(UpstreamError::BlobTooLarge { limit: 7 }, Wanted::Blob);
+        assert!(matches!(e, MirrorError::BlobTooLarge { limit: 7 }), "{e:?}");
+    }
+}
