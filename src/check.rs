@@ -77,6 +77,11 @@ pub fn render(s: &Settings) -> String {
             }
             t.insert("connect_timeout".into(), dur(u.connect_timeout).into());
             t.insert("read_timeout".into(), dur(u.read_timeout).into());
+            let realms = u.token_realms.iter().map(|r| Value::from(r.as_str()));
+            t.insert("token_realms".into(), Value::Array(realms.collect()));
+            if let Some(allow) = u.allow_private_redirects {
+                t.insert("allow_private_redirects".into(), allow.into());
+            }
             Value::Table(t)
         })
         .collect();

@@ -21,3 +21,4 @@ mod pull;
 mod token_realm;
 mod upstream_auth;
 mod upstream_faults;
+mod upstream_redirects;

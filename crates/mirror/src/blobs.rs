@@ -357,7 +357,6 @@ impl Mirror {
             repo: target.repo.clone(),
             digest: digest.clone(),
             stats: Arc::clone(&self.stats),
-            max_blob_size: self.config.max_blob_size,
         };
         self.tasks.spawn(job.run(tx, guard));
         Ok(rx)
@@ -371,7 +370,6 @@ struct FillJob {
     repo: RepoName,
     digest: Digest,
     stats: Arc<Stats>,
-    max_blob_size: u64,
 }
 
 /// With no client left, a fill must still move at least this much per upstream read
@@ -420,12 +418,6 @@ impl FillJob {
             .get_blob(repo, digest)
             .await
             .map_err(|e| MirrorError::from_upstream(e, Wanted::Blob))?;
-        if let Some(size) = download.size.filter(|s| *s > self.max_blob_size) {
-            return Err(MirrorError::TooLarge {
-                size: Some(size),
-                limit: self.max_blob_size,
-            });
-        }
         // The store notes disk trouble (log line, metrics) itself; here it only means that this
         // blob goes to its clients uncached.
         let ingest = if store.disk().should_try() {
@@ -449,7 +441,6 @@ impl FillJob {
         let _ = tx.send(FillState::Started(ingest.follower()));
 
         let mut stream = download.stream;
-        let mut total: u64 = 0;
         let window = upstream.read_timeout();
         let mut window_start = tokio::time::Instant::now();
         let mut window_bytes: u64 = 0;
@@ -463,17 +454,9 @@ impl FillJob {
             };
             match batch {
                 Ok(chunks) => {
+                    // The upstream client ends a body that runs past `max_blob_size`.
                     let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-                    total += len;
                     window_bytes += len;
-                    if total > self.max_blob_size {
-                        let e = MirrorError::TooLarge {
-                            size: None,
-                            limit: self.max_blob_size,
-                        };
-                        ingest.abort(&e.to_string());
-                        return Err(e);
-                    }
                     self.stats
                         .bytes_fetched
                         .fetch_add(len, std::sync::atomic::Ordering::Relaxed);

@@ -64,9 +64,6 @@ impl Source {
 pub struct MirrorConfig {
     /// How long a tag is served from the index before it is revalidated upstream.
     pub tag_ttl: Duration,
-    /// Largest blob the mirror fetches: refused up front by `Content-Length`, and a body
-    /// that runs past it (chunked, or lying) fails its fill.
-    pub max_blob_size: u64,
     /// Fills one client (user, or address when anonymous) may have started and still
     /// under way; joining a fill someone else started does not count.
     pub max_fills_per_client: usize,
@@ -79,16 +76,12 @@ impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
             tag_ttl: Duration::from_secs(60),
-            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             max_fills_per_client: DEFAULT_MAX_FILLS_PER_CLIENT,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
         }
     }
 }
 
-/// 32 GiB: larger than any layer real images have, small enough that an endless body
-/// cannot fill a disk.
-pub const DEFAULT_MAX_BLOB_SIZE: u64 = 32 * 1024 * 1024 * 1024;
 /// A client pulling an image starts a fill per layer, a handful at a time.
 pub const DEFAULT_MAX_FILLS_PER_CLIENT: usize = 64;
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
