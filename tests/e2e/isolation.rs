@@ -210,6 +210,9 @@ async fn an_upstream_that_says_yes_to_every_head_unlocks_nothing_it_did_not_serv
     .await;
     assert_eq!(r.status, 200);
 
+    // Committed (a client may finish a moment before its fill commits): from here on the
+    // layer is stored, and a HEAD through the liar is a question about our copy.
+    http::fills_settled(&base).await;
     let liar_host = liar.host();
     for method in ["GET", "HEAD"] {
         let r = request(
@@ -219,8 +222,11 @@ async fn an_upstream_that_says_yes_to_every_head_unlocks_nothing_it_did_not_serv
         )
         .await;
         assert_eq!(
-            r.status, 404,
-            "{method} of a cached private layer through the liar"
+            r.status,
+            404,
+            "{method} of a cached private layer through the liar: {:#?}\n{}",
+            liar.requests(),
+            pullgate.log()
         );
         let r = request(
             method,
@@ -402,7 +408,8 @@ async fn unknown_digests_are_remembered_and_fills_per_client_are_capped() {
     statuses.sort_unstable();
     assert_eq!(statuses, vec![200, 200, 429]);
     assert_eq!(metric(&base, "pullgate_fills_refused_total").await, 1.0);
-    // Once those are done, the refused one goes through.
+    // Once those are done (committed, not only answered), the refused one goes through.
+    http::fills_settled(&base).await;
     for b in &slow {
         let r = get(&format!("{base}/v2/e2e/x/blobs/{}", b.digest)).await;
         assert_eq!(r.status, 200);
