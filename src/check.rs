@@ -92,8 +92,23 @@ pub fn render(s: &Settings) -> String {
         "max_failures".into(),
         i64::from(a.throttle.max_failures).into(),
     );
+    auth.insert(
+        "max_user_failures".into(),
+        i64::from(a.throttle.max_user_failures).into(),
+    );
+    auth.insert(
+        "max_global_failures".into(),
+        i64::from(a.throttle.max_global_failures).into(),
+    );
     auth.insert("failure_window".into(), dur(a.throttle.window).into());
     auth.insert("block".into(), dur(a.throttle.block).into());
+    auth.insert("trusted_for".into(), dur(a.throttle.trusted_for).into());
+    auth.insert(
+        "max_tracked".into(),
+        i64::try_from(a.throttle.max_tracked)
+            .unwrap_or(i64::MAX)
+            .into(),
+    );
     let rules: Vec<Value> = a
         .rules
         .iter()

@@ -45,8 +45,14 @@ pub struct AuthSection {
     /// A file (mounted secret) holding the token signing key; generated at start-up if unset.
     pub signing_key: Option<PathBuf>,
     pub max_failures: Option<u32>,
+    pub max_user_failures: Option<u32>,
+    pub max_global_failures: Option<u32>,
     pub failure_window: Option<String>,
     pub block: Option<String>,
+    /// How long a login keeps its (address, user) pair exempt from blocks others earned.
+    pub trusted_for: Option<String>,
+    /// Addresses, user names and pairs the throttle tracks, each.
+    pub max_tracked: Option<usize>,
     #[serde(default)]
     pub rule: Vec<RuleSection>,
 }
@@ -380,7 +386,13 @@ fn auth_settings(
                 a.failure_window.as_deref().unwrap_or("60s"),
             )?,
             block: duration("auth.block", a.block.as_deref().unwrap_or("60s"))?,
-            ..ThrottleConfig::default()
+            max_user_failures: a.max_user_failures.unwrap_or(10).max(1),
+            max_global_failures: a.max_global_failures.unwrap_or(1000).max(1),
+            trusted_for: duration(
+                "auth.trusted_for",
+                a.trusted_for.as_deref().unwrap_or("24h"),
+            )?,
+            max_tracked: a.max_tracked.unwrap_or(10_000).max(1),
         },
         rules,
     })
