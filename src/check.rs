@@ -142,11 +142,22 @@ pub fn files(s: &Settings) -> Vec<String> {
     let mut out = Vec::new();
     let mut secret = |what: &str, p: &Path| {
         out.push(match SecretSource::open(p) {
-            Ok(src) => format!(
-                "ok       {what} {}: {} registries",
-                p.display(),
-                src.current().len()
-            ),
+            Ok(src) => {
+                let current = src.current();
+                let mut line = format!(
+                    "ok       {what} {}: {} registries",
+                    p.display(),
+                    current.len()
+                );
+                // The key and the reason only, as in the log: never the entry's value.
+                for entry in current.skipped() {
+                    line.push_str(&format!(
+                        "\nwarning  {what} {}: skipped {entry}",
+                        p.display()
+                    ));
+                }
+                line
+            }
             Err(e) => format!("warning  {what} {}: {e}", p.display()),
         })
     };

@@ -415,7 +415,9 @@ async fn failed_logins_are_throttled_per_address_and_audited_without_secrets() {
     let r = throttled.expect("failed logins were never throttled");
     assert_eq!(r.error_code(), "TOOMANYREQUESTS");
     assert!(r.header("retry-after").is_some());
-    // ... is blocked even with the right password, while alice elsewhere is not.
+    // ... is blocked even with the right password, as alice never logged in from there
+    // (letting an unknown pair through would let the guesser through), while alice
+    // elsewhere is not.
     let r = request_from(attacker, "GET", &manifest, &[("authorization", &alice)]).await;
     assert_eq!(r.status, 429);
     let elsewhere = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));

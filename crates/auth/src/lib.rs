@@ -434,7 +434,8 @@ impl Authenticator {
         }
     }
 
-    /// Requests whose credentials did not check out, since start.
+    /// Requests whose credentials did not check out, or that a block refused unchecked,
+    /// since start. Expired tokens of ours are not among them.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }

@@ -67,6 +67,9 @@ pub(crate) type UserKey = [u8; 32];
 
 type Pair = (IpAddr, UserKey);
 
+/// A full map forgets this fraction of itself at once.
+const EVICT_FRACTION: usize = 64;
+
 #[derive(Clone, Copy)]
 struct Record {
     failures: u32,
@@ -139,14 +142,18 @@ impl<K: Hash + Eq + Copy> Counters<K> {
             return;
         }
         // Unblocked keys go first: otherwise a guesser could spray failures from many
-        // addresses (cheap with IPv6) or names to push its own block out of the map.
-        if let Some(oldest) = self
+        // addresses (cheap with IPv6) or names to push its own block out of the map. A
+        // batch at a time, so a full map under a spray costs one scan per batch, not one
+        // per failure.
+        let mut order: Vec<(bool, Instant, K)> = self
             .records
             .iter()
-            .min_by_key(|(_, r)| (r.blocked(now).is_some(), r.window_start))
-            .map(|(k, _)| *k)
-        {
-            self.records.remove(&oldest);
+            .map(|(k, r)| (r.blocked(now).is_some(), r.window_start, *k))
+            .collect();
+        let batch = (c.max_tracked / EVICT_FRACTION).clamp(1, order.len());
+        order.select_nth_unstable_by_key(batch - 1, |(blocked, start, _)| (*blocked, *start));
+        for (_, _, k) in &order[..batch] {
+            self.records.remove(k);
         }
     }
 }
@@ -244,8 +251,12 @@ impl Throttle {
         if !s.known.contains_key(&pair) && s.known.len() >= c.max_tracked {
             s.known.retain(|_, until| *until > now);
             if s.known.len() >= c.max_tracked {
-                if let Some(oldest) = s.known.iter().min_by_key(|(_, u)| **u).map(|(p, _)| *p) {
-                    s.known.remove(&oldest);
+                let mut order: Vec<(Instant, Pair)> =
+                    s.known.iter().map(|(p, until)| (*until, *p)).collect();
+                let batch = (c.max_tracked / EVICT_FRACTION).clamp(1, order.len());
+                order.select_nth_unstable_by_key(batch - 1, |(until, _)| *until);
+                for (_, p) in &order[..batch] {
+                    s.known.remove(p);
                 }
             }
         }
