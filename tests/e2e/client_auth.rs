@@ -570,7 +570,8 @@ async fn parallel_pulls_with_a_just_expired_token_are_401_and_the_relogin_passes
     let pullgate = Pullgate::start(auth_opts(
         &upstream,
         &secrets.path().join("c"),
-        "scheme = \"token\"\ntoken_ttl = \"1s\"\nmax_failures = 3\n",
+        // Expiry is in whole seconds: a 1 s token may be dead before its first use.
+        "scheme = \"token\"\ntoken_ttl = \"3s\"\nmax_failures = 3\n",
     ));
     let base = pullgate.url();
     let token_url = format!("{base}/token?service=pullgate&scope=repository:{up}/e2e/app:pull");
@@ -588,7 +589,7 @@ async fn parallel_pulls_with_a_just_expired_token_are_401_and_the_relogin_passes
     let r = request("GET", &manifest, &[("authorization", &bearer)]).await;
     assert_eq!(r.status, 200);
 
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(4200)).await;
     let pulls = (0..10).map(|i| {
         let url = format!(
             "{base}/v2/e2e/app/blobs/{}",
