@@ -61,10 +61,17 @@ pub struct AuthSection {
     /// The token realm clients are sent to; unset, each request's own scheme and host.
     pub realm: Option<String>,
     pub max_failures: Option<u32>,
+    pub max_user_failures: Option<u32>,
+    pub max_global_failures: Option<u32>,
     #[serde(default, with = "units::duration::option")]
     pub failure_window: Option<Duration>,
     #[serde(default, with = "units::duration::option")]
     pub block: Option<Duration>,
+    /// How long a login keeps its (address, user) pair exempt from blocks others earned.
+    #[serde(default, with = "units::duration::option")]
+    pub trusted_for: Option<Duration>,
+    /// Addresses, user names and pairs the throttle tracks, each.
+    pub max_tracked: Option<usize>,
     #[serde(default)]
     pub rule: Vec<RuleSection>,
 }
@@ -497,7 +504,10 @@ fn auth_settings(
             max_failures: a.max_failures.unwrap_or(10).max(1),
             window: a.failure_window.unwrap_or(Duration::from_secs(60)),
             block: a.block.unwrap_or(Duration::from_secs(60)),
-            ..ThrottleConfig::default()
+            max_user_failures: a.max_user_failures.unwrap_or(10).max(1),
+            max_global_failures: a.max_global_failures.unwrap_or(1000).max(1),
+            trusted_for: a.trusted_for.unwrap_or(Duration::from_secs(24 * 3600)),
+            max_tracked: a.max_tracked.unwrap_or(10_000).max(1),
         },
         rules,
     })

@@ -167,7 +167,6 @@ async fn dispatch<B>(
         ApiError::unauthorized(auth.challenge(&realm.url(req, conn), access))
     };
 
-    auth.check_throttle(peer.ip()).map_err(ApiError::from)?;
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -186,8 +185,8 @@ async fn dispatch<B>(
         ctx.upstream = Some(t.upstream_name().to_owned());
         ctx.repo = Some(t.repo.to_string());
         let access = Access {
-            upstream: t.upstream_name().to_owned(),
-            repo: t.repo.to_string(),
+            upstream: t.upstream.id().clone(),
+            repo: t.repo.clone(),
         };
         match auth.authorize(principal.as_ref(), &access) {
             Ok(()) => Ok(t),

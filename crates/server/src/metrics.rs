@@ -401,6 +401,12 @@ pub(crate) fn render(app: &App) -> Response<Body> {
         app.auth.reload_failures(),
     );
     out.single(
+        "pullgate_secret_entries_skipped_total",
+        "counter",
+        "Unusable client secret entries left out of the versions loaded (the rest applied).",
+        app.auth.skipped_secret_entries(),
+    );
+    out.single(
         "pullgate_audit_lines_dropped_total",
         "counter",
         "Audit lines lost because the writer fell behind.",

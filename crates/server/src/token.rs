@@ -76,8 +76,8 @@ fn resolve(mirror: &Mirror, name: &str) -> Option<Access> {
 
 fn access(t: Target) -> Access {
     Access {
-        upstream: t.upstream_name().to_owned(),
-        repo: t.repo.to_string(),
+        upstream: t.upstream.id().clone(),
+        repo: t.repo,
     }
 }
 
