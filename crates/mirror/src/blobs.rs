@@ -549,3 +549,61 @@ fn resolve(range: Option<RangeSpec>, size: u64) -> Result<Option<ByteRange>, Mir
         Some(Err(RangeError::Unsatisfiable)) => Err(MirrorError::RangeNotSatisfiable { size }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(map: &Fills, digest: &Digest, client: &ClientId) -> FillGuard {
+        let mut m = map.lock();
+        let id = m.next_id;
+        m.next_id += 1;
+        let (_tx, rx) = watch::channel(FillState::Pending);
+        m.by_digest
+            .entry(digest.clone())
+            .or_default()
+            .push(FillEntry {
+                id,
+                state: rx,
+                upstream: UpstreamId::parse("docker.io").unwrap(),
+                repo: RepoName::parse("library/x").unwrap(),
+            });
+        *m.per_client.entry(client.clone()).or_insert(0) += 1;
+        FillGuard {
+            fills: map.clone(),
+            digest: digest.clone(),
+            id,
+            client: client.clone(),
+        }
+    }
+
+    /// A fill task that panics (or is cancelled at shutdown) still leaves the map: its
+    /// digest can be filled again, and its client's count goes back down.
+    #[tokio::test]
+    async fn a_fill_that_panics_leaves_no_entry_behind() {
+        let fills = Fills::default();
+        let digest = Digest::sha256_of(b"layer");
+        let client = ClientId::Address(IpAddr::from([127, 0, 0, 1]));
+        let kept = entry(&fills, &digest, &client);
+        let guard = entry(&fills, &digest, &client);
+        assert_eq!(fills.len(), 2);
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            panic!("a bug in a fill");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(fills.len(), 1);
+        assert_eq!(fills.lock().per_client.get(&client), Some(&1));
+
+        // A cancelled one too, and the last one out removes the digest and the client.
+        let never = tokio::spawn(async move {
+            let _kept = kept;
+            std::future::pending::<()>().await;
+        });
+        never.abort();
+        assert!(never.await.unwrap_err().is_cancelled());
+        assert_eq!(fills.len(), 0);
+        let map = fills.lock();
+        assert!(map.by_digest.is_empty() && map.per_client.is_empty());
+    }
+}
