@@ -409,6 +409,13 @@ async fn bundles_and_referrers_fall_back_to_the_tag_schema_on_distribution() {
             },
         )
         .expect("cosign sign --registry-referrers-mode=oci-1-1");
+    tools
+        .verify_referrers(&key.public, &reference)
+        .expect("cosign verify --experimental-oci11");
+    let err = tools
+        .verify(&key.public, &reference)
+        .expect_err("plain cosign verify reads only the .sig tag");
+    assert!(err.contains("no signatures found"), "{err}");
     // An arbitrary referrer.
     let oras = tools
         .oras_attach(
@@ -544,4 +551,61 @@ async fn cosign_and_oras_with_basic_credentials_and_a_signature_repository() {
         .await
         .expect("oras's fallback index in the image's repository");
     assert_eq!(index["manifests"][0]["digest"], oras.as_str());
+}
+
+#[tokio::test]
+async fn a_message_signature_bundle_over_the_manifest_attaches_as_a_referrer() {
+    let upstream = Distribution::start(Auth::Anonymous);
+    let push = Pusher::new(&upstream.url(), None);
+    let img = images::image("msgsig", &[1024], Flavor::Oci, "amd64");
+    push.image("team/bundle", "v1", &img).await;
+    let digest = &img.manifest.digest;
+    let url = upstream.url();
+    let tools = Tools::new();
+    let key = tools.generate_key_pair("release");
+    let reference = format!("{}/team/bundle@{digest}", upstream.host());
+
+    let bundle = tools
+        .sign_blob_bundle(&key, &img.manifest.bytes)
+        .expect("cosign sign-blob --new-bundle-format");
+    assert_eq!(bundle["mediaType"], sign::BUNDLE_V03);
+    let md = &bundle["messageSignature"]["messageDigest"];
+    assert_eq!(md["algorithm"], "SHA2_256");
+    assert_eq!(
+        hex::encode(b64(md["digest"].as_str().unwrap())),
+        digest.trim_start_matches("sha256:"),
+        "the message digest is the image's digest"
+    );
+    tools
+        .verify_blob_bundle(&key.public, &bundle, &img.manifest.bytes)
+        .expect("cosign verify-blob --bundle");
+    tools
+        .verify_blob_bundle(&key.public, &bundle, b"other bytes")
+        .expect_err("the bundle is over the manifest's bytes only");
+
+    let referrer = tools.attach_bundle(&reference, &bundle).expect("attach");
+    let index = sign::fetch_manifest(&url, "team/bundle", &referrers_tag(digest))
+        .await
+        .expect("the fallback index");
+    assert_eq!(index["manifests"][0]["digest"], referrer.as_str());
+    assert_eq!(index["manifests"][0]["artifactType"], sign::BUNDLE_V03);
+    let m = sign::fetch_manifest(&url, "team/bundle", &referrer)
+        .await
+        .unwrap();
+    assert_eq!(m["artifactType"], sign::BUNDLE_V03);
+    assert_eq!(m["subject"]["digest"], digest.as_str());
+    assert_eq!(
+        m["annotations"]["dev.sigstore.bundle.content"],
+        "message-signature"
+    );
+    let stored: Value = serde_json::from_slice(
+        &sign::fetch_blob(
+            &url,
+            "team/bundle",
+            m["layers"][0]["digest"].as_str().unwrap(),
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(stored, bundle);
 }

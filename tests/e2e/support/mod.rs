@@ -63,7 +63,7 @@ pub fn require(tool: &str) -> PathBuf {
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(
         out.status.success() && !path.is_empty(),
-        "{tool} is not installed: run ./tests/run-all.sh (it installs the test dependencies)"
+        "{tool} is not installed: run ./tests/run-all.sh (it installs the test dependencies; tests/install-trust-tools.sh alone installs cosign and oras)"
     );
     PathBuf::from(path)
 }

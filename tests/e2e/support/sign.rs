@@ -19,7 +19,10 @@
 //!   layer of that media type, but its entry in the fallback index says `artifactType`
 //!   `application/vnd.oci.empty.v1+json` (go-containerregistry copies the config's media type).
 //! - [`Tools::oras_attach`]: a referrer manifest with the given `artifactType`, listed in the
-//!   same fallback index.
+//!   same fallback index. [`Tools::attach_bundle`] attaches a bundle that way, e.g. the
+//!   `messageSignature` bundle [`Tools::sign_blob_bundle`] makes over an image's manifest
+//!   bytes (cosign 2.5's `sign` has no bundle output; `attest --new-bundle-format` makes the
+//!   `dsseEnvelope` form).
 //!
 //! Every child process runs with a cleared environment in this object's temp dir: `HOME`,
 //! `DOCKER_CONFIG` and `TUF_ROOT` there, a `COSIGN_PASSWORD`, no `COSIGN_*`/`SIGSTORE_*` from
@@ -372,6 +375,20 @@ impl Tools {
         self.run(cmd)
     }
 
+    /// `cosign verify --experimental-oci11 --key`: reads signatures that are OCI 1.1 referrers
+    /// ([`Sign::referrers`]); plain [`Tools::verify`] reads only the `.sig` tag.
+    pub fn verify_referrers(&self, public: &Path, reference: &str) -> Result<String, String> {
+        let mut cmd = self.cosign(&[
+            "verify",
+            "--insecure-ignore-tlog=true",
+            "--experimental-oci11=true",
+        ]);
+        cmd.env("COSIGN_EXPERIMENTAL", "1").arg("--key").arg(public);
+        self.registry_flags(&mut cmd);
+        cmd.arg(reference);
+        self.run(cmd)
+    }
+
     /// `cosign verify` of a certificate signature against a private CA, offline: `roots` as
     /// `--ca-roots` (the intermediates come from the signature's chain annotation), the
     /// certificate's email SAN and its Fulcio issuer extension as the identity.
@@ -444,6 +461,77 @@ impl Tools {
         self.registry_flags(&mut cmd);
         cmd.arg(reference);
         self.run(cmd)
+    }
+
+    /// `cosign sign-blob --new-bundle-format --bundle`: a sigstore bundle v0.3 whose
+    /// `messageSignature` is over `message` (`messageDigest` is its SHA-256, base64). cosign 2.5
+    /// makes this form for blobs only (`cosign sign` has no bundle output); signing an image's
+    /// manifest bytes gives a bundle whose digest is the image's, which
+    /// [`Tools::attach_bundle`] hangs on the image.
+    pub fn sign_blob_bundle(&self, key: &KeyPair, message: &[u8]) -> Result<Value, String> {
+        let file = self.scratch("message");
+        let bundle = self.scratch("bundle.json");
+        std::fs::write(&file, message).expect("message");
+        let mut cmd = self.cosign(&[
+            "sign-blob",
+            "--tlog-upload=false",
+            "--yes",
+            "--new-bundle-format",
+        ]);
+        cmd.arg("--key")
+            .arg(&key.key)
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(&file);
+        self.run(cmd)?;
+        let bytes = std::fs::read(&bundle).map_err(|e| format!("reading the bundle: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("the bundle is not JSON: {e}"))
+    }
+
+    /// `cosign verify-blob --bundle --new-bundle-format` of `message`, offline (an empty
+    /// trusted root, no transparency log).
+    pub fn verify_blob_bundle(
+        &self,
+        public: &Path,
+        bundle: &Value,
+        message: &[u8],
+    ) -> Result<String, String> {
+        let file = self.scratch("message");
+        let path = self.scratch("bundle.json");
+        std::fs::write(&file, message).expect("message");
+        std::fs::write(&path, serde_json::to_vec(bundle).unwrap()).expect("bundle");
+        let mut cmd = self.cosign(&[
+            "verify-blob",
+            "--insecure-ignore-tlog=true",
+            "--new-bundle-format",
+        ]);
+        cmd.arg("--key")
+            .arg(public)
+            .arg("--bundle")
+            .arg(&path)
+            .arg("--trusted-root")
+            .arg(self.empty_trusted_root())
+            .arg(&file);
+        self.run(cmd)
+    }
+
+    /// Attaches `bundle` to `reference` as cosign lays a bundle referrer out: `artifactType`
+    /// and the one layer's media type [`BUNDLE_V03`], manifest annotation `dev.sigstore.bundle.content`
+    /// (`message-signature` or `dsse-envelope`, from the bundle). With oras: returns the
+    /// referrer's digest.
+    pub fn attach_bundle(&self, reference: &str, bundle: &Value) -> Result<String, String> {
+        let content = if bundle.get("dsseEnvelope").is_some() {
+            "dsse-envelope"
+        } else {
+            "message-signature"
+        };
+        self.oras_attach(
+            reference,
+            BUNDLE_V03,
+            &serde_json::to_vec(bundle).unwrap(),
+            BUNDLE_V03,
+            &[("dev.sigstore.bundle.content", content)],
+        )
     }
 
     /// A sigstore trusted root with no transparency log, CA or timestamp authority.
