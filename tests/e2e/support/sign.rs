@@ -122,7 +122,7 @@ pub struct Tools {
     creds: Option<(String, String)>,
     /// `COSIGN_REPOSITORY`: signatures and attestations go to (and are read from) there.
     signature_repository: Option<String>,
-    serial: std::cell::Cell<u32>,
+    serial: std::sync::atomic::AtomicU32,
 }
 
 impl Default for Tools {
@@ -145,7 +145,7 @@ impl Tools {
             ca: None,
             creds: None,
             signature_repository: None,
-            serial: std::cell::Cell::new(0),
+            serial: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -172,8 +172,9 @@ impl Tools {
 
     /// A fresh path under the work dir.
     fn scratch(&self, name: &str) -> PathBuf {
-        let n = self.serial.get() + 1;
-        self.serial.set(n);
+        let n = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.dir.path().join("work").join(format!("{n}-{name}"))
     }
 
