@@ -8,9 +8,10 @@ use pullgate_auth::{
 use pullgate_mirror::{Mirror, Target};
 use pullgate_oci::RepoName;
 
+use crate::app::App;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::handlers::{full_ok, App};
+use crate::respond::full_ok;
 use crate::route::{Query, RouteError};
 
 pub(crate) fn issue(
