@@ -329,7 +329,9 @@ pub(crate) fn verify_simple_signing(
         .map_err(|_| ArtifactError::Malformed("simple-signing payload is not the expected JSON"))?;
     if !matches!(
         parsed.critical.kind.as_str(),
-        "cosign container image signature" | "atomic container signature"
+        "cosign container image signature"
+            | "atomic container signature"
+            | media::COSIGN_SIGN_PREDICATE
     ) {
         return Err(ArtifactError::Malformed(
             "simple-signing payload of another type",
@@ -376,6 +378,40 @@ pub struct VerifiedStatement {
     pub keys: Vec<KeyId>,
     pub predicate_type: String,
     pub predicate: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct ClaimedStatement {
+    #[serde(rename = "predicateType")]
+    predicate_type: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimedBundle {
+    dsse_envelope: Option<Envelope>,
+}
+
+/// Whether DSSE material (an envelope, or a bundle holding one) that did not verify *claims*
+/// to be an image signature (cosign's signing predicate). It decides only whether its
+/// failure is reported as a failed signature rather than ignored as someone else's
+/// attestation; nothing else is read from unverified bytes.
+pub(crate) fn claims_signature(artifact: &Artifact) -> bool {
+    let envelope = match artifact {
+        Artifact::Dsse { envelope, .. } if envelope.len() <= MAX_ENVELOPE => {
+            serde_json::from_slice::<Envelope>(envelope).ok()
+        }
+        Artifact::Bundle { bundle } if bundle.len() <= MAX_ENVELOPE => {
+            serde_json::from_slice::<ClaimedBundle>(bundle)
+                .ok()
+                .and_then(|b| b.dsse_envelope)
+        }
+        _ => None,
+    };
+    envelope
+        .and_then(|e| b64(&e.payload).ok())
+        .and_then(|payload| serde_json::from_slice::<ClaimedStatement>(&payload).ok())
+        .is_some_and(|st| st.predicate_type == media::COSIGN_SIGN_PREDICATE)
 }
 
 /// DSSE's pre-authentication encoding.

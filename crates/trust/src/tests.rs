@@ -647,6 +647,29 @@ scan = { signed_by = ["scanner"], max_severity = "HIGH", max_age = "7d", allow_c
         summary.scanner.as_deref(),
         Some("pkg:github/aquasecurity/trivy@v0.58.0@0.58.0")
     );
+    // A passing verdict says when the scan will age out; an allowed CVE's later expiry does not
+    // move that earlier.
+    let fresh = evaluate(
+        &r,
+        &subject,
+        &[
+            signed.clone(),
+            scan(
+                &[("CVE-2024-0002", "CRITICAL", "glibc")],
+                day,
+                vuln,
+                &w.scanner,
+            ),
+        ],
+        &w.keys,
+        now,
+    );
+    assert_eq!(fresh.outcome, Outcome::Allow);
+    let recheck = fresh.recheck_at.unwrap();
+    assert!(
+        recheck <= now + 6 * day && recheck + Duration::from_secs(2) > now + 6 * day,
+        "{recheck:?}"
+    );
     let stale = evaluate(
         &r,
         &subject,
@@ -660,6 +683,60 @@ scan = { signed_by = ["scanner"], max_severity = "HIGH", max_age = "7d", allow_c
             .starts_with("denied by trust rule 1 (docker.io/team/**): stale scan: 9days"),
         "{stale}"
     );
+}
+
+#[test]
+fn cosign_v3_bundles_and_attestations_by_others() {
+    let w = world();
+    let d = digest(1);
+    let subject = Subject::digest_only(&d);
+    let r = rule(VERIFY);
+    let now = SystemTime::now();
+    let bundle = |signer: &Signer, predicate_type: &str| {
+        let body = statement(&d, predicate_type, serde_json::json!({}));
+        let env: serde_json::Value = serde_json::from_slice(&envelope(
+            &body,
+            &[signer.sign(&pae(media::IN_TOTO, &body))],
+        ))
+        .unwrap();
+        Artifact::Bundle {
+            bundle: serde_json::to_vec(&serde_json::json!({
+                "mediaType": media::BUNDLE_V03,
+                "verificationMaterial": {"publicKey": {"hint": ""}},
+                "dsseEnvelope": env,
+            }))
+            .unwrap()
+            .into(),
+        }
+    };
+    let sign = media::COSIGN_SIGN_PREDICATE;
+    let cases = [
+        (
+            "a cosign v3 signature",
+            vec![bundle(&w.release, sign)],
+            Outcome::Allow,
+            Reason::Verified,
+        ),
+        (
+            "a cosign v3 signature by a stranger",
+            vec![bundle(&w.stranger, sign)],
+            Outcome::Deny,
+            Reason::Rejected(ArtifactError::UnknownKey),
+        ),
+        (
+            "an attestation is no signature, and the scanner's is no failure",
+            vec![
+                bundle(&w.release, "https://slsa.dev/provenance/v1"),
+                attestation(&w.scanner, &d, VULN_PREDICATES[0], serde_json::json!({})),
+            ],
+            Outcome::Deny,
+            Reason::NoSignature,
+        ),
+    ];
+    for (name, artifacts, outcome, reason) in cases {
+        let v = evaluate(&r, &subject, &artifacts, &w.keys, now);
+        assert_eq!((v.outcome, v.reason), (outcome, reason), "{name}");
+    }
 }
 
 #[test]

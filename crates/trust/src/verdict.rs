@@ -10,8 +10,9 @@ use serde::Deserialize;
 
 use crate::certs::IdentityMatcher;
 use crate::formats::{
-    media, verify_bundle, verify_dsse, verify_simple_signing, Artifact, ArtifactError, BundleKind,
-    KeyId, SignerSpec, Signers, Subject, VerifiedBundle, VerifiedStatement,
+    claims_signature, media, verify_bundle, verify_dsse, verify_simple_signing, Artifact,
+    ArtifactError, BundleKind, KeyId, SignerSpec, Signers, Subject, VerifiedBundle,
+    VerifiedStatement,
 };
 use crate::keys::{Fingerprint, Keys};
 use crate::policy::{parse_time, Action, Mode, Rule, Severity, Unmatched, SBOM_PREDICATES};
@@ -147,6 +148,12 @@ pub struct Verdict {
     /// Distinct keys whose image signatures verified.
     pub keys: Vec<KeyId>,
     pub scan: Option<ScanSummary>,
+    /// The earliest time this verdict may change by the clock alone: the scan reaching
+    /// `max_age`, or an allow-list entry that covered a finding expiring. A verdict cache
+    /// must not serve it past then. (Certificate expiry is not included: chains are checked
+    /// at evaluation time, so a cached verdict outliving its leaf is bounded only by the
+    /// cache's own lifetime.)
+    pub recheck_at: Option<SystemTime>,
 }
 
 impl Verdict {
@@ -169,6 +176,7 @@ impl Verdict {
             reason: Reason::Unmatched(unmatched),
             keys: Vec::new(),
             scan: None,
+            recheck_at: None,
         }
     }
 }
@@ -204,6 +212,7 @@ pub fn evaluate(
         reason: Reason::AllowedByRule,
         keys: Vec::new(),
         scan: None,
+        recheck_at: None,
     };
     let denial = match rule.action() {
         Action::Allow => None,
@@ -269,7 +278,13 @@ fn check(
                 annotations,
             } => match verify_dsse(envelope, annotations, subject, &signers) {
                 Ok(st) if st.predicate_type == media::COSIGN_SIGN_PREDICATE => st.keys,
-                _ => continue,
+                Ok(_) => continue,
+                Err(e) => {
+                    if claims_signature(artifact) {
+                        note(e, &mut best);
+                    }
+                    continue;
+                }
             },
             Artifact::Bundle { bundle } => match verify_bundle(bundle, subject, &signers) {
                 Ok(VerifiedBundle::Message(key)) => vec![key],
@@ -278,7 +293,13 @@ fn check(
                 {
                     st.keys
                 }
-                Ok(VerifiedBundle::Statement(_)) | Err((BundleKind::Dsse, _)) => continue,
+                Ok(VerifiedBundle::Statement(_)) => continue,
+                Err((BundleKind::Dsse, e)) => {
+                    if claims_signature(artifact) {
+                        note(e, &mut best);
+                    }
+                    continue;
+                }
                 Err((BundleKind::Message, e)) => {
                     note(e, &mut best);
                     continue;
@@ -357,6 +378,11 @@ fn check(
                 if !summary.allowed.contains(&vuln.id) {
                     summary.allowed.push(vuln.id.clone());
                 }
+                for (id, expires) in &gate.allow_cves {
+                    if *id == vuln.id && now < *expires {
+                        recheck(&mut verdict.recheck_at, *expires);
+                    }
+                }
                 continue;
             }
             summary.worst = summary.worst.max(Some(severity));
@@ -368,6 +394,9 @@ fn check(
         if let Some(max) = gate.max_age {
             if age > max {
                 return Some(Reason::StaleScan { age, max });
+            }
+            if let Some(stale_at) = finished.checked_add(max) {
+                recheck(&mut verdict.recheck_at, stale_at);
             }
         }
         if let Some((severity, vuln)) = over {
@@ -401,6 +430,12 @@ fn check(
         }
     }
     None
+}
+
+fn recheck(at: &mut Option<SystemTime>, when: SystemTime) {
+    if at.is_none_or(|t| when < t) {
+        *at = Some(when);
+    }
 }
 
 /// Every attestation about the subject that `specs` signed and `wanted` accepts the
