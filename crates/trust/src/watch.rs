@@ -46,6 +46,9 @@ pub(crate) fn files_at(path: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>,
         match fs::metadata(&file) {
             Ok(m) if m.is_file() => all.push((name.to_owned(), file)),
             Ok(_) => {}
+            // A dangling link: kubelet has swapped `..data` and not yet removed the link of a
+            // key that left the secret. That key is gone; the others are not.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LoadError::io(&file, e)),
         }
         if all.len() > MAX_FILES {
@@ -165,6 +168,10 @@ mod tests {
         fs::remove_file(d.join("a.pem")).unwrap();
         fs::remove_file(d.join("b.pub")).unwrap();
         assert!(matches!(files_at(d, exts), Err(LoadError::NoFiles { .. })));
+        std::os::unix::fs::symlink("..data/gone.pub", d.join("gone.pub")).unwrap();
+        assert!(matches!(files_at(d, exts), Err(LoadError::NoFiles { .. })));
+        fs::write(d.join("c.pub"), "x").unwrap();
+        assert_eq!(files_at(d, exts).unwrap(), vec![d.join("c.pub")]);
         assert!(matches!(
             files_at(&d.join("missing"), exts),
             Err(LoadError::Io { .. })
