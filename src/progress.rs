@@ -88,9 +88,16 @@ pub fn every() -> Duration {
 }
 
 enum Mode {
-    Bar(ProgressBar),
-    Lines { last: Instant },
-    Log { last: Instant, logged: bool },
+    /// Made at the first report, when the total is known: a bar drawn before that would
+    /// show 0 of 0 as complete.
+    Bar(Option<ProgressBar>),
+    Lines {
+        last: Instant,
+    },
+    Log {
+        last: Instant,
+        logged: bool,
+    },
 }
 
 /// Shows one job: `update` as often as the job reports, `finish` at its end.
@@ -107,7 +114,7 @@ impl Reporter {
     /// stderr every [`every`] and one at the end. Stdout keeps the command's report.
     pub fn for_command(label: &'static str) -> Reporter {
         let mode = if std::io::stderr().is_terminal() {
-            Mode::Bar(bar(label))
+            Mode::Bar(None)
         } else {
             Mode::Lines {
                 last: Instant::now(),
@@ -143,6 +150,7 @@ impl Reporter {
         let elapsed = self.started.elapsed();
         match &mut self.mode {
             Mode::Bar(b) => {
+                let b = b.get_or_insert_with(|| bar(self.label, &s));
                 b.set_length(s.bytes_total);
                 b.set_position(s.bytes.min(s.bytes_total));
                 b.set_message(bar_message(&s));
@@ -166,7 +174,7 @@ impl Reporter {
     /// Print a line of the command's own report without tearing the bar.
     pub fn println(&self, line: &str) {
         match &self.mode {
-            Mode::Bar(b) => b.suspend(|| println!("{line}")),
+            Mode::Bar(Some(b)) => b.suspend(|| println!("{line}")),
             _ => println!("{line}"),
         }
     }
@@ -175,11 +183,10 @@ impl Reporter {
     pub fn finish(self) {
         let elapsed = self.started.elapsed();
         match (self.mode, self.last) {
-            (Mode::Bar(b), Some(s)) => {
+            (Mode::Bar(Some(b)), Some(s)) => {
                 b.set_message(bar_message(&s));
                 b.finish();
             }
-            (Mode::Bar(b), None) => b.finish_and_clear(),
             (Mode::Lines { .. }, Some(s)) => {
                 eprintln!(
                     "{}: done in {}: {}",
@@ -205,16 +212,20 @@ fn bar_message(s: &Step) -> String {
     }
 }
 
-fn bar(label: &'static str) -> ProgressBar {
-    let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    // The template is a constant: it parses; the fallback is only there to never panic.
+fn bar(label: &'static str, first: &Step) -> ProgressBar {
+    // Hidden until it is all set up, so the first frame drawn is a whole one.
+    let b = ProgressBar::with_draw_target(Some(first.bytes_total), ProgressDrawTarget::hidden());
+    // The bar takes what the terminal's width leaves, so the line never wraps. The
+    // template is a constant: it parses; the fallback is only there to never panic.
     let style = ProgressStyle::with_template(
-        "{prefix}: [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        "{prefix}: {msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
     )
     .map(|s| s.progress_chars("=> "))
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     b.set_style(style);
     b.set_prefix(label);
+    b.set_message(bar_message(first));
+    b.set_draw_target(ProgressDrawTarget::stderr());
     b
 }
 
