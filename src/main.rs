@@ -5,6 +5,8 @@ mod cache;
 mod check;
 mod config;
 mod fds;
+mod progress;
+mod table;
 mod units;
 
 use std::net::SocketAddr;
@@ -127,15 +129,19 @@ fn main() -> Result<()> {
 }
 
 async fn serve(s: Settings) -> Result<()> {
-    // Repairs what a crash left before anything is served; see pullgate_store::Repair.
-    let store = Store::open_with(
+    // Repairs what a crash left before anything is served; see pullgate_store::Repair. A
+    // long one (many files the index does not know, to hash) logs how far it is.
+    let mut repair = progress::Reporter::for_log("start-up repair");
+    let store = Store::open_reporting(
         &s.cache_dir,
         StoreOptions {
             limits: s.cache_limits,
             inspect_only: false,
         },
+        &mut |p| repair.update(p.into()),
     )
     .with_context(|| format!("opening the cache at {}", s.cache_dir.display()))?;
+    repair.finish();
     let evictor_stop = tokio_util::sync::CancellationToken::new();
     let upstreams = s
         .upstreams

@@ -68,21 +68,33 @@ fn cache_ok(pullgate: &Pullgate, args: &[&str]) -> String {
     stdout(&out)
 }
 
-/// `key: value` from `pullgate cache stats`, the value's first word.
-fn stat(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{key} missing from:\n{text}"))
-        .to_owned()
+/// `pullgate cache <args> --json`, parsed.
+fn cache_json(pullgate: &Pullgate, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let text = cache_ok(pullgate, &all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: not JSON:\n{text}"))
 }
 
-/// The digests `pullgate cache ls` lists, in its order.
-fn listed(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.split_whitespace().nth(2))
-        .filter(|d| d.starts_with("sha256:"))
-        .map(str::to_owned)
+/// A number from `pullgate cache stats --json`.
+fn stat(pullgate: &Pullgate, args: &[&str], key: &str) -> u64 {
+    let mut all = vec!["stats"];
+    all.extend_from_slice(args);
+    let v = cache_json(pullgate, &all);
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing from:\n{v:#}"))
+}
+
+/// The digests `pullgate cache ls --json` lists, in its order.
+fn listed(pullgate: &Pullgate, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["ls"];
+    all.extend_from_slice(args);
+    cache_json(pullgate, &all)["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["digest"].as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -92,17 +104,13 @@ fn assert_index_agrees(pullgate: &mut Pullgate) {
     let status = pullgate.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", pullgate.log());
     let files: Vec<String> = blob_files(&pullgate.cache_dir()).into_keys().collect();
-    let mut ls = listed(&cache_ok(pullgate, &["ls"]));
+    let mut ls = listed(pullgate, &[]);
     ls.sort();
     assert_eq!(ls, files, "the index and the files disagree");
-    let stats = cache_ok(pullgate, &["stats"]);
-    assert_eq!(stat(&stats, "blobs"), files.len().to_string(), "{stats}");
-    assert_eq!(
-        stat(&stats, "index_records"),
-        files.len().to_string(),
-        "{stats}"
-    );
-    assert_eq!(stat(&stats, "tmp_files"), "0", "{stats}");
+    let stats = cache_json(pullgate, &["stats"]);
+    assert_eq!(stats["blobs"], files.len(), "{stats:#}");
+    assert_eq!(stats["index_records"], files.len(), "{stats:#}");
+    assert_eq!(stats["tmp_files"], 0, "{stats:#}");
 }
 
 /// The start-up check's log line from the first restart.
@@ -232,17 +240,19 @@ async fn cache_subcommands_report_and_maintain_a_stopped_cache() {
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
 
-    let stats = cache_ok(&pullgate, &["stats"]);
-    assert_eq!(stat(&stats, "blobs"), "9", "{stats}");
-    assert_eq!(stat(&stats, "index_records"), "9", "{stats}");
-    assert_eq!(stat(&stats, "bytes"), bytes.to_string(), "{stats}");
-    assert_eq!(stat(&stats, "max_size"), (100 * MIB).to_string(), "{stats}");
-    assert_eq!(stat(&stats, "high_watermark"), "0.95", "{stats}");
-    assert!(stat(&stats, "oldest_access").starts_with("20"), "{stats}");
-    assert!(stat(&stats, "newest_access").starts_with("20"), "{stats}");
+    let stats = cache_json(&pullgate, &["stats"]);
+    assert_eq!(stats["blobs"], 9, "{stats:#}");
+    assert_eq!(stats["index_records"], 9, "{stats:#}");
+    assert_eq!(stats["bytes"], bytes, "{stats:#}");
+    assert_eq!(stats["max_size_bytes"], 100 * MIB, "{stats:#}");
+    assert_eq!(stats["high_watermark"], 0.95, "{stats:#}");
+    for key in ["oldest_access", "newest_access"] {
+        let t = stats[key].as_str().unwrap();
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{stats:#}");
+    }
 
     let ls = cache_ok(&pullgate, &["ls"]);
-    let digests = listed(&ls);
+    let digests = listed(&pullgate, &[]);
     assert_eq!(digests.len(), 9, "{ls}");
     let mut sorted = digests.clone();
     sorted.sort();
@@ -295,7 +305,7 @@ async fn cache_subcommands_report_and_maintain_a_stopped_cache() {
         liar_path.exists() && orphan_path.exists(),
         "a dry run changed files"
     );
-    assert_eq!(stat(&cache_ok(&pullgate, &["stats"]), "index_records"), "9");
+    assert_eq!(stat(&pullgate, &[], "index_records"), 9);
 
     let done = cache_ok(&pullgate, &["gc", "--config", small]);
     assert!(done.contains("index 1 orphan files"), "{done}");
@@ -315,14 +325,10 @@ async fn cache_subcommands_report_and_maintain_a_stopped_cache() {
         "{done}"
     );
     assert!(!liar_path.exists());
-    let stats = cache_ok(&pullgate, &["stats", "--config", small]);
-    let left: u64 = stat(&stats, "bytes").parse().unwrap();
-    assert!(left <= MIB as u64, "{stats}");
-    assert_eq!(
-        stat(&stats, "blobs"),
-        stat(&stats, "index_records"),
-        "{stats}"
-    );
+    let stats = cache_json(&pullgate, &["stats", "--config", small]);
+    let left = stats["bytes"].as_u64().unwrap();
+    assert!(left <= MIB as u64, "{stats:#}");
+    assert_eq!(stats["blobs"], stats["index_records"], "{stats:#}");
     for d in evicted {
         assert!(!pullgate.blob_path(d).exists());
     }
@@ -351,11 +357,10 @@ async fn cache_subcommands_report_and_maintain_a_stopped_cache() {
     );
     assert!(!victim_path.exists(), "{victim}");
     assert_every_file_verified(&cache);
-    let stats = cache_ok(&pullgate, &["stats"]);
-    assert_eq!(stat(&stats, "blobs"), (survivors.len() - 1).to_string());
+    assert_eq!(stat(&pullgate, &[], "blobs"), survivors.len() as u64 - 1);
     assert_eq!(
-        stat(&stats, "index_records"),
-        (survivors.len() - 1).to_string()
+        stat(&pullgate, &[], "index_records"),
+        survivors.len() as u64 - 1
     );
 
     // The server starts on the maintained cache and every image pulls again.
@@ -574,4 +579,305 @@ async fn an_unreadable_index_is_set_aside_at_start_and_the_files_still_serve() {
     pull(&pullgate, "e2e/broken:v1").await.unwrap();
     assert_eq!(upstream_gets(&fault), proved, "{:#?}", fault.requests());
     assert_index_agrees(&mut pullgate);
+}
+
+/// `pullgate cache <args>` without a configuration file: the embedded default, the cache
+/// named by `--cache-dir`; `env` added. Returns the output, whatever the status.
+fn cache_on_dir(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pullgate"))
+        .arg("cache")
+        .args(args)
+        .arg("--cache-dir")
+        .arg(dir)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running pullgate cache")
+}
+
+/// Blob files laid out by hand, as a cache whose index was lost has them: `n` files of
+/// `size` bytes, each named by its digest. Returns their total size.
+fn lay_out_blob_files(cache: &Path, seed: &str, n: usize, size: usize) -> u64 {
+    for i in 0..n {
+        let bytes = images::noise(&format!("{seed}-{i}"), size);
+        let hex = sha256(&bytes).trim_start_matches("sha256:").to_owned();
+        let dir = cache.join("blobs/sha256").join(&hex[..2]);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(&hex), &bytes).unwrap();
+    }
+    (n * size) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_ls_stats_and_top_print_tables_and_json_sorted_and_filtered() {
+    let upstream = Distribution::start(Auth::Anonymous);
+    let pusher = Pusher::new(&upstream.url(), None);
+    let a = images::image("top-a", &[2 * MIB], Flavor::Oci, "amd64");
+    let b = images::image("top-b", &[64 * 1024], Flavor::Oci, "amd64");
+    let c = images::image("top-c", &[4096], Flavor::Oci, "amd64");
+    pusher.image("e2e/a", "v1", &a).await;
+    pusher.image("e2e/b", "v1", &b).await;
+    pusher.image("other/c", "v1", &c).await;
+    let mut pullgate = Pullgate::start(Options::new(&upstream.url()));
+    for _ in 0..3 {
+        pull(&pullgate, "e2e/a:v1").await.unwrap();
+    }
+    pull(&pullgate, "e2e/b:v1").await.unwrap();
+    pull(&pullgate, "other/c:v1").await.unwrap();
+    http::fills_settled(&pullgate.url()).await;
+    // The counts still in memory are written at shutdown.
+    let status = pullgate.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", pullgate.log());
+    // The upstream's name in the configuration (its host and port).
+    let host = upstream
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let files = blob_files(&pullgate.cache_dir());
+    let size_of = |d: &str| std::fs::metadata(&files[d]).unwrap().len();
+    let digests = |img: &images::Image| -> Vec<String> {
+        let mut d: Vec<String> = img.blobs().map(|b| b.digest.clone()).collect();
+        d.push(img.manifest.digest.clone());
+        d.sort();
+        d
+    };
+
+    // ls --json: every blob, its size, kind and repository, as pulled.
+    let ls = cache_json(&pullgate, &["ls"]);
+    let blobs = ls["blobs"].as_array().unwrap();
+    assert_eq!(blobs.len(), files.len(), "{ls:#}");
+    assert_eq!(blobs.len(), 9);
+    for blob in blobs {
+        let d = blob["digest"].as_str().unwrap();
+        assert_eq!(blob["size"], size_of(d), "{blob:#}");
+        assert!(files.contains_key(d));
+        let t = blob["last_access"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(t).is_ok(), "{t}");
+        assert_eq!(
+            blob["repositories"][0]["upstream"],
+            host.as_str(),
+            "{blob:#}"
+        );
+    }
+    let manifest = blobs
+        .iter()
+        .find(|b| b["digest"] == a.manifest.digest.as_str())
+        .unwrap();
+    assert_eq!(manifest["kind"], "manifest");
+    assert_eq!(manifest["repositories"][0]["repository"], "e2e/a");
+    assert_eq!(
+        ls["total_bytes"],
+        files.keys().map(|d| size_of(d)).sum::<u64>()
+    );
+
+    // Filters: by repository pattern, by upstream.
+    let mut e2e = listed(&pullgate, &["--repo", "e2e/*"]);
+    e2e.sort();
+    let mut want = [digests(&a), digests(&b)].concat();
+    want.sort();
+    assert_eq!(e2e, want);
+    let mut only_c = listed(&pullgate, &["--repo", "*/c"]);
+    only_c.sort();
+    assert_eq!(only_c, digests(&c));
+    assert_eq!(listed(&pullgate, &["--upstream", &host]).len(), 9);
+    assert!(listed(&pullgate, &["--upstream", "elsewhere.example"]).is_empty());
+    // Sorted by size, largest first: the 2 MiB layer leads.
+    let by_size = listed(&pullgate, &["--sort", "size"]);
+    assert_eq!(by_size[0], a.layers[0].digest);
+    let sizes: Vec<u64> = by_size.iter().map(|d| size_of(d)).collect();
+    assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+
+    // The table, for people: aligned, human sizes and ages.
+    let text = cache_ok(&pullgate, &["ls", "--sort", "size"]);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("LAST ACCESS"), "{text}");
+    let first = lines.next().unwrap();
+    assert!(first.contains("2.0 MiB"), "{text}");
+    assert!(first.contains(" ago"), "{text}");
+    assert!(first.contains(&format!("{host}/e2e/a")), "{text}");
+    let digest_col = header.find("DIGEST").unwrap();
+    assert_eq!(
+        first.find("sha256:"),
+        Some(digest_col),
+        "not aligned:\n{text}"
+    );
+    assert!(text.trim_end().ends_with("9 blobs, 2.1 MiB"), "{text}");
+
+    // stats --json: the totals and a row per repository, with its pulls.
+    let stats = cache_json(&pullgate, &["stats"]);
+    assert_eq!(stats["blobs"], 9, "{stats:#}");
+    let repos = stats["repositories"].as_array().unwrap();
+    assert_eq!(repos.len(), 3, "{stats:#}");
+    assert_eq!(repos[0]["repository"], "e2e/a", "largest first: {stats:#}");
+    let a_bytes: u64 = digests(&a).iter().map(|d| size_of(d)).sum();
+    assert_eq!(repos[0]["bytes"], a_bytes);
+    assert_eq!(repos[0]["blobs"], 3);
+    assert_eq!(repos[0]["pulls"], 3);
+    let filtered = cache_json(&pullgate, &["stats", "--repo", "e2e/b"]);
+    assert_eq!(filtered["matching"]["repositories"], 1, "{filtered:#}");
+    assert_eq!(filtered["matching"]["blobs"], 3);
+    assert_eq!(filtered["repositories"][0]["pulls"], 1);
+    let by_name = cache_json(&pullgate, &["stats", "--sort", "name"]);
+    let names: Vec<&str> = by_name["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["repository"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["e2e/a", "e2e/b", "other/c"]);
+    let text = cache_ok(&pullgate, &["stats"]);
+    assert!(text.contains("REPOSITORY"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("size ") && l.contains("MiB")),
+        "{text}"
+    );
+
+    // top: A, pulled three times, first.
+    let top = cache_json(&pullgate, &["top"]);
+    let images = top["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3, "{top:#}");
+    assert_eq!(images[0]["image"], format!("{host}/e2e/a:v1"), "{top:#}");
+    assert_eq!(images[0]["pulls"], 3);
+    assert_eq!(images[0]["reference"], "v1");
+    assert!(images[1..].iter().all(|i| i["pulls"] == 1), "{top:#}");
+    let limited = cache_json(&pullgate, &["top", "--limit", "1"]);
+    assert_eq!(limited["images"].as_array().unwrap().len(), 1);
+    assert_eq!(limited["total_images"], 3);
+    let other = cache_json(&pullgate, &["top", "--repo", "other/*"]);
+    assert_eq!(other["images"][0]["image"], format!("{host}/other/c:v1"));
+    let text = cache_ok(&pullgate, &["top"]);
+    let row = text.lines().nth(1).unwrap();
+    assert!(row.starts_with(&format!("{host}/e2e/a:v1")), "{text}");
+    assert!(row.split_whitespace().nth(1) == Some("3"), "{text}");
+
+    // A restart keeps the counts and adds to them.
+    pullgate.restart();
+    pull(&pullgate, "e2e/b:v1").await.unwrap();
+    let status = pullgate.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", pullgate.log());
+    let top = cache_json(&pullgate, &["top"]);
+    let b_row = top["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["image"] == format!("{host}/e2e/b:v1"))
+        .cloned()
+        .unwrap();
+    assert_eq!(b_row["pulls"], 2, "{top:#}");
+}
+
+#[test]
+fn cache_rebuild_draws_a_bar_on_a_terminal_and_plain_lines_in_a_pipe() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let total = lay_out_blob_files(&cache, "rebuild-progress", 12, 2 * MIB);
+
+    // In a pipe (as in CI): plain lines on stderr, often enough to see with a small interval.
+    let out = cache_on_dir(&cache, &["rebuild"], &[("PULLGATE_PROGRESS_EVERY", "1ms")]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("rebuild: ")).collect();
+    assert!(lines.len() >= 2, "{err}");
+    let done = lines.last().unwrap();
+    assert!(
+        done.contains("done in")
+            && done.contains("12/12 files")
+            && done.contains("12 hashed (24.0 MiB)"),
+        "{err}"
+    );
+    assert!(lines.iter().all(|l| l.contains("/s, ETA")), "{err}");
+    assert!(
+        !err.contains('\r') && !err.contains('\u{1b}'),
+        "no drawing in a pipe: {err}"
+    );
+    assert!(
+        stdout(&out).contains("12 blob files hashed"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(total, 24 * MIB as u64);
+
+    // On a terminal: the bar, drawn by indicatif, ending full.
+    let cmd = format!(
+        "{} cache rebuild --cache-dir {}",
+        env!("CARGO_BIN_EXE_pullgate"),
+        cache.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("script (util-linux) runs the command under a pseudo-terminal");
+    assert!(out.status.success(), "{out:?}");
+    let screen = stdout(&out);
+    assert!(
+        screen.contains("rebuild: 12/12 files, 12 hashed [=="),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("==] 24.00 MiB/24.00 MiB"),
+        "a full bar: {screen}"
+    );
+    assert!(screen.contains("iB/s ETA"), "{screen}");
+    assert!(screen.contains("12 blob files hashed"), "{screen}");
+    assert!(
+        !screen.contains("rebuild: done in"),
+        "plain lines on a terminal: {screen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_start_up_repair_logs_its_progress() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    // A cache whose index is gone: every file is an orphan, re-hashed before serving.
+    lay_out_blob_files(&cache, "repair-progress", 40, 2 * MIB);
+    let mut opts = Options::new("http://127.0.0.1:9");
+    opts.cache_dir = Some(cache.clone());
+    // "A few seconds" (5 s) is the default; a small interval makes a short repair long.
+    opts.env = vec![("PULLGATE_PROGRESS_EVERY".into(), "10ms".into())];
+    let pullgate = Pullgate::start(opts);
+    let log = pullgate.log();
+    let progress: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cache start-up repair in progress"))
+        .collect();
+    assert!(!progress.is_empty(), "{log}");
+    for line in &progress {
+        for field in [
+            "files_done=",
+            "files_total=40",
+            "bytes_done=",
+            "bytes_per_second=",
+            "eta_seconds=",
+        ] {
+            assert!(line.contains(field), "{field} missing: {line}");
+        }
+        assert!(line.contains("/s, ETA"), "{line}");
+    }
+    let done = log
+        .lines()
+        .find(|l| l.contains("cache start-up repair done"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(done.contains("files_hashed=40"), "{done}");
+    assert!(done.contains("40/40 files"), "{done}");
+    let check = log
+        .lines()
+        .find(|l| l.contains("cache start-up check"))
+        .unwrap();
+    assert!(check.contains("orphans_indexed=40"), "{check}");
+
+    // A quick one, at the default interval, logs nothing of the kind.
+    drop(pullgate);
+    let mut opts = Options::new("http://127.0.0.1:9");
+    opts.cache_dir = Some(cache);
+    let again = Pullgate::start(opts);
+    assert!(
+        !again.log().contains("cache start-up repair"),
+        "{}",
+        again.log()
+    );
 }

@@ -56,7 +56,14 @@ impl Mirror {
             Reference::Digest(d) => self.manifest_by_digest(target, d).await?,
             Reference::Tag(t) => self.manifest_by_tag(target, t).await?,
         };
+        // A manifest served counts as a pull of what the client named (`pullgate cache
+        // top`): in memory, written in batches by the store.
+        let served = || {
+            self.store
+                .count_pull(target.upstream_id(), &target.repo, reference)
+        };
         if accept.accepts(&found.media_type) {
+            served();
             return Ok(found);
         }
         // A client that cannot read an index gets the linux/amd64 image, as Distribution
@@ -68,6 +75,7 @@ impl Mirror {
                 if accept.accepts(&child.media_type) {
                     let child = self.manifest_by_digest(target, &child.digest).await?;
                     if accept.accepts(&child.media_type) {
+                        served();
                         return Ok(child);
                     }
                 }

@@ -483,3 +483,58 @@ async fn an_index_sled_cannot_read_is_set_aside_and_rebuilt_from_the_files() {
         .repaired_at_open()
         .is_clean());
 }
+
+#[tokio::test]
+async fn repair_and_rebuild_report_progress_against_the_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let small = blob(3, 1000);
+    // Over the store's in-file report step, so it is reported while it is being hashed.
+    let big = blob(5, 40 * 1024 * 1024);
+    put_all(&store, &[&small, &big]).await;
+    let total = 1000 + 40 * 1024 * 1024;
+
+    let mut seen = Vec::new();
+    let r = store.rebuild_reporting(&mut |p| seen.push(*p)).unwrap();
+    assert_eq!(r.hashed, 2);
+    let last = *seen.last().unwrap();
+    assert_eq!(last.job, crate::Job::Rebuild);
+    assert_eq!((last.files_done, last.files_total), (2, 2));
+    assert_eq!((last.bytes_done, last.bytes_total), (total, total));
+    assert_eq!((last.files_hashed, last.bytes_hashed), (2, total));
+    assert!(seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
+    // Within the big file, before it was done.
+    assert!(
+        seen.iter()
+            .any(|p| p.files_done < 2 && p.bytes_done > 1000 && p.bytes_done < total),
+        "{seen:?}"
+    );
+
+    // A repair hashes only what the index does not know: here, nothing.
+    let mut seen = Vec::new();
+    store
+        .repair_reporting(false, &mut |p| seen.push(*p))
+        .unwrap();
+    let last = *seen.last().unwrap();
+    assert_eq!(last.job, crate::Job::Repair);
+    assert_eq!((last.files_done, last.bytes_done), (2, total));
+    assert_eq!((last.files_hashed, last.bytes_hashed), (0, 0));
+
+    // At open, an orphan file is hashed and reported.
+    drop(store);
+    let orphan = blob(7, 5000);
+    let path = dir.path().join(format!(
+        "blobs/sha256/{}/{}",
+        &orphan.0.hex()[..2],
+        orphan.0.hex()
+    ));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &orphan.1).unwrap();
+    let mut seen = Vec::new();
+    let store =
+        Store::open_reporting(dir.path(), StoreOptions::default(), &mut |p| seen.push(*p)).unwrap();
+    let last = *seen.last().unwrap();
+    assert_eq!((last.files_done, last.files_total), (3, 3));
+    assert_eq!((last.files_hashed, last.bytes_hashed), (1, 5000));
+    assert_eq!(store.repaired_at_open().orphans_indexed, 1);
+}

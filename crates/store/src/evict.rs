@@ -273,6 +273,12 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // The evictor holds the store weakly: wake it to find the store gone and end.
         self.wake.notify_one();
+        // Counts not yet written would be lost with the process; sled writes them out
+        // when the last handle on the index goes, just after this.
+        let pending = self.pulls.take();
+        if !pending.is_empty() {
+            self.write_pulls(pending);
+        }
     }
 }
 

@@ -3,9 +3,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pullgate_oci::{Digest, RepoName, Tag, UpstreamId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pullgate_oci::{Digest, Reference, RepoName, Tag, UpstreamId};
 use serde::{Deserialize, Serialize};
 
+use crate::pulls::{Pending, PullRecord};
 use crate::StoreError;
 
 /// A tag of one repository on one upstream.
@@ -107,6 +111,38 @@ pub(crate) struct Index {
     tags: sled::Tree,
     links: sled::Tree,
     blobs: sled::Tree,
+    /// Manifest pulls per (upstream, repository, reference): see `pulls.rs`.
+    pulls: sled::Tree,
+    /// Records in `pulls`, counted at open and kept as records come and go (sled's `len`
+    /// walks the tree).
+    pull_records: AtomicU64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PullValue {
+    pulls: u64,
+    last_ms: u64,
+}
+
+/// The key of a pull counter. A reference with a `:` is a digest (tags cannot hold one).
+pub(crate) fn pull_key(upstream: &UpstreamId, repo: &RepoName, reference: &Reference) -> Vec<u8> {
+    key(&[upstream.as_str(), repo.as_str(), &reference.to_string()])
+}
+
+fn parse_pull(k: &[u8], v: &[u8]) -> Option<PullRecord> {
+    let text = std::str::from_utf8(k).ok()?;
+    let mut parts = text.splitn(3, '\0');
+    let upstream = UpstreamId::parse(parts.next()?).ok()?;
+    let repo = RepoName::parse(parts.next()?).ok()?;
+    let reference = Reference::parse(parts.next()?).ok()?;
+    let v: PullValue = decode(v).ok()?;
+    Some(PullRecord {
+        upstream,
+        repo,
+        reference,
+        pulls: v.pulls,
+        last_pulled: crate::pulls::time(v.last_ms),
+    })
 }
 
 // `\0` cannot occur in upstream names, repository names, tags or digests, so joined keys
@@ -138,11 +174,69 @@ impl Index {
             .path(path)
             .cache_capacity(16 * 1024 * 1024)
             .open()?;
+        let pulls = db.open_tree("pulls")?;
         Ok(Index {
             tags: db.open_tree("tags")?,
             links: db.open_tree("links")?,
             blobs: db.open_tree("blobs")?,
+            pull_records: AtomicU64::new(pulls.len() as u64),
+            pulls,
             db,
+        })
+    }
+
+    /// Add gathered pull counts to their records (made if new), then trim the tree back
+    /// under its bound if it grew past it.
+    pub(crate) fn add_pulls(&self, counts: HashMap<Vec<u8>, Pending>) -> Result<(), StoreError> {
+        for (k, add) in counts {
+            // An atomic read-modify-write per key: two writers (a due flush racing a
+            // shutdown flush) never lose each other's counts.
+            let mut fresh = false;
+            self.pulls.update_and_fetch(&k, |old| {
+                let old = old.and_then(|v| decode::<PullValue>(v).ok());
+                fresh = old.is_none();
+                let (pulls, last_ms) = old.map_or((0, 0), |o| (o.pulls, o.last_ms));
+                encode(&PullValue {
+                    pulls: pulls.saturating_add(add.pulls),
+                    last_ms: last_ms.max(add.last_ms),
+                })
+                .ok()
+            })?;
+            if fresh {
+                self.pull_records.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.pull_records.load(Ordering::Relaxed) > crate::pulls::MAX_RECORDS {
+            self.trim_pulls(crate::pulls::trim_to())?;
+        }
+        Ok(())
+    }
+
+    /// Drop the least recently pulled records until `keep` are left.
+    pub(crate) fn trim_pulls(&self, keep: u64) -> Result<(), StoreError> {
+        let mut all = Vec::new();
+        for kv in self.pulls.iter() {
+            let (k, v) = kv?;
+            let last = decode::<PullValue>(&v).map_or(0, |v| v.last_ms);
+            all.push((last, k));
+        }
+        let drop = all.len().saturating_sub(keep as usize);
+        if drop > 0 {
+            all.select_nth_unstable_by_key(drop - 1, |(last, _)| *last);
+            for (_, k) in &all[..drop] {
+                self.pulls.remove(k)?;
+            }
+        }
+        self.pull_records
+            .store(all.len().min(keep as usize) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Every pull record, in key order; records that do not parse are skipped.
+    pub(crate) fn pulls(&self) -> impl Iterator<Item = Result<PullRecord, StoreError>> + '_ {
+        self.pulls.iter().filter_map(|kv| match kv {
+            Ok((k, v)) => parse_pull(&k, &v).map(Ok),
+            Err(e) => Some(Err(e.into())),
         })
     }
 

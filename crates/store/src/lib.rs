@@ -21,6 +21,8 @@ mod index;
 mod ingest;
 mod passthrough;
 mod pins;
+mod progress;
+mod pulls;
 mod repair;
 mod room;
 
@@ -41,6 +43,8 @@ pub use evict::{EvictSummary, Evicted, Evictions, Limits};
 pub use index::{BlobRecord, TagKey, TagRecord};
 pub use passthrough::pass_through;
 pub use pins::BlobPin;
+pub use progress::{Job, OnProgress, Progress};
+pub use pulls::PullRecord;
 pub use repair::{Prune, Repair, REPORT_LIMIT};
 
 pub use ingest::{Follower, Ingest, BATCH_BYTES, BATCH_CHUNKS};
@@ -82,6 +86,8 @@ pub(crate) struct Inner {
     repaired: Repair,
     disk: DiskHealth,
     room: room::Room,
+    /// Manifest pulls counted in memory, written in batches (`pulls.rs`).
+    pulls: pulls::PullCounter,
     /// Held for the store's life: one process per cache directory.
     _lock: fs::File,
 }
@@ -116,6 +122,16 @@ impl Store {
     /// the index is made to agree with the files ([`Repair`]); one log line says what was
     /// found.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        Store::open_reporting(dir, options, &mut |_| {})
+    }
+
+    /// [`Store::open_with`], reporting the repair's progress to `progress` as it goes (a
+    /// large cache with many files the index does not know takes a while to hash).
+    pub fn open_reporting(
+        dir: &Path,
+        options: StoreOptions,
+        progress: OnProgress<'_>,
+    ) -> Result<Store, StoreError> {
         private_dir(dir).map_err(StoreError::io("creating the cache directory"))?;
         // A cache made by an older pullgate (0755): private content must not be readable
         // by other users of the node. The files inside are then out of their reach too.
@@ -164,10 +180,11 @@ impl Store {
             repaired: Repair::default(),
             disk: DiskHealth::default(),
             room: room::Room::default(),
+            pulls: pulls::PullCounter::default(),
             _lock: lock,
         };
         if !options.inspect_only {
-            let mut r = inner.repair(false, false)?;
+            let mut r = inner.repair(false, false, progress)?;
             r.tmp_removed = tmp_removed;
             r.index_set_aside = index_set_aside;
             let log = |r: &Repair| {
@@ -470,8 +487,9 @@ impl Store {
         }
     }
 
-    /// Write the index to disk (shutdown).
+    /// Write the index to disk (shutdown), pull counts still in memory first.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.index.add_pulls(self.inner.pulls.take())?;
         self.inner.index.flush()
     }
 }

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use pullgate_oci::{Algorithm, Digest, Hasher, ManifestInfo, MANIFEST_SIZE_LIMIT};
 
+use crate::progress::{Job, OnProgress, Progress, REPORT_EVERY_BYTES};
 use crate::{Inner, Store, StoreError, Usage};
 
 /// How many removed files a report names; the counts are always complete.
@@ -79,7 +80,16 @@ impl Store {
     /// Make the index agree with the files (see the module docs). Blocking. Only while
     /// nothing else uses the store: no ingest, no eviction.
     pub fn repair_blocking(&self, dry_run: bool) -> Result<Repair, StoreError> {
-        let r = self.inner.repair(false, dry_run)?;
+        self.repair_reporting(dry_run, &mut |_| {})
+    }
+
+    /// [`Store::repair_blocking`], reporting progress as it goes.
+    pub fn repair_reporting(
+        &self,
+        dry_run: bool,
+        progress: OnProgress<'_>,
+    ) -> Result<Repair, StoreError> {
+        let r = self.inner.repair(false, dry_run, progress)?;
         if !dry_run {
             self.inner.remeasure()?;
         }
@@ -90,7 +100,12 @@ impl Store {
     /// that does not hash to its name is removed. Blocking; same conditions as
     /// [`Store::repair_blocking`].
     pub fn rebuild_blocking(&self) -> Result<Repair, StoreError> {
-        let r = self.inner.repair(true, false)?;
+        self.rebuild_reporting(&mut |_| {})
+    }
+
+    /// [`Store::rebuild_blocking`], reporting progress as it goes.
+    pub fn rebuild_reporting(&self, progress: OnProgress<'_>) -> Result<Repair, StoreError> {
+        let r = self.inner.repair(true, false, progress)?;
         self.inner.remeasure()?;
         Ok(r)
     }
@@ -149,8 +164,30 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) fn repair(&self, rehash_all: bool, dry_run: bool) -> Result<Repair, StoreError> {
+    pub(crate) fn repair(
+        &self,
+        rehash_all: bool,
+        dry_run: bool,
+        progress: OnProgress<'_>,
+    ) -> Result<Repair, StoreError> {
         let mut r = Repair::default();
+        // A stat walk first, for totals to report against: cheap beside hashing, and only
+        // what the job is about to read anyway.
+        let total = measure(&self.blobs).map_err(StoreError::io("measuring blobs/"))?;
+        let mut at = Progress {
+            job: if rehash_all {
+                Job::Rebuild
+            } else {
+                Job::Repair
+            },
+            files_done: 0,
+            files_total: total.blobs,
+            bytes_done: 0,
+            bytes_total: total.bytes,
+            files_hashed: 0,
+            bytes_hashed: 0,
+        };
+        progress(&at);
         walk(&self.blobs, &mut |found| {
             match found {
                 Found::Stray(path) => {
@@ -164,7 +201,30 @@ impl Inner {
                     digest,
                     len,
                     modified,
-                } => self.check_blob(&mut r, &path, &digest, len, modified, rehash_all, dry_run)?,
+                } => {
+                    let before = r.hashed;
+                    let base = at;
+                    let mut within = |read: u64| {
+                        at.bytes_done = base.bytes_done + read;
+                        at.bytes_hashed = base.bytes_hashed + read;
+                        progress(&at);
+                    };
+                    self.check_blob(
+                        &mut r,
+                        (&path, &digest, len, modified),
+                        rehash_all,
+                        dry_run,
+                        &mut within,
+                    )?;
+                    at = base;
+                    at.files_done += 1;
+                    at.bytes_done += len;
+                    if r.hashed > before {
+                        at.files_hashed += 1;
+                        at.bytes_hashed += len;
+                    }
+                    progress(&at);
+                }
             }
             Ok(())
         })?;
@@ -188,16 +248,14 @@ impl Inner {
         Ok(r)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `on_read` hears how many of the file's bytes were hashed so far, as they are.
     fn check_blob(
         &self,
         r: &mut Repair,
-        path: &Path,
-        digest: &Digest,
-        len: u64,
-        modified: SystemTime,
+        (path, digest, len, modified): (&Path, &Digest, u64, SystemTime),
         rehash_all: bool,
         dry_run: bool,
+        on_read: &mut dyn FnMut(u64),
     ) -> Result<(), StoreError> {
         let record = self.index.blob(digest)?;
         let agrees = record.as_ref().is_some_and(|rec| rec.size == len);
@@ -207,7 +265,7 @@ impl Inner {
         }
         r.hashed += 1;
         r.hashed_bytes += len;
-        match hash_file(path, digest.algorithm(), len) {
+        match hash_file(path, digest.algorithm(), len, on_read) {
             Ok((actual, _)) if actual != *digest => {
                 if !dry_run {
                     remove(path)?;
@@ -330,6 +388,7 @@ fn hash_file(
     path: &Path,
     algorithm: Algorithm,
     len: u64,
+    on_read: &mut dyn FnMut(u64),
 ) -> std::io::Result<(Digest, Option<Vec<u8>>)> {
     let mut file = fs::File::open(path)?;
     let mut hasher = Hasher::new(algorithm);
@@ -340,12 +399,18 @@ fn hash_file(
         return Ok((hasher.finish(), Some(all)));
     }
     let mut buf = vec![0u8; 1024 * 1024];
+    let (mut read, mut reported) = (0u64, 0u64);
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        read += n as u64;
+        if read - reported >= REPORT_EVERY_BYTES {
+            reported = read;
+            on_read(read);
+        }
     }
     Ok((hasher.finish(), None))
 }

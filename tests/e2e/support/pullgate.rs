@@ -28,6 +28,8 @@ pub struct Options {
     pub args: Vec<String>,
     /// `RUST_LOG` for the process.
     pub log_filter: String,
+    /// More environment variables for the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -51,6 +53,7 @@ impl Options {
             extra: String::new(),
             args: Vec::new(),
             log_filter: "info,pullgate=debug".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -61,6 +64,7 @@ pub struct Pullgate {
     child: Option<Child>,
     args: Vec<String>,
     log_filter: String,
+    env: Vec<(String, String)>,
     cache_dir: PathBuf,
 }
 
@@ -99,6 +103,7 @@ impl Pullgate {
             child: None,
             args: opts.args,
             log_filter: opts.log_filter,
+            env: opts.env,
         };
         p.spawn(&config_path);
         p
@@ -116,6 +121,7 @@ impl Pullgate {
             .args(&self.args)
             .env("RUST_LOG", &self.log_filter)
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
