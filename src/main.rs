@@ -6,6 +6,7 @@ mod check;
 mod config;
 mod fds;
 mod units;
+mod warm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,10 @@ enum Command {
     /// cache's lock, and these commands then fail saying so).
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Pull images through a running mirror as a client would (manifests, the selected
+    /// platforms, configs and layers, every blob verified), so they are cached before a
+    /// rollout needs them. Exits non-zero naming each image that failed.
+    Warm(warm::WarmArgs),
 }
 
 #[derive(clap::Args)]
@@ -117,6 +122,7 @@ fn main() -> Result<()> {
             print!("{}", check::render(&settings));
             Ok(())
         }
+        Command::Warm(args) => warm::run(args),
         Command::Cache(command) => cache::run(command, |args| {
             FileConfig::load(args.config.as_deref())?.into_settings(Overrides {
                 cache_dir: args.cache_dir.clone(),
