@@ -142,6 +142,7 @@ async fn serve(s: Settings) -> Result<()> {
         },
     )
     .with_context(|| format!("opening the cache at {}", s.cache_dir.display()))?;
+    // Stops the evictor and the prefetch loops at shutdown.
     let evictor_stop = tokio_util::sync::CancellationToken::new();
     let upstreams = s
         .upstreams
@@ -188,6 +189,14 @@ async fn serve(s: Settings) -> Result<()> {
             negative_ttl: s.negative_ttl,
         },
     );
+    // Every [[prefetch]] image routes to a configured upstream, or pullgate does not start.
+    for rule in &s.prefetch {
+        for image in &rule.images {
+            mirror
+                .prefetch_target(image)
+                .with_context(|| format!("[[prefetch]] {}", image.written))?;
+        }
+    }
     let tls = s
         .tls
         .clone()
@@ -208,6 +217,12 @@ async fn serve(s: Settings) -> Result<()> {
     mirror.tasks().spawn(store.evictor(evictor_stop.clone()));
     warn_about_the_realm(&s, tls.is_some());
     let mirror = Arc::new(mirror);
+    // [[prefetch]]: a task per rule, owned by the mirror's tracker, stopped before its drain.
+    for rule in s.prefetch.iter().cloned() {
+        mirror
+            .tasks()
+            .spawn(Arc::clone(&mirror).prefetch_loop(rule, evictor_stop.clone()));
+    }
     let app = Arc::new(App::new(Arc::clone(&mirror), auth, audit));
     let config = ServerConfig {
         header_read_timeout: s.header_read_timeout,

@@ -308,3 +308,54 @@ async fn progress_bars_on_a_terminal() {
     // No plain step lines on a terminal.
     assert!(!screen.contains("e2e/bars:v1: blob"), "{screen}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_keeps_matching_tags_warm_from_the_config() {
+    let upstream = Distribution::start(Auth::Anonymous);
+    let push = Pusher::new(&upstream.url(), None);
+    let img = |tag: &str| images::image(&format!("pre-{tag}"), &[4096, 1024], Flavor::Oci, "amd64");
+    let (i31, i32, i40, i33) = (img("3.1"), img("3.2"), img("4.0"), img("3.3"));
+    push.image("e2e/pre", "3.1", &i31).await;
+    push.image("e2e/pre", "3.2", &i32).await;
+    push.image("e2e/pre", "4.0", &i40).await;
+    let mut opts = Options::new(&upstream.url());
+    opts.extra = format!(
+        "[[prefetch]]\nimages = [\"{0}/e2e/pre:3.*\", \"{0}/e2e/pre:9.9\"]\nplatforms = [\"linux/amd64\"]\ninterval = \"2s\"\n",
+        upstream.host()
+    );
+    let pullgate = Pullgate::start(opts);
+    let cached = |i: &images::Image| i.blobs().all(|b| pullgate.blob_path(&b.digest).is_file());
+    assert!(
+        eventually(Duration::from_secs(20), || cached(&i31) && cached(&i32)),
+        "3.x not prefetched:\n{}",
+        pullgate.log()
+    );
+    assert!(!i40.blobs().any(|b| pullgate.blob_path(&b.digest).exists()));
+
+    // A tag pushed later is picked up by the next round.
+    push.image("e2e/pre", "3.3", &i33).await;
+    assert!(
+        eventually(Duration::from_secs(20), || cached(&i33)),
+        "3.3 not prefetched:\n{}",
+        pullgate.log()
+    );
+    assert!(!i40.blobs().any(|b| pullgate.blob_path(&b.digest).exists()));
+    let text = crate::support::http::metrics_text(&pullgate.url()).await;
+    let refreshed = crate::support::http::metric_value(&text, "pullgate_prefetch_refreshed_total");
+    assert!(refreshed >= 3.0, "{text}");
+    // The tag nobody pushed fails each round, counted and logged with its name.
+    let failed = crate::support::http::metric_value(&text, "pullgate_prefetch_failed_total");
+    assert!(failed >= 1.0, "{text}");
+    assert!(
+        pullgate
+            .log()
+            .lines()
+            .any(|l| l.contains("prefetch failed") && l.contains("e2e/pre:9.9")),
+        "{}",
+        pullgate.log()
+    );
+    // The loop stops with the server.
+    let mut pullgate = pullgate;
+    let status = pullgate.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status}\n{}", pullgate.log());
+}
