@@ -719,6 +719,24 @@ mod tests {
         }
     }
 
+    /// docs/operations.md's pre-warming example is a configuration pullgate accepts.
+    #[test]
+    fn the_guides_prefetch_example_is_valid() {
+        let guide = include_str!("../docs/operations.md");
+        let section = guide
+            .split("## Pre-warming before a rollout")
+            .nth(1)
+            .expect("the pre-warming section");
+        let example = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("its [[prefetch]] example");
+        let up = "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n";
+        let s = settings(&format!("{up}{example}"), Overrides::default()).unwrap();
+        assert_eq!(s.prefetch.len(), 2, "{example}");
+    }
+
     /// Tried as a new user would: who may pull and from where, the rest from flags.
     #[test]
     fn only_auth_and_upstreams_with_listen_and_cache_dir_flags() {
