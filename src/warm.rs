@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{stream, StreamExt};
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use pullgate_credentials::{Credential, DockerConfig};
+use pullgate_mirror::Platforms;
 use pullgate_oci::{
     Challenge, Digest, Hasher, ManifestInfo, Reference, RepoName, Tag, MANIFEST_SIZE_LIMIT,
 };
@@ -109,62 +110,14 @@ impl fmt::Display for ImageRef {
     }
 }
 
-/// Which children of an index to pull.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Platforms {
-    All,
-    /// `(os, architecture, variant)`.
-    Some(Vec<(String, String, Option<String>)>),
-}
-
-impl Platforms {
-    pub fn parse(s: &str) -> Result<Platforms> {
-        if s.trim() == "all" {
-            return Ok(Platforms::All);
-        }
-        let list = s
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let parts: Vec<&str> = p.split('/').collect();
-                let ok = |x: &str| {
-                    !x.is_empty()
-                        && x.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                };
-                match parts.as_slice() {
-                    [os, arch] if ok(os) && ok(arch) => {
-                        Ok((os.to_string(), arch.to_string(), None))
-                    }
-                    [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
-                        Ok((os.to_string(), arch.to_string(), Some(v.to_string())))
-                    }
-                    _ => Err(anyhow!(
-                        "--platform: {p:?} is not os/arch[/variant] (e.g. linux/arm64/v8) or all"
-                    )),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if list.is_empty() {
-            bail!("--platform names no platform");
-        }
-        Ok(Platforms::Some(list))
-    }
-
-    fn selects(&self, p: Option<&pullgate_oci::Platform>) -> bool {
-        match (self, p) {
-            (Platforms::All, _) => true,
-            (Platforms::Some(_), None) => false,
-            (Platforms::Some(list), Some(p)) => list.iter().any(|(os, arch, variant)| {
-                *os == p.os
-                    && *arch == p.architecture
-                    && variant
-                        .as_ref()
-                        .is_none_or(|v| p.variant.as_deref() == Some(v.as_str()))
-            }),
-        }
-    }
+/// `--platform`: a comma-separated list, or `all`; read as `[[prefetch]]` reads its list.
+fn parse_platforms(s: &str) -> Result<Platforms> {
+    let list: Vec<&str> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    Platforms::parse(&list).map_err(|e| anyhow!("--platform: {e}"))
 }
 
 /// Images from the command line and from `--file`, in that order, each once.
@@ -703,7 +656,7 @@ pub fn run(args: WarmArgs) -> Result<()> {
     if !base.username().is_empty() || base.password().is_some() {
         bail!("--mirror must not hold credentials: use --docker-config or --user");
     }
-    let platforms = Platforms::parse(&args.platform)?;
+    let platforms = parse_platforms(&args.platform)?;
     let images = image_list(&args)?;
     let credential = credential(&args, &base)?;
     let http = reqwest::Client::builder()
@@ -899,20 +852,11 @@ mod tests {
 
     #[test]
     fn platforms() {
-        assert_eq!(Platforms::parse("all").unwrap(), Platforms::All);
-        let p = Platforms::parse("linux/amd64, linux/arm64/v8").unwrap();
-        let plat = |os: &str, arch: &str, v: Option<&str>| pullgate_oci::Platform {
-            os: os.into(),
-            architecture: arch.into(),
-            variant: v.map(str::to_owned),
-        };
-        assert!(p.selects(Some(&plat("linux", "amd64", None))));
-        assert!(p.selects(Some(&plat("linux", "amd64", Some("v3")))));
-        assert!(p.selects(Some(&plat("linux", "arm64", Some("v8")))));
-        assert!(!p.selects(Some(&plat("linux", "arm64", None))));
-        assert!(!p.selects(None));
-        for bad in ["", "linux", "linux/", "a/b/c/d", "li nux/amd64"] {
-            assert!(Platforms::parse(bad).is_err(), "{bad}");
+        assert_eq!(parse_platforms("all").unwrap(), Platforms::All);
+        let p = parse_platforms("linux/amd64, linux/arm64/v8").unwrap();
+        assert_eq!(p.to_strings(), ["linux/amd64", "linux/arm64/v8"]);
+        for bad in ["", ",", "linux", "linux/", "a/b/c/d", "li nux/amd64"] {
+            assert!(parse_platforms(bad).is_err(), "{bad}");
         }
     }
 
