@@ -32,6 +32,37 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
+#[test]
+fn warm_help_names_its_flags() {
+    let out = Command::new(BIN).args(["warm", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--mirror",
+        "--docker-config",
+        "--user",
+        "--platform",
+        "--file",
+        "--concurrency",
+        "linux/amd64",
+    ] {
+        assert!(help.contains(flag), "warm --help lacks {flag}:\n{help}");
+    }
+    // --docker-config and --user are one or the other; no image is an error.
+    let out = warm(&[
+        "--mirror",
+        "http://127.0.0.1:9",
+        "--user",
+        "a:b",
+        "--docker-config",
+        "/x",
+        "a:1",
+    ]);
+    assert!(!out.status.success());
+    let out = warm(&["--mirror", "http://127.0.0.1:9"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no image to warm"));
+}
+
 async fn upstream_with_index(repo: &str, seed: &str, sizes: &[usize]) -> (Distribution, Index) {
     let upstream = Distribution::start(Auth::Anonymous);
     let idx = images::index(seed, sizes, Flavor::Oci);
