@@ -160,6 +160,23 @@ pub fn render(s: &Settings) -> String {
     }
     doc.insert("audit".into(), Value::Table(audit));
 
+    let prefetch: Vec<Value> = s
+        .prefetch
+        .iter()
+        .map(|r| {
+            let mut t = Table::new();
+            let images = r.images.iter().map(|i| Value::from(i.written.as_str()));
+            t.insert("images".into(), Value::Array(images.collect()));
+            let platforms = r.platforms.to_strings().into_iter().map(Value::from);
+            t.insert("platforms".into(), Value::Array(platforms.collect()));
+            t.insert("interval".into(), dur(r.interval).into());
+            Value::Table(t)
+        })
+        .collect();
+    if !prefetch.is_empty() {
+        doc.insert("prefetch".into(), Value::Array(prefetch));
+    }
+
     toml::to_string(&doc).unwrap_or_else(|e| format!("# cannot render the settings: {e}\n"))
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use pullgate_auth::{Rule, Scheme, ThrottleConfig};
+use pullgate_mirror::{ImagePattern, Platforms, PrefetchRule};
 use pullgate_oci::UpstreamId;
 use pullgate_server::{IpNet, RealmUrl, TlsFiles};
 use pullgate_store::Limits;
@@ -36,6 +37,30 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub prefetch: Vec<PrefetchSection>,
+}
+
+/// `[[prefetch]]`: images kept warm, pulled through the mirror at start-up and every
+/// `interval`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefetchSection {
+    /// `docker.io/library/alpine:3.*` (a tag pattern: `*`, `?`), `ghcr.io/org/app:v1.2.3`,
+    /// `name@sha256:…`.
+    pub images: Vec<String>,
+    /// `os/arch[/variant]`, or `["all"]`.
+    #[serde(default = "default_prefetch_platforms")]
+    pub platforms: Vec<String>,
+    #[serde(default = "default_prefetch_interval", with = "units::duration")]
+    pub interval: Duration,
+}
+
+fn default_prefetch_platforms() -> Vec<String> {
+    vec!["linux/amd64".into()]
+}
+fn default_prefetch_interval() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// Who may pull. With no `client_secrets` the mirror is anonymous, which is allowed only on
@@ -254,6 +279,7 @@ pub struct Settings {
     pub upstreams: Vec<UpstreamSettings>,
     pub auth: AuthSettings,
     pub audit: AuditSettings,
+    pub prefetch: Vec<PrefetchRule>,
 }
 
 /// `[auth]`, validated, in `pullgate-auth`'s own types where it has them.
@@ -357,6 +383,14 @@ impl FileConfig {
             }
         }
         let auth = auth_settings(self.auth, listen, &upstreams)?;
+        let prefetch = self
+            .prefetch
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                prefetch_rule(p, &upstreams).with_context(|| format!("[[prefetch]] #{}", i + 1))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let cache_limits = cache_limits(&self.cache)?;
         Ok(Settings {
             cache_limits,
@@ -407,8 +441,42 @@ impl FileConfig {
                 Some(d) => bail!("cache.negative_ttl: {d:?} is too long; at most 1h"),
             },
             upstreams,
+            prefetch,
         })
     }
+}
+
+fn prefetch_rule(p: PrefetchSection, upstreams: &[UpstreamSettings]) -> Result<PrefetchRule> {
+    if p.images.is_empty() {
+        bail!("images: name at least one image");
+    }
+    let images = p
+        .images
+        .iter()
+        .map(|i| ImagePattern::parse(i).context("images"))
+        .collect::<Result<Vec<_>>>()?;
+    for i in &images {
+        // As a request would be routed: a host must be a configured upstream.
+        if let Some(host) = &i.host {
+            let known = upstreams.iter().any(|u| {
+                u.name.is(host)
+                    || (pullgate_oci::is_docker_hub(host)
+                        && pullgate_oci::is_docker_hub(u.name.as_str()))
+            });
+            if !known {
+                bail!("images: {:?}: no [[upstream]] is named {host}", i.written);
+            }
+        }
+    }
+    let platforms = Platforms::parse(&p.platforms).context("platforms")?;
+    if p.interval < Duration::from_secs(1) {
+        bail!("interval: {:?} is too short; 1s at least", p.interval);
+    }
+    Ok(PrefetchRule {
+        images,
+        platforms,
+        interval: p.interval,
+    })
 }
 
 impl TryFrom<UpstreamSection> for UpstreamSettings {
@@ -602,6 +670,71 @@ mod tests {
 
     fn settings(text: &str, o: Overrides) -> Result<Settings> {
         FileConfig::parse(text).and_then(|c| c.into_settings(o))
+    }
+
+    #[test]
+    fn prefetch_rules_with_defaults_checked_and_shown() {
+        let up = "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n";
+        let s = settings(
+            &format!("{up}[[prefetch]]\nimages = [\"docker.io/library/alpine:3.*\", \"alpine:3.20\"]\n[[prefetch]]\nimages = [\"ghcr.io/org/app:v1.2.3\"]\nplatforms = [\"all\"]\ninterval = \"10m\"\n"),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.prefetch.len(), 2);
+        let (a, b) = (&s.prefetch[0], &s.prefetch[1]);
+        assert_eq!(a.interval, Duration::from_secs(3600));
+        assert_eq!(a.platforms.to_strings(), ["linux/amd64"]);
+        assert_eq!(a.images[0].host.as_deref(), Some("docker.io"));
+        assert_eq!(b.platforms, Platforms::All);
+        assert_eq!(b.interval, Duration::from_secs(600));
+        // check-config shows them, as a configuration that yields the same.
+        let printed = crate::check::render(&s);
+        assert!(printed.contains("[[prefetch]]"), "{printed}");
+        let again = settings(&printed, Overrides::default()).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{s:?}"), "{printed}");
+        assert!(settings("", Overrides::default())
+            .unwrap()
+            .prefetch
+            .is_empty());
+        for (bad, says) in [
+            ("images = []", "at least one"),
+            ("images = [\"alpine\"]", "tag"),
+            (
+                "images = [\"quay.io/x/y:1\"]",
+                "no [[upstream]] is named quay.io",
+            ),
+            ("images = [\"a:1\"]\nplatforms = [\"linux\"]", "platform"),
+            ("images = [\"a:1\"]\nplatforms = []", "platform"),
+            ("images = [\"a:1\"]\ninterval = \"0s\"", "1s at least"),
+            ("images = [\"a:1\"]\ncron = \"x\"", "cron"),
+        ] {
+            let err = settings(&format!("{up}[[prefetch]]\n{bad}\n"), Overrides::default())
+                .map(|_| ())
+                .unwrap_err();
+            let err = format!("{err:#}");
+            assert!(
+                err.contains(says) && err.contains("prefetch"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    /// docs/operations.md's pre-warming example is a configuration pullgate accepts.
+    #[test]
+    fn the_guides_prefetch_example_is_valid() {
+        let guide = include_str!("../docs/operations.md");
+        let section = guide
+            .split("## Pre-warming before a rollout")
+            .nth(1)
+            .expect("the pre-warming section");
+        let example = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("its [[prefetch]] example");
+        let up = "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n";
+        let s = settings(&format!("{up}{example}"), Overrides::default()).unwrap();
+        assert_eq!(s.prefetch.len(), 2, "{example}");
     }
 
     /// Tried as a new user would: who may pull and from where, the rest from flags.
@@ -933,6 +1066,7 @@ mod tests {
             ("auth", serde_introspect::<AuthSection>()),
             ("auth.rule", serde_introspect::<RuleSection>()),
             ("audit", serde_introspect::<AuditSection>()),
+            ("prefetch", serde_introspect::<PrefetchSection>()),
         ]
         .iter()
         .flat_map(|(section, fields)| fields.iter().map(move |f| format!("{section}.{f}")))
@@ -940,7 +1074,10 @@ mod tests {
         .filter(|k| k != "server.tls" && k != "auth.rule")
         .collect();
         let top: Vec<&str> = serde_introspect::<FileConfig>().to_vec();
-        assert_eq!(top, ["server", "cache", "upstream", "auth", "audit"]);
+        assert_eq!(
+            top,
+            ["server", "cache", "upstream", "auth", "audit", "prefetch"]
+        );
 
         let documented: Vec<String> = doc
             .lines()

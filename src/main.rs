@@ -8,6 +8,7 @@ mod fds;
 mod progress;
 mod table;
 mod units;
+mod warm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,10 @@ enum Command {
     /// cache's lock, and these commands then fail saying so).
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Pull images through a running mirror as a client would (manifests, the selected
+    /// platforms, configs and layers, every blob verified), so they are cached before a
+    /// rollout needs them. Exits non-zero naming each image that failed.
+    Warm(warm::WarmArgs),
 }
 
 #[derive(clap::Args)]
@@ -119,6 +124,7 @@ fn main() -> Result<()> {
             print!("{}", check::render(&settings));
             Ok(())
         }
+        Command::Warm(args) => warm::run(args),
         Command::Cache(command) => cache::run(command, |args| {
             FileConfig::load(args.config.as_deref())?.into_settings(Overrides {
                 cache_dir: args.cache_dir.clone(),
@@ -142,6 +148,7 @@ async fn serve(s: Settings) -> Result<()> {
     )
     .with_context(|| format!("opening the cache at {}", s.cache_dir.display()))?;
     repair.finish();
+    // Stops the evictor and the prefetch loops at shutdown.
     let evictor_stop = tokio_util::sync::CancellationToken::new();
     let upstreams = s
         .upstreams
@@ -188,6 +195,14 @@ async fn serve(s: Settings) -> Result<()> {
             negative_ttl: s.negative_ttl,
         },
     );
+    // Every [[prefetch]] image routes to a configured upstream, or pullgate does not start.
+    for rule in &s.prefetch {
+        for image in &rule.images {
+            mirror
+                .prefetch_target(image)
+                .with_context(|| format!("[[prefetch]] {}", image.written))?;
+        }
+    }
     let tls = s
         .tls
         .clone()
@@ -208,6 +223,12 @@ async fn serve(s: Settings) -> Result<()> {
     mirror.tasks().spawn(store.evictor(evictor_stop.clone()));
     warn_about_the_realm(&s, tls.is_some());
     let mirror = Arc::new(mirror);
+    // [[prefetch]]: a task per rule, owned by the mirror's tracker, stopped before its drain.
+    for rule in s.prefetch.iter().cloned() {
+        mirror
+            .tasks()
+            .spawn(Arc::clone(&mirror).prefetch_loop(rule, evictor_stop.clone()));
+    }
     let app = Arc::new(App::new(Arc::clone(&mirror), auth, audit));
     let config = ServerConfig {
         header_read_timeout: s.header_read_timeout,

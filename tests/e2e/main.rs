@@ -23,3 +23,4 @@ mod token_realm;
 mod upstream_auth;
 mod upstream_faults;
 mod upstream_redirects;
+mod warm;

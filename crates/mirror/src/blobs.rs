@@ -88,6 +88,8 @@ pub enum ClientId {
     User(String),
     /// An anonymous client, by address.
     Address(IpAddr),
+    /// The mirror's own `[[prefetch]]` pulls.
+    Prefetch,
 }
 
 impl ClientId {

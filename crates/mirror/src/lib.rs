@@ -18,6 +18,7 @@ mod blobs;
 mod error;
 mod manifests;
 mod negative;
+mod prefetch;
 mod route;
 mod stats;
 
@@ -32,6 +33,10 @@ use tokio_util::task::TaskTracker;
 pub use blobs::{BlobResponse, ClientId};
 pub use error::MirrorError;
 pub use manifests::ManifestResponse;
+pub use prefetch::{
+    glob_match, ImagePattern, PatternError, Platforms, PrefetchRule, TagPattern,
+    MAX_TAGS_PER_PATTERN,
+};
 pub use pullgate_store::BlobStream;
 pub use route::Target;
 pub use stats::{Histogram, HistogramSnapshot, Stats};

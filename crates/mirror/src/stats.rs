@@ -21,6 +21,10 @@ pub struct Stats {
     /// Stored digests another upstream had to prove it holds (a GET hashed to the digest).
     pub possession_proofs: AtomicU64,
     pub bytes_fetched: AtomicU64,
+    /// Images `[[prefetch]]` pulled through the mirror (cached, revalidated or filled).
+    pub prefetch_refreshed: AtomicU64,
+    /// Prefetch pulls that failed, and patterns whose tags could not be listed.
+    pub prefetch_failed: AtomicU64,
     /// How long blob fills take, from the decision to fetch to commit or failure.
     pub fill_durations: Histogram,
 }
@@ -39,6 +43,8 @@ impl Default for Stats {
             negative_hits: AtomicU64::new(0),
             possession_proofs: AtomicU64::new(0),
             bytes_fetched: AtomicU64::new(0),
+            prefetch_refreshed: AtomicU64::new(0),
+            prefetch_failed: AtomicU64::new(0),
             fill_durations: Histogram::new(FILL_BUCKETS),
         }
     }

@@ -221,6 +221,18 @@ fn mirror(out: &mut Out, app: &App) {
         get(&s.possession_proofs),
     );
     out.single(
+        "pullgate_prefetch_refreshed_total",
+        "counter",
+        "Images [[prefetch]] pulled through the mirror (cached, revalidated or filled).",
+        get(&s.prefetch_refreshed),
+    );
+    out.single(
+        "pullgate_prefetch_failed_total",
+        "counter",
+        "Prefetch pulls that failed, and tag patterns whose tags could not be listed.",
+        get(&s.prefetch_failed),
+    );
+    out.single(
         "pullgate_fills_in_flight",
         "gauge",
         "Upstream blob downloads under way.",

@@ -28,6 +28,11 @@ pub(crate) fn text_ok(body: &'static str) -> Response<Body> {
     full_ok(body, "text/plain; charset=utf-8")
 }
 
+/// `X-Pullgate-Source: hit|miss|stale` on manifest and blob responses: whether the cache
+/// answered, so `pullgate warm` can tell what was already cached. It says nothing a
+/// client could not learn from the response time.
+const SOURCE: header::HeaderName = header::HeaderName::from_static("x-pullgate-source");
+
 fn insert_str(h: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
@@ -46,6 +51,7 @@ pub(crate) fn manifest_response(m: ManifestResponse, head: bool) -> Response<Bod
     insert_str(h, "Docker-Content-Digest", &m.digest.to_string());
     insert_str(h, header::ETAG, &format!("\"{}\"", m.digest));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(SOURCE, HeaderValue::from_static(m.source.as_str()));
     resp
 }
 
@@ -74,6 +80,7 @@ pub(crate) fn blob_response(
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     insert_str(h, "Docker-Content-Digest", digest);
     insert_str(h, header::ETAG, &format!("\"{digest}\""));
+    h.insert(SOURCE, HeaderValue::from_static(b.source.as_str()));
     if let Some(cr) = content_range {
         insert_str(h, header::CONTENT_RANGE, &cr);
     }
