@@ -22,4 +22,5 @@ mod signing_tools;
 mod token_realm;
 mod upstream_auth;
 mod upstream_faults;
+mod upstream_limits;
 mod upstream_redirects;
