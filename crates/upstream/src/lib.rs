@@ -21,6 +21,14 @@
 //! - blobs bounded by the maximum blob size: refused by `Content-Length`, cut off with
 //!   [`UpstreamError::BlobTooLarge`] when a chunked body passes it;
 //! - retries of connect failures and 502/503/504 before any byte reaches the caller;
+//! - what the mirror asks of the upstream (`limits.rs`): requests counted by
+//!   [`RequestKind`], the quota its `RateLimit-*` headers announce ([`QuotaSnapshot`],
+//!   a warning once per crossing of `ratelimit_warn_below`), at most
+//!   `max_concurrent_requests` in flight (a blob body keeps its slot until it ends or is
+//!   dropped; a request that waits `connect_timeout + read_timeout` for one fails unsent
+//!   with [`Cause::Queue`]), and `max_bandwidth` over blob bodies;
+//! - once the upstream has sent a Bearer challenge, a new scope's token is fetched before
+//!   its first request, so only the upstream's first request ever is answered 401;
 //! - decoding of upstream answers into [`UpstreamError`], whose messages never contain
 //!   credentials, tokens or signed query strings, and whose [`Cause`] and [`ErrorKind`]
 //!   are decided where the failure happens.
