@@ -154,6 +154,9 @@ pub struct CacheSection {
     pub negative_ttl: Option<Duration>,
 }
 
+/// The least `max_bandwidth` accepted, in bytes per second.
+const MIN_BANDWIDTH: u64 = 64 * 1024;
+
 pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
 pub const DEFAULT_LOW_WATERMARK: f64 = 0.85;
 
@@ -446,7 +449,15 @@ impl TryFrom<UpstreamSection> for UpstreamSettings {
         };
         Ok(UpstreamSettings {
             max_concurrent_requests,
-            max_bandwidth: u.max_bandwidth.map(ByteSize::bytes),
+            max_bandwidth: match u.max_bandwidth.map(ByteSize::bytes) {
+                // A fill nobody waits for must move 64 KiB per read_timeout; far below
+                // this, every unattended fill would be given up.
+                Some(b) if b < MIN_BANDWIDTH => bail!(
+                    "upstream {}: max_bandwidth: {b} bytes per second is below the minimum of 64KiB",
+                    u.name
+                ),
+                other => other,
+            },
             ratelimit_warn_below: match u.ratelimit_warn_below {
                 None => pullgate_upstream::DEFAULT_RATELIMIT_WARN_BELOW,
                 Some(n) if n <= 1_000_000_000 => n,
@@ -888,6 +899,7 @@ mod tests {
             "max_concurrent_requests = 0",
             "max_concurrent_requests = 1000000",
             "max_bandwidth = \"0\"",
+            "max_bandwidth = \"60KiB\"",
             "max_bandwidth = \"fast\"",
             "ratelimit_warn_below = -1",
             "ratelimit_warn_below = 9999999999",
