@@ -314,3 +314,51 @@ async fn max_bandwidth_paces_a_fill() {
     assert_eq!(r.status, 200);
     assert!(started.elapsed() < Duration::from_millis(1500));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_waits_too_long_for_a_slot_fails_with_504_unsent() {
+    use crate::support::fault::Fault;
+    let fault = FaultUpstream::start(FaultAuth::None);
+    let slow = images::Blob::new("application/octet-stream", images::noise("hog", 4096));
+    let other = images::Blob::new("application/octet-stream", images::noise("next", 4096));
+    fault.add_blob(&slow);
+    fault.add_blob(&other);
+    // One byte every 200 ms: never a read timeout, never done.
+    fault.set_fault(&slow.digest, Fault::Trickle);
+    let mut opts = Options::new(&fault.url());
+    opts.extra = "max_concurrent_requests = 1\n".into();
+    opts.read_timeout = "1s".into();
+    let pullgate = Pullgate::start(opts);
+    let url = |b: &images::Blob| format!("{}/v2/e2e/hog/blobs/{}", pullgate.url(), b.digest);
+
+    // A client waits on the trickling fill, which holds the only slot.
+    let hog_url = url(&slow);
+    let hog = tokio::spawn(async move { get(&hog_url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The next request waits connect_timeout (2s) + read_timeout (1s), then gives up unsent.
+    let started = Instant::now();
+    let r = get(&url(&other)).await;
+    assert_eq!(r.status, 504, "{}", pullgate.log());
+    assert!(started.elapsed() >= Duration::from_millis(2900));
+    assert_eq!(
+        fault.count("GET", &format!("/v2/e2e/hog/blobs/{}", other.digest)),
+        0
+    );
+    let text = metrics_text(&pullgate.url()).await;
+    let host = fault.host();
+    assert_eq!(
+        metric_value(
+            &text,
+            &format!(
+                "pullgate_upstream_errors_total{{upstream=\"{host}\",kind=\"queue_timeout\"}}"
+            )
+        ),
+        1.0
+    );
+    // Its client gone, the trickling fill is given up and its slot comes back.
+    hog.abort();
+    let _ = hog.await;
+    let r = get(&url(&other)).await;
+    assert_eq!(r.status, 200, "{}", pullgate.log());
+    assert_eq!(images::sha256(r.bytes()), other.digest);
+}
