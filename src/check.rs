@@ -82,6 +82,21 @@ pub fn render(s: &Settings) -> String {
             if let Some(allow) = u.allow_private_redirects {
                 t.insert("allow_private_redirects".into(), allow.into());
             }
+            if let Some(n) = u.max_concurrent_requests {
+                t.insert(
+                    "max_concurrent_requests".into(),
+                    i64::try_from(n).unwrap_or(i64::MAX).into(),
+                );
+            }
+            if let Some(b) = u.max_bandwidth {
+                t.insert("max_bandwidth".into(), format_size(b).into());
+            }
+            t.insert(
+                "ratelimit_warn_below".into(),
+                i64::try_from(u.ratelimit_warn_below)
+                    .unwrap_or(i64::MAX)
+                    .into(),
+            );
             Value::Table(t)
         })
         .collect();

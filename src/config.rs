@@ -179,6 +179,9 @@ pub struct CacheSection {
     pub negative_ttl: Option<Duration>,
 }
 
+/// The least `max_bandwidth` accepted, in bytes per second.
+const MIN_BANDWIDTH: u64 = 64 * 1024;
+
 pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
 pub const DEFAULT_LOW_WATERMARK: f64 = 0.85;
 
@@ -199,6 +202,12 @@ pub struct UpstreamSection {
     /// Blob redirects to loopback, link-local or private addresses; unset: only when the
     /// upstream itself is on one.
     pub allow_private_redirects: Option<bool>,
+    /// Requests in flight to this upstream at once; unset: no cap.
+    pub max_concurrent_requests: Option<usize>,
+    /// Bytes per second for blob bodies from this upstream (`"100MiB"`); unset: no cap.
+    pub max_bandwidth: Option<ByteSize>,
+    /// Warn when the upstream's `RateLimit-Remaining` falls below this (default 10; 0: never).
+    pub ratelimit_warn_below: Option<u64>,
 }
 
 fn default_header_timeout() -> Duration {
@@ -312,6 +321,10 @@ pub struct UpstreamSettings {
     pub read_timeout: Duration,
     pub token_realms: Vec<String>,
     pub allow_private_redirects: Option<bool>,
+    pub max_concurrent_requests: Option<usize>,
+    /// Bytes per second.
+    pub max_bandwidth: Option<u64>,
+    pub ratelimit_warn_below: u64,
 }
 
 /// Command-line values that override the file.
@@ -493,7 +506,34 @@ impl TryFrom<UpstreamSection> for UpstreamSettings {
                 );
             }
         }
+        let max = pullgate_upstream::MAX_CONCURRENT_REQUESTS;
+        let max_concurrent_requests = match u.max_concurrent_requests {
+            None => None,
+            Some(n) if (1..=max).contains(&n) => Some(n),
+            Some(n) => bail!(
+                "upstream {}: max_concurrent_requests: {n} is not between 1 and {max}",
+                u.name
+            ),
+        };
         Ok(UpstreamSettings {
+            max_concurrent_requests,
+            max_bandwidth: match u.max_bandwidth.map(ByteSize::bytes) {
+                // A fill nobody waits for must move 64 KiB per read_timeout; far below
+                // this, every unattended fill would be given up.
+                Some(b) if b < MIN_BANDWIDTH => bail!(
+                    "upstream {}: max_bandwidth: {b} bytes per second is below the minimum of 64KiB",
+                    u.name
+                ),
+                other => other,
+            },
+            ratelimit_warn_below: match u.ratelimit_warn_below {
+                None => pullgate_upstream::DEFAULT_RATELIMIT_WARN_BELOW,
+                Some(n) if n <= 1_000_000_000 => n,
+                Some(n) => bail!(
+                    "upstream {}: ratelimit_warn_below: {n} is more than 1000000000",
+                    u.name
+                ),
+            },
             connect_timeout: u.connect_timeout,
             read_timeout: u.read_timeout,
             name: u.name,
@@ -955,6 +995,50 @@ mod tests {
         )
         .is_ok());
         assert!(load("https://x", "token_realms = [\"auth.x\"]").is_err());
+    }
+
+    #[test]
+    fn upstream_caps_and_quota_warning() {
+        let load = |extra: &str| {
+            FileConfig::parse(&format!(
+                "[server]\nlisten = \"127.0.0.1:5000\"\n[cache]\ndir = \"d\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n{extra}\n"
+            ))
+            .and_then(|c| c.into_settings(Overrides::default()))
+        };
+        let u = load("").unwrap().upstreams.remove(0);
+        assert_eq!(u.max_concurrent_requests, None);
+        assert_eq!(u.max_bandwidth, None);
+        assert_eq!(u.ratelimit_warn_below, 10);
+        let s = load(
+            "max_concurrent_requests = 16\nmax_bandwidth = \"100MiB\"\nratelimit_warn_below = 0",
+        )
+        .unwrap();
+        let u = &s.upstreams[0];
+        assert_eq!(u.max_concurrent_requests, Some(16));
+        assert_eq!(u.max_bandwidth, Some(100 << 20));
+        assert_eq!(u.ratelimit_warn_below, 0);
+        let printed = crate::check::render(&s);
+        assert!(
+            printed.contains("max_concurrent_requests = 16")
+                && printed.contains("max_bandwidth = \"100MiB\"")
+                && printed.contains("ratelimit_warn_below = 0"),
+            "{printed}"
+        );
+        let again = FileConfig::parse(&printed)
+            .and_then(|c| c.into_settings(Overrides::default()))
+            .unwrap();
+        assert_eq!(format!("{again:?}"), format!("{s:?}"));
+        for bad in [
+            "max_concurrent_requests = 0",
+            "max_concurrent_requests = 1000000",
+            "max_bandwidth = \"0\"",
+            "max_bandwidth = \"60KiB\"",
+            "max_bandwidth = \"fast\"",
+            "ratelimit_warn_below = -1",
+            "ratelimit_warn_below = 9999999999",
+        ] {
+            assert!(load(bad).is_err(), "accepted {bad}");
+        }
     }
 
     #[test]

@@ -170,6 +170,9 @@ async fn serve(s: Settings) -> Result<()> {
                 token_realms: u.token_realms.clone(),
                 allow_private_redirects: u.allow_private_redirects,
                 max_blob_size: s.max_blob_size,
+                max_concurrent_requests: u.max_concurrent_requests,
+                max_bandwidth: u.max_bandwidth,
+                ratelimit_warn_below: u.ratelimit_warn_below,
             })
             .with_context(|| format!("upstream {}", u.name))
         })

@@ -22,5 +22,6 @@ mod signing_tools;
 mod token_realm;
 mod upstream_auth;
 mod upstream_faults;
+mod upstream_limits;
 mod upstream_redirects;
 mod warm;

@@ -110,10 +110,11 @@ async fn bearer_token_upstream_with_a_cached_token() {
     assert!(!pullgate.log().contains("tok-"));
 
     // A repository not seen before, its blobs asked for all at once (no manifest first to
-    // fetch the token): every fill is challenged, and they share one handshake.
+    // fetch the token): the upstream's challenge is known by now, so every fill asks for
+    // the new scope's token before its first request, and they share one handshake.
     let many = images::image("token-many", &[4096; 8], Flavor::Oci, "amd64");
     fault.add_image("e2e/token-many", "v1", &many);
-    // A slow token server: every fill is challenged before the first token arrives.
+    // A slow token server: every fill wants the token before the first one arrives.
     fault.set_delay("token", std::time::Duration::from_millis(300));
     let gets = many.layers.iter().map(|l| {
         let url = format!("{}/v2/e2e/token-many/blobs/{}", pullgate.url(), l.digest);

@@ -38,8 +38,21 @@ pub use prefetch::{
     MAX_TAGS_PER_PATTERN,
 };
 pub use pullgate_store::BlobStream;
+pub use pullgate_upstream::QuotaSnapshot;
 pub use route::Target;
 pub use stats::{Histogram, HistogramSnapshot, Stats};
+
+/// What `/metrics` shows of one upstream's load: the requests it was sent, by kind, those
+/// in flight and queued under its `max_concurrent_requests`, and its announced quota.
+#[derive(Debug, Clone)]
+pub struct UpstreamReport<'a> {
+    pub name: &'a str,
+    /// Every kind (a fixed label set) with its count, zeros included.
+    pub requests: Vec<(&'static str, u64)>,
+    pub in_flight: usize,
+    pub queued: usize,
+    pub quota: pullgate_upstream::QuotaSnapshot,
+}
 
 use error::Wanted;
 use pullgate_flights::Flights;
@@ -168,6 +181,24 @@ impl Mirror {
                 u.errors()
                     .snapshot()
                     .map(move |(kind, n)| (u.name(), kind.as_str(), n))
+            })
+            .collect()
+    }
+
+    /// Each upstream's requests, slots and quota, the default first.
+    pub fn upstream_reports(&self) -> Vec<UpstreamReport<'_>> {
+        self.upstreams
+            .iter()
+            .map(|u| UpstreamReport {
+                name: u.name(),
+                requests: u
+                    .requests()
+                    .snapshot()
+                    .map(|(kind, n)| (kind.as_str(), n))
+                    .collect(),
+                in_flight: u.requests_in_flight(),
+                queued: u.requests_queued(),
+                quota: u.quota(),
             })
             .collect()
     }

@@ -112,6 +112,9 @@ mod tests {
                 token_realms: Vec::new(),
                 allow_private_redirects: None,
                 max_blob_size: pullgate_upstream::DEFAULT_MAX_BLOB_SIZE,
+                max_concurrent_requests: None,
+                max_bandwidth: None,
+                ratelimit_warn_below: pullgate_upstream::DEFAULT_RATELIMIT_WARN_BELOW,
             })
             .unwrap(),
         )

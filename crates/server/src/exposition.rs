@@ -251,6 +251,75 @@ fn mirror(out: &mut Out, app: &App) {
             n,
         );
     }
+    upstreams(out, app);
+}
+
+/// Each upstream's requests by kind, its slots, and the quota it announces.
+fn upstreams(out: &mut Out, app: &App) {
+    let reports = app.mirror.upstream_reports();
+    out.header(
+        "pullgate_upstream_requests_total",
+        "counter",
+        "HTTP requests sent to the upstream (its token realm and blob redirects included), by upstream and kind.",
+    );
+    for r in &reports {
+        for (kind, n) in &r.requests {
+            out.value(
+                "pullgate_upstream_requests_total",
+                &[("upstream", r.name), ("kind", kind)],
+                n,
+            );
+        }
+    }
+    out.header(
+        "pullgate_upstream_requests_in_flight",
+        "gauge",
+        "Requests holding one of the upstream's slots (a blob GET until its body ends).",
+    );
+    for r in &reports {
+        out.value(
+            "pullgate_upstream_requests_in_flight",
+            &[("upstream", r.name)],
+            r.in_flight,
+        );
+    }
+    out.header(
+        "pullgate_upstream_requests_queued",
+        "gauge",
+        "Requests waiting for one of the upstream's max_concurrent_requests slots.",
+    );
+    for r in &reports {
+        out.value(
+            "pullgate_upstream_requests_queued",
+            &[("upstream", r.name)],
+            r.queued,
+        );
+    }
+    // Declared either way; a value only once the upstream sent its RateLimit-* headers.
+    for (name, help, get) in [
+        (
+            "pullgate_upstream_ratelimit_limit",
+            "The upstream's pull quota per window, from its last RateLimit-Limit header.",
+            (|q| q.limit) as fn(&pullgate_mirror::QuotaSnapshot) -> Option<u64>,
+        ),
+        (
+            "pullgate_upstream_ratelimit_remaining",
+            "Pulls left in the upstream's current window, from its last RateLimit-Remaining header.",
+            |q| q.remaining,
+        ),
+        (
+            "pullgate_upstream_ratelimit_window_seconds",
+            "The upstream's quota window in seconds (the w= of its RateLimit headers).",
+            |q| q.window_seconds,
+        ),
+    ] {
+        out.header(name, "gauge", help);
+        for r in &reports {
+            if let Some(v) = get(&r.quota) {
+                out.value(name, &[("upstream", r.name)], v);
+            }
+        }
+    }
 }
 
 /// The cache: its disk, its size and limits, evictions.

@@ -214,9 +214,12 @@ impl Upstream {
         config.for_host(&self.cred_host).cloned()
     }
 
-    /// What to send before any challenge: a cached token for the scope, or Basic when the
-    /// upstream asked for Basic before. Otherwise nothing: the first request is anonymous.
-    pub(crate) fn proactive_auth(
+    /// What to send before any challenge: a cached token for the scope; Basic when the
+    /// upstream asked for Basic before; or, once the upstream has sent a Bearer challenge,
+    /// a token for this scope fetched now from that challenge's realm, so a new
+    /// repository costs no anonymous request answered 401. Otherwise nothing: the first
+    /// request to an upstream is anonymous.
+    pub(crate) async fn proactive_auth(
         &self,
         scope: &PullScope,
     ) -> Result<Option<HeaderValue>, UpstreamError> {
@@ -228,7 +231,15 @@ impl Upstream {
                 return basic_header(&cred).map(Some);
             }
         }
-        Ok(None)
+        let known = self
+            .bearer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match known {
+            Some(challenge) => self.bearer_token(&challenge, scope, false).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The `Authorization` to retry with after a 401 carrying `headers`, for a request
@@ -246,27 +257,11 @@ impl Upstream {
         };
         match challenge.scheme.as_str() {
             "bearer" => {
-                // A cold pull asks for a manifest and a dozen layers at once, each answered
-                // 401: they share one handshake instead of each asking the token server
-                // (which rate-limits, on Docker Hub) for the same token.
-                self.token_flights
-                    .run(scope.clone(), || async {
-                        // A concurrent request may have fetched a token since this one was
-                        // sent. Looked at by the lead, after the last flight has landed (it
-                        // caches before it lands), so one scope costs one handshake.
-                        if let Some(token) = self.tokens.get(scope) {
-                            return Ok(token);
-                        }
-                        let cred = self.credential();
-                        let (token, expires_in) =
-                            self.fetch_token(&challenge, scope, cred.as_ref()).await?;
-                        let header = bearer_header(&token)?;
-                        if let Some(lifetime) = cache_lifetime(expires_in) {
-                            self.tokens.insert(scope, header.clone(), lifetime);
-                        }
-                        Ok(header)
-                    })
-                    .await
+                *self
+                    .bearer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(challenge.clone());
+                self.bearer_token(&challenge, scope, true).await
             }
             "basic" => {
                 let Some(cred) = self.credential() else {
@@ -284,6 +279,40 @@ impl Upstream {
         }
     }
 
+    /// A token for `scope` from `challenge`'s realm: cached, or one handshake shared by
+    /// every request that needs it meanwhile. `challenge_scope`: ask for the scope the
+    /// challenge names (a 401's), else for `scope` (a challenge remembered from another
+    /// repository names that repository's).
+    async fn bearer_token(
+        &self,
+        challenge: &Challenge,
+        scope: &PullScope,
+        challenge_scope: bool,
+    ) -> Result<HeaderValue, UpstreamError> {
+        // A cold pull asks for a manifest and a dozen layers at once, each answered
+        // 401: they share one handshake instead of each asking the token server
+        // (which rate-limits, on Docker Hub) for the same token.
+        self.token_flights
+            .run(scope.clone(), || async {
+                // A concurrent request may have fetched a token since this one was
+                // sent. Looked at by the lead, after the last flight has landed (it
+                // caches before it lands), so one scope costs one handshake.
+                if let Some(token) = self.tokens.get(scope) {
+                    return Ok(token);
+                }
+                let cred = self.credential();
+                let (token, expires_in) = self
+                    .fetch_token(challenge, scope, cred.as_ref(), challenge_scope)
+                    .await?;
+                let header = bearer_header(&token)?;
+                if let Some(lifetime) = cache_lifetime(expires_in) {
+                    self.tokens.insert(scope, header.clone(), lifetime);
+                }
+                Ok(header)
+            })
+            .await
+    }
+
     /// Whether the upstream's credentials may go to `realm`: its own origin (scheme, host
     /// and port, so never a plain-http downgrade), or a realm configured for it.
     pub(crate) fn realm_allowed(&self, realm: &Url) -> bool {
@@ -298,6 +327,7 @@ impl Upstream {
         challenge: &Challenge,
         default_scope: &PullScope,
         cred: Option<&Credential>,
+        challenge_scope: bool,
     ) -> Result<(String, Option<u64>), UpstreamError> {
         let realm = challenge
             .param("realm")
@@ -316,7 +346,7 @@ impl Upstream {
             }
             let scope = challenge
                 .param("scope")
-                .filter(|s| !s.trim().is_empty())
+                .filter(|s| challenge_scope && !s.trim().is_empty())
                 .unwrap_or(default_scope.as_str());
             // A challenge may name several scopes separated by spaces; the token spec
             // wants one `scope` parameter each.
@@ -353,6 +383,7 @@ impl Upstream {
                 );
             }
         }
+        self.requests.record(crate::RequestKind::Token);
         let response = request
             .send()
             .await

@@ -59,11 +59,15 @@ pub enum Cause {
     Body,
     /// Any other transport failure before the answer (a connection closed early).
     Transport,
+    /// No request was sent: every one of the upstream's `max_concurrent_requests` slots
+    /// stayed busy for as long as the upstream's connect plus read timeout.
+    Queue,
 }
 
 impl Cause {
+    /// Timeouts, the wait for a request slot included: the mirror answers 504.
     pub fn is_timeout(self) -> bool {
-        self == Cause::Timeout
+        matches!(self, Cause::Timeout | Cause::Queue)
     }
 }
 
@@ -99,10 +103,13 @@ pub enum ErrorKind {
     DigestMismatch,
     /// The body ended early or broke off mid-stream.
     Truncated,
+    /// Never sent: the wait for one of the upstream's `max_concurrent_requests` slots
+    /// took too long.
+    QueueTimeout,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Unreachable,
         ErrorKind::Timeout,
         ErrorKind::RateLimited,
@@ -111,6 +118,7 @@ impl ErrorKind {
         ErrorKind::Invalid,
         ErrorKind::DigestMismatch,
         ErrorKind::Truncated,
+        ErrorKind::QueueTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +131,7 @@ impl ErrorKind {
             ErrorKind::Invalid => "invalid",
             ErrorKind::DigestMismatch => "digest_mismatch",
             ErrorKind::Truncated => "truncated",
+            ErrorKind::QueueTimeout => "queue_timeout",
         }
     }
 }
@@ -141,6 +150,7 @@ impl UpstreamError {
                 // server error, not a network problem.
                 Cause::Status(_) | Cause::TokenEndpoint(_) => ErrorKind::ServerError,
                 Cause::Body => ErrorKind::Truncated,
+                Cause::Queue => ErrorKind::QueueTimeout,
             },
             UpstreamError::TooLarge
             | UpstreamError::BlobTooLarge { .. }
@@ -353,6 +363,10 @@ mod tests {
             ),
             (UpstreamError::TooLarge, Some(ErrorKind::Invalid)),
             (
+                UpstreamError::unavailable(Cause::Queue, "waited".into()),
+                Some(ErrorKind::QueueTimeout),
+            ),
+            (
                 UpstreamError::BlobTooLarge { limit: 1 },
                 Some(ErrorKind::Invalid),
             ),
@@ -363,7 +377,11 @@ mod tests {
         ];
         for (e, want) in cases {
             assert_eq!(e.kind(), *want, "{e}");
-            assert_eq!(e.is_timeout(), *want == Some(ErrorKind::Timeout), "{e}");
+            assert_eq!(
+                e.is_timeout(),
+                matches!(want, Some(ErrorKind::Timeout | ErrorKind::QueueTimeout)),
+                "{e}"
+            );
         }
         let counts = ErrorCounts::default();
         counts.record_error(&UpstreamError::Denied);

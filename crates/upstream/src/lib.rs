@@ -21,6 +21,14 @@
 //! - blobs bounded by the maximum blob size: refused by `Content-Length`, cut off with
 //!   [`UpstreamError::BlobTooLarge`] when a chunked body passes it;
 //! - retries of connect failures and 502/503/504 before any byte reaches the caller;
+//! - what the mirror asks of the upstream (`limits.rs`): requests counted by
+//!   [`RequestKind`], the quota its `RateLimit-*` headers announce ([`QuotaSnapshot`],
+//!   a warning once per crossing of `ratelimit_warn_below`), at most
+//!   `max_concurrent_requests` in flight (a blob body keeps its slot until it ends or is
+//!   dropped; a request that waits `connect_timeout + read_timeout` for one fails unsent
+//!   with [`Cause::Queue`]), and `max_bandwidth` over blob bodies;
+//! - once the upstream has sent a Bearer challenge, a new scope's token is fetched before
+//!   its first request, so only the upstream's first request ever is answered 401;
 //! - decoding of upstream answers into [`UpstreamError`], whose messages never contain
 //!   credentials, tokens or signed query strings, and whose [`Cause`] and [`ErrorKind`]
 //!   are decided where the failure happens.
@@ -31,9 +39,11 @@
 mod auth;
 mod error;
 mod guard;
+mod limits;
 mod transport;
 
 pub use error::{Cause, ErrorCounts, ErrorKind, RefusedRedirect, UpstreamError};
+pub use limits::{QuotaSnapshot, RequestCounts, RequestKind, MAX_CONCURRENT_REQUESTS};
 
 use std::fmt;
 use std::pin::Pin;
@@ -44,7 +54,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::header::{CONTENT_TYPE, LINK};
-use http::Method;
 use pullgate_credentials::SecretSource;
 use pullgate_oci::{media_types, Digest, PullScope, Reference, RepoName, UpstreamId};
 use reqwest::Url;
@@ -103,7 +112,19 @@ pub struct UpstreamConfig {
     pub allow_private_redirects: Option<bool>,
     /// Largest blob fetched, in bytes ([`DEFAULT_MAX_BLOB_SIZE`] unless configured).
     pub max_blob_size: u64,
+    /// Requests in flight at once (a blob GET until its body is done or dropped); more
+    /// wait for a slot, at most `connect_timeout + read_timeout`. `None`: no cap.
+    pub max_concurrent_requests: Option<usize>,
+    /// Bytes per second for all blob bodies from this upstream together. `None`: no cap.
+    pub max_bandwidth: Option<u64>,
+    /// Warn (once per crossing) when the upstream's `RateLimit-Remaining` falls below
+    /// this. 0: never.
+    pub ratelimit_warn_below: u64,
 }
+
+/// Default for [`UpstreamConfig::ratelimit_warn_below`]: a tenth of Docker Hub's
+/// anonymous quota of 100 pulls per 6 hours.
+pub const DEFAULT_RATELIMIT_WARN_BELOW: u64 = 10;
 
 /// One upstream registry. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Upstream {
@@ -137,6 +158,18 @@ pub struct Upstream {
     errors: Arc<ErrorCounts>,
     /// Until when the upstream asked us (429 with `Retry-After`) to leave it alone.
     backoff: transport::Backoff,
+    /// Requests sent, by kind.
+    requests: RequestCounts,
+    /// The pull quota the upstream's `RateLimit-*` headers announce.
+    quota: limits::Quota,
+    /// `max_concurrent_requests`, with the in-flight and queued gauges.
+    slots: limits::Slots,
+    /// `max_bandwidth` over blob bodies.
+    bandwidth: Option<Arc<limits::Bandwidth>>,
+    /// The last Bearer challenge's realm and service: a scope without a cached token gets
+    /// its token before its first request instead of after a 401 (one request saved per
+    /// repository and token lifetime).
+    bearer: std::sync::Mutex<Option<pullgate_oci::Challenge>>,
 }
 
 /// What a manifest `HEAD` tells: enough to see whether a cached tag is still current.
@@ -226,6 +259,14 @@ impl Upstream {
             read_timeout: config.read_timeout,
             errors: Arc::default(),
             backoff: transport::Backoff::default(),
+            requests: RequestCounts::default(),
+            quota: limits::Quota::new(config.ratelimit_warn_below),
+            slots: limits::Slots::new(
+                config.max_concurrent_requests,
+                config.connect_timeout + config.read_timeout,
+            ),
+            bandwidth: config.max_bandwidth.map(limits::Bandwidth::new),
+            bearer: std::sync::Mutex::new(None),
         })
     }
 
@@ -248,6 +289,26 @@ impl Upstream {
     /// see (content that does not match its digest).
     pub fn errors(&self) -> &ErrorCounts {
         &self.errors
+    }
+
+    /// Requests sent to this upstream (and its token realm and CDN), by kind.
+    pub fn requests(&self) -> &RequestCounts {
+        &self.requests
+    }
+
+    /// The pull quota from the upstream's last `RateLimit-*` headers.
+    pub fn quota(&self) -> QuotaSnapshot {
+        self.quota.snapshot()
+    }
+
+    /// Requests holding one of the upstream's slots now (a blob GET until its body ends).
+    pub fn requests_in_flight(&self) -> usize {
+        self.slots.in_flight()
+    }
+
+    /// Requests waiting for a slot (`max_concurrent_requests`).
+    pub fn requests_queued(&self) -> usize {
+        self.slots.queued()
     }
 
     /// Count a call's failure, if it failed.
@@ -273,9 +334,9 @@ impl Upstream {
         self.counted(
             async {
                 let url = self.url(repo, &format!("manifests/{reference}"))?;
-                let response = self
+                let (response, _slot) = self
                     .request(
-                        Method::HEAD,
+                        RequestKind::ManifestHead,
                         url,
                         Some(&manifest_accept()),
                         &PullScope::repository(repo),
@@ -303,9 +364,9 @@ impl Upstream {
         self.counted(
             async {
                 let url = self.url(repo, &format!("manifests/{reference}"))?;
-                let response = self
+                let (response, _slot) = self
                     .request(
-                        Method::GET,
+                        RequestKind::ManifestGet,
                         url,
                         Some(&manifest_accept()),
                         &PullScope::repository(repo),
@@ -332,9 +393,9 @@ impl Upstream {
         self.counted(
             async {
                 let url = self.url(repo, &format!("blobs/{digest}"))?;
-                let response = self
+                let (response, _slot) = self
                     .request(
-                        Method::HEAD,
+                        RequestKind::BlobHead,
                         url,
                         None,
                         &PullScope::repository(repo),
@@ -359,9 +420,9 @@ impl Upstream {
         self.counted(
             async {
                 let url = self.url(repo, &format!("blobs/{digest}"))?;
-                let response = self
+                let (response, slot) = self
                     .request(
-                        Method::GET,
+                        RequestKind::BlobGet,
                         url,
                         None,
                         &PullScope::repository(repo),
@@ -376,23 +437,32 @@ impl Upstream {
                 // Name the host that serves the bytes (the CDN after a redirect), never its query.
                 let host = host_of(response.url());
                 let errors = Arc::clone(&self.errors);
+                let bandwidth = self.bandwidth.clone();
                 // A body without `Content-Length` is counted as it arrives: past the limit,
                 // the stream fails and ends (dropping the connection), so no fill writes
-                // more than `limit` bytes.
+                // more than `limit` bytes. The request's slot travels in the stream's
+                // state: it is given back when the body ends, fails or is dropped.
                 let body = response.bytes_stream();
-                let stream = futures_util::stream::unfold(Some((body, 0u64)), move |state| {
+                let stream = futures_util::stream::unfold(Some((body, 0u64, slot)), move |state| {
                     let host = host.clone();
                     let errors = Arc::clone(&errors);
+                    let bandwidth = bandwidth.clone();
                     async move {
-                        let (mut body, so_far) = state?;
+                        let (mut body, so_far, slot) = state?;
                         let (item, next) = match body.next().await? {
-                            Err(e) => (Err(error::from_reqwest(e, &host)), Some((body, so_far))),
+                            Err(e) => (
+                                Err(error::from_reqwest(e, &host)),
+                                Some((body, so_far, slot)),
+                            ),
                             Ok(chunk) => {
                                 let total = so_far.saturating_add(chunk.len() as u64);
                                 if total > limit {
                                     (Err(UpstreamError::BlobTooLarge { limit }), None)
                                 } else {
-                                    (Ok(chunk), Some((body, total)))
+                                    if let Some(b) = &bandwidth {
+                                        b.take(chunk.len()).await;
+                                    }
+                                    (Ok(chunk), Some((body, total, slot)))
                                 }
                             }
                         };
@@ -424,9 +494,14 @@ impl Upstream {
             async {
                 check_suffix(suffix_and_query)?;
                 let url = self.url(repo, suffix_and_query)?;
-                let response = self
+                let kind = if suffix_and_query.starts_with("referrers/") {
+                    RequestKind::Referrers
+                } else {
+                    RequestKind::Tags
+                };
+                let (response, _slot) = self
                     .request(
-                        Method::GET,
+                        kind,
                         url,
                         accept,
                         &PullScope::repository(repo),
@@ -625,6 +700,9 @@ mod tests {
             token_realms: Vec::new(),
             allow_private_redirects: None,
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+            max_concurrent_requests: None,
+            max_bandwidth: None,
+            ratelimit_warn_below: DEFAULT_RATELIMIT_WARN_BELOW,
         }
     }
 

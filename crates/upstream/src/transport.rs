@@ -15,6 +15,7 @@ use pullgate_oci::PullScope;
 use reqwest::{Response, Url};
 
 use crate::error::{self, RefusedRedirect, UpstreamError};
+use crate::limits::{RequestKind, Slot};
 use crate::Upstream;
 
 /// Where a request's redirects may lead.
@@ -89,45 +90,71 @@ impl From<UpstreamError> for Failure {
     }
 }
 
+impl RequestKind {
+    fn method(self) -> Method {
+        match self {
+            RequestKind::ManifestHead | RequestKind::BlobHead => Method::HEAD,
+            _ => Method::GET,
+        }
+    }
+}
+
 impl Upstream {
-    /// GET or HEAD `url` and return its 2xx response with the body unread, or the mapped
-    /// error. `scope` is the token scope the request needs.
+    /// GET or HEAD (as `kind` says) `url` and return its 2xx response with the body
+    /// unread, or the mapped error. `scope` is the token scope the request needs. The
+    /// [`Slot`] is the request's place under `max_concurrent_requests`: keep it until
+    /// the body is read or dropped. It is taken before anything is sent (the token
+    /// handshake too), so the upstream never sees more requests at once than the cap.
     pub(crate) async fn request(
         &self,
-        method: Method,
+        kind: RequestKind,
         url: Url,
         accept: Option<&str>,
         scope: &PullScope,
         follow: Follow,
-    ) -> Result<Response, UpstreamError> {
-        if let Some(left) = self.backoff.remaining() {
-            // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
-            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-            return Err(UpstreamError::RateLimited {
-                retry_after: Some(Duration::from_secs(secs)),
-            });
-        }
-        let result = self.request_now(method, url, accept, scope, follow).await;
+    ) -> Result<(Response, Slot), UpstreamError> {
+        self.refuse_while_backing_off()?;
+        let slot = self.slots.acquire().await?;
+        // The wait may have outlasted a 429 another request received meanwhile.
+        self.refuse_while_backing_off()?;
+        let result = self.request_now(kind, url, accept, scope, follow).await;
         if let Err(e) = &result {
             self.backoff.note(e);
         }
-        result
+        result.map(|r| (r, slot))
+    }
+
+    fn refuse_while_backing_off(&self) -> Result<(), UpstreamError> {
+        match self.backoff.remaining() {
+            None => Ok(()),
+            Some(left) => {
+                // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                Err(UpstreamError::RateLimited {
+                    retry_after: Some(Duration::from_secs(secs)),
+                })
+            }
+        }
     }
 
     async fn request_now(
         &self,
-        method: Method,
+        kind: RequestKind,
         url: Url,
         accept: Option<&str>,
         scope: &PullScope,
         follow: Follow,
     ) -> Result<Response, UpstreamError> {
-        let mut auth = self.proactive_auth(scope)?;
+        let method = kind.method();
+        let mut auth = self.proactive_auth(scope).await?;
         let mut answered = false;
         loop {
             let response = self
-                .send_retrying(&method, &url, accept, auth.as_ref(), follow)
+                .send_retrying(kind, &method, &url, accept, auth.as_ref(), follow)
                 .await?;
+            if response.url().origin() == self.base.origin() {
+                self.quota.observe(self.name.as_str(), response.headers());
+            }
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !answered {
                 // Anonymous, or our cached token went stale early: do the handshake once.
@@ -152,6 +179,7 @@ impl Upstream {
     /// client is already waiting that long), 429 (the upstream asked us to back off).
     async fn send_retrying(
         &self,
+        kind: RequestKind,
         method: &Method,
         url: &Url,
         accept: Option<&str>,
@@ -160,7 +188,9 @@ impl Upstream {
     ) -> Result<Response, UpstreamError> {
         let mut attempt = 0;
         loop {
-            let outcome = self.send_following(method, url, accept, auth, follow).await;
+            let outcome = self
+                .send_following(kind, method, url, accept, auth, follow)
+                .await;
             let retry = match &outcome {
                 Ok(r) => matches!(r.status().as_u16(), 502..=504),
                 Err(f) => f.retryable,
@@ -184,6 +214,7 @@ impl Upstream {
     /// and goes through the guarded client, whose resolver refuses internal addresses.
     async fn send_following(
         &self,
+        kind: RequestKind,
         method: &Method,
         start: &Url,
         accept: Option<&str>,
@@ -210,6 +241,7 @@ impl Upstream {
             if let Some(auth) = auth.filter(|_| own_origin) {
                 request = request.header(AUTHORIZATION, auth.clone());
             }
+            self.requests.record(kind);
             let response = request.send().await.map_err(|e| {
                 // Connect failures, and anything before the answer but a timeout; never an
                 // address the guard refused (it would refuse it again).

@@ -250,6 +250,9 @@ fn config(addr: SocketAddr, credentials: Option<SecretSource>) -> UpstreamConfig
         token_realms: Vec::new(),
         allow_private_redirects: None,
         max_blob_size: pullgate_upstream::DEFAULT_MAX_BLOB_SIZE,
+        max_concurrent_requests: None,
+        max_bandwidth: None,
+        ratelimit_warn_below: pullgate_upstream::DEFAULT_RATELIMIT_WARN_BELOW,
     }
 }
 
@@ -444,12 +447,113 @@ async fn bearer_tokens_are_fetched_once_per_scope() {
     let fetched = tokens(&log);
     assert_eq!(fetched.len(), 2, "a second scope needs a second token");
     assert_eq!(fetched[1].param("scope"), ["repository:team/app:pull"]);
+    // The challenge is known now: the second scope's token came first, no 401 paid.
+    assert_eq!(
+        log.lock().unwrap().len(),
+        5 + 2,
+        "{:#?}",
+        log.lock().unwrap()
+    );
     up.head_manifest(&alpine, &latest()).await.unwrap();
     assert_eq!(
         tokens(&log).len(),
         2,
         "the first scope's token is still cached"
     );
+    let counts: Vec<(&str, u64)> = up
+        .requests()
+        .snapshot()
+        .map(|(k, n)| (k.as_str(), n))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("manifest_head", 3),
+            ("manifest_get", 2),
+            ("blob_head", 0),
+            ("blob_get", 1),
+            ("tags", 0),
+            ("referrers", 0),
+            ("token", 2),
+        ]
+    );
+}
+
+/// `RateLimit-*` from manifest answers become the quota; the cap on requests in flight
+/// holds for blob bodies until they are dropped; the bandwidth cap paces blob bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_headers_slots_and_bandwidth() {
+    let fx = Arc::new(fixture());
+    let (listener, addr) = bind().await;
+    let remaining = Arc::new(std::sync::atomic::AtomicU64::new(76));
+    let left = remaining.clone();
+    let big = Bytes::from(vec![7u8; 1024 * 1024]);
+    let big_digest = Digest::sha256_of(&big);
+    let (b, bd, served) = (big.clone(), big_digest.to_string(), fx.clone());
+    serve(listener, move |seen| {
+        if seen.path.ends_with(&bd) {
+            return response(200, &[("content-length", &b.len().to_string())], b.clone());
+        }
+        let mut r = content(seen, &served);
+        let n = left.load(std::sync::atomic::Ordering::SeqCst).to_string();
+        let h = r.headers_mut();
+        h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
+        h.insert(
+            "ratelimit-remaining",
+            format!("{n};w=21600").parse().unwrap(),
+        );
+        h.insert("docker-ratelimit-source", "192.0.2.7".parse().unwrap());
+        r
+    });
+    let up = Upstream::new(UpstreamConfig {
+        max_concurrent_requests: Some(2),
+        max_bandwidth: Some(512 * 1024),
+        read_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..config(addr, None)
+    })
+    .unwrap();
+    let alpine = repo("library/alpine");
+    assert_eq!(up.quota(), Default::default());
+    up.head_manifest(&alpine, &latest()).await.unwrap();
+    let q = up.quota();
+    assert_eq!(
+        (q.limit, q.remaining, q.window_seconds),
+        (Some(100), Some(76), Some(21600))
+    );
+    remaining.store(3, std::sync::atomic::Ordering::SeqCst);
+    up.get_manifest(&alpine, &latest(), 4096).await.unwrap();
+    assert_eq!(up.quota().remaining, Some(3));
+
+    // Two bodies open hold both slots: a third request waits, then gives up after
+    // connect + read timeout, without being sent.
+    let a = up.get_blob(&alpine, &fx.blob_digest).await.unwrap();
+    let b = up.get_blob(&alpine, &fx.blob_digest).await.unwrap();
+    assert_eq!((up.requests_in_flight(), up.requests_queued()), (2, 0));
+    let started = std::time::Instant::now();
+    let e = up.head_manifest(&alpine, &latest()).await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(900), "{e}");
+    assert!(e.is_timeout(), "{e:?}");
+    assert_eq!(e.kind(), Some(pullgate_upstream::ErrorKind::QueueTimeout));
+    // A waiter gets the slot a finished body gives back.
+    let tag = latest();
+    let waiter = up.head_manifest(&alpine, &tag);
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(up.requests_queued(), 1);
+        assert_eq!(collect(a).await.unwrap(), fx.blob);
+    };
+    let (head, ()) = tokio::join!(waiter, release);
+    head.unwrap();
+    drop(b);
+    assert_eq!((up.requests_in_flight(), up.requests_queued()), (0, 0));
+
+    // 1 MiB at 512 KiB/s: about two seconds, less a tenth of a second's burst.
+    let started = std::time::Instant::now();
+    let body = up.get_blob(&alpine, &big_digest).await.unwrap();
+    assert_eq!(collect(body).await.unwrap(), big);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1700), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,6 +68,11 @@ struct Content {
     head_yes: bool,
     /// Blobs held only by these repositories (others answer 404); unlisted blobs are in all.
     blob_repos: HashMap<String, Vec<String>>,
+    /// Docker Hub's quota headers on manifest answers: (limit, remaining); a manifest
+    /// `GET` uses one up, a `HEAD` does not.
+    ratelimit: Option<(u64, u64)>,
+    /// Wait this long before answering any blob request.
+    blob_delay: Option<Duration>,
 }
 
 struct State {
@@ -77,7 +82,20 @@ struct State {
     full_requests: Mutex<Vec<String>>,
     tokens: Mutex<HashSet<String>>,
     token_requests: AtomicUsize,
+    /// Requests being answered now (from arrival until the response body is done), and
+    /// the most there ever were at once.
+    in_flight: Arc<AtomicUsize>,
+    in_flight_peak: AtomicUsize,
     port: u16,
+}
+
+/// One request being answered: counted in flight until its response body is dropped.
+struct Answering(Arc<AtomicUsize>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct FaultUpstream {
@@ -99,6 +117,8 @@ impl FaultUpstream {
             full_requests: Mutex::new(Vec::new()),
             tokens: Mutex::new(HashSet::new()),
             token_requests: AtomicUsize::new(0),
+            in_flight: Arc::default(),
+            in_flight_peak: AtomicUsize::new(0),
             port,
         });
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
@@ -119,11 +139,20 @@ impl FaultUpstream {
                             tokio::spawn(async move {
                                 let svc = hyper::service::service_fn(move |req| {
                                     let st = Arc::clone(&st);
+                                    let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                                    st.in_flight_peak.fetch_max(now, Ordering::SeqCst);
+                                    let answering = Answering(Arc::clone(&st.in_flight));
                                     async move {
                                         let key = fault_key(req.uri().path());
                                         let (delay, fault) = {
                                             let c = st.content.lock().unwrap();
-                                            (c.delays.get(&key).copied(), c.faults.get(&key).copied())
+                                            let blob_delay = c
+                                                .blob_delay
+                                                .filter(|_| req.uri().path().contains("/blobs/"));
+                                            (
+                                                c.delays.get(&key).copied().or(blob_delay),
+                                                c.faults.get(&key).copied(),
+                                            )
                                         };
                                         if let Some(d) = delay {
                                             tokio::time::sleep(d).await;
@@ -146,7 +175,15 @@ impl FaultUpstream {
                                             // without a response.
                                             return Err(std::io::Error::other("fault: reset"));
                                         }
-                                        Ok::<_, std::io::Error>(handle(&st, req, peer))
+                                        let response = handle(&st, req, peer);
+                                        // Counted in flight until the body is sent (or dropped).
+                                        Ok::<_, std::io::Error>(response.map(|body| {
+                                            body.map_frame(move |f| {
+                                                let _answering = &answering;
+                                                f
+                                            })
+                                            .boxed()
+                                        }))
                                     }
                                 });
                                 let _ = hyper::server::conn::http1::Builder::new()
@@ -255,6 +292,23 @@ impl FaultUpstream {
 
     pub fn token_requests(&self) -> usize {
         self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Send Docker Hub's `RateLimit-Limit: <limit>;w=21600`, `RateLimit-Remaining` and
+    /// `docker-ratelimit-source` on manifest answers, `remaining` counting down by one
+    /// per manifest `GET` (`None`: send none).
+    pub fn set_ratelimit(&self, quota: Option<(u64, u64)>) {
+        self.state.content.lock().unwrap().ratelimit = quota;
+    }
+
+    /// Answer every blob request only after `d`.
+    pub fn set_blob_delay(&self, d: Option<Duration>) {
+        self.state.content.lock().unwrap().blob_delay = d;
+    }
+
+    /// The most requests it was answering at once (from arrival to the end of the body).
+    pub fn in_flight_peak(&self) -> usize {
+        self.state.in_flight_peak.load(Ordering::SeqCst)
     }
 }
 
@@ -421,8 +475,28 @@ fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) ->
             return error(404, "MANIFEST_UNKNOWN", &[]);
         };
         drop(content);
+        let quota = {
+            let mut c = st.content.lock().unwrap();
+            if let (Some((_, remaining)), false) = (&mut c.ratelimit, head) {
+                *remaining = remaining.saturating_sub(1);
+            }
+            c.ratelimit
+        };
         let digest = super::images::sha256(&bytes);
-        return serve(bytes, &mt, Some(&digest), fault, head, &path);
+        let mut r = serve(bytes, &mt, Some(&digest), fault, head, &path);
+        if let Some((limit, remaining)) = quota {
+            let h = r.headers_mut();
+            h.insert(
+                "ratelimit-limit",
+                format!("{limit};w=21600").parse().unwrap(),
+            );
+            h.insert(
+                "ratelimit-remaining",
+                format!("{remaining};w=21600").parse().unwrap(),
+            );
+            h.insert("docker-ratelimit-source", "192.0.2.44".parse().unwrap());
+        }
+        return r;
     }
     if let Some((repo, digest)) = rest.rsplit_once("/blobs/") {
         if content
