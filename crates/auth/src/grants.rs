@@ -1,6 +1,6 @@
 //! What a credential may pull: grants from secret keys, and rule patterns.
 
-use pullgate_oci::canonical_host;
+use pullgate_oci::host_matches;
 
 use crate::Access;
 
@@ -38,18 +38,6 @@ fn under(repo: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// Does a key host (possibly `*.example.com`) name `host`?
-fn host_matches(key_host: &str, host: &str) -> bool {
-    let (key, host) = (canonical_host(key_host), canonical_host(host));
-    if key == host {
-        return true;
-    }
-    match (key.strip_prefix("*."), host.split_once('.')) {
-        (Some(rest), Some((label, host_rest))) => !label.is_empty() && rest == host_rest,
-        _ => false,
-    }
-}
-
 /// The grant of a secret entry keyed `host[/path]`, if its host is the mirror's or an
 /// upstream's; a key naming anything else grants nothing here.
 pub(crate) fn grant_for(
@@ -79,48 +67,8 @@ pub(crate) fn grant_for(
     })
 }
 
-/// A rule pattern against `<upstream>/<repo>`: `*` inside a component matches any run of
-/// characters of that component, a whole `**` component matches any number of components.
-pub(crate) fn pattern_matches(pattern: &str, upstream: &str, repo: &str) -> bool {
-    let (p_upstream, p_rest) = pattern.split_once('/').unwrap_or((pattern, ""));
-    if !host_matches(p_upstream, upstream) {
-        return false;
-    }
-    let pat: Vec<&str> = p_rest.split('/').filter(|s| !s.is_empty()).collect();
-    let name: Vec<&str> = repo.split('/').collect();
-    components_match(&pat, &name)
-}
-
-fn components_match(pat: &[&str], name: &[&str]) -> bool {
-    match pat.split_first() {
-        None => name.is_empty(),
-        Some((&"**", rest)) => (0..=name.len()).any(|skip| components_match(rest, &name[skip..])),
-        Some((p, rest)) => match name.split_first() {
-            Some((n, name_rest)) => glob(p, n) && components_match(rest, name_rest),
-            None => false,
-        },
-    }
-}
-
-/// `*` matches any run (possibly empty) within one component.
-fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(i) => rest = &rest[i + middle.len()..],
-            None => return false,
-        }
-    }
-    true
-}
+/// A rule pattern against `<upstream>/<repo>`: the one syntax, in `pullgate-oci`.
+pub(crate) use pullgate_oci::repo_pattern_matches as pattern_matches;
 
 #[cfg(test)]
 mod tests {
