@@ -18,6 +18,7 @@ mod isolation;
 mod load;
 mod ops;
 mod pull;
+mod referrers;
 mod signing_tools;
 mod token_realm;
 mod upstream_auth;
