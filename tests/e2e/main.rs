@@ -20,6 +20,7 @@ mod ops;
 mod pull;
 mod referrers;
 mod signing_tools;
+mod tag_rules;
 mod token_realm;
 mod upstream_auth;
 mod upstream_faults;
