@@ -1182,6 +1182,44 @@ mod tests {
         }
     }
 
+    /// The "Pinning tags" example of docs/operations.md is a valid configuration (with the
+    /// upstreams its patterns name) and does what the text says.
+    #[test]
+    fn the_pinning_example_in_operations_is_valid() {
+        let doc = include_str!("../docs/operations.md");
+        let example = doc
+            .split("### Pinning tags")
+            .nth(1)
+            .and_then(|rest| rest.split("```toml\n").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .expect("the pinning example");
+        let s = settings(
+            &format!(
+                "{example}\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
+                 [[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n"
+            ),
+            Overrides::default(),
+        )
+        .unwrap();
+        let p = &s.tag_policy;
+        assert_eq!(
+            p.decide("docker.io", "library/alpine", "v3.20").ttl,
+            TagTtl::Never
+        );
+        assert_eq!(
+            p.decide("ghcr.io", "org/team/app", "v1.2.3").ttl,
+            TagTtl::Never
+        );
+        assert_eq!(
+            p.decide("ghcr.io", "org/app", "latest").ttl,
+            TagTtl::After(Duration::from_secs(10))
+        );
+        assert_eq!(
+            p.decide("docker.io", "library/alpine", "3.20").ttl,
+            TagTtl::After(Duration::from_secs(60))
+        );
+    }
+
     #[test]
     fn every_file_in_config_parses() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");

@@ -13,7 +13,7 @@ use crate::support::fault::{Fault, FaultAuth, FaultUpstream};
 use crate::support::http::{self, get};
 use crate::support::images::{self, sha256, Flavor, Pusher};
 use crate::support::pullgate::{Options, Pullgate};
-use crate::support::sign::{self, sig_tag, Sign, Tools};
+use crate::support::sign::{self, sig_tag, Attest, Sign, Tools};
 
 const SPDX: &str = "application/spdx+json";
 
@@ -74,6 +74,25 @@ async fn signatures_and_sboms_are_listed_and_pullable_with_the_upstream_stopped(
             },
         )
         .expect("cosign sign --registry-referrers-mode=oci-1-1");
+    // A sigstore bundle (DSSE) of an attestation: its fallback index entry says the config's
+    // type (`application/vnd.oci.empty.v1+json`); the referrers API reports the manifest's
+    // `artifactType`, and so must pullgate's synthesized answer.
+    let finished = sign::rfc3339_ago(Duration::from_secs(60));
+    tools
+        .attest_with(
+            &key,
+            &reference,
+            "vuln",
+            &sign::vuln_predicate(
+                &[sign::finding("CVE-2024-0003", "CRITICAL", "glibc")],
+                &finished,
+            ),
+            &Attest {
+                new_bundle: true,
+                ..Attest::default()
+            },
+        )
+        .expect("cosign attest --new-bundle-format");
     let sbom = tools
         .oras_attach(
             &reference,
@@ -91,7 +110,7 @@ async fn signatures_and_sboms_are_listed_and_pullable_with_the_upstream_stopped(
     let referrers = format!("{base}/v2/team/app/referrers/{digest}");
     let filtered = format!("{referrers}?artifactType=application%2Fspdx%2Bjson");
 
-    // Synthesized from the fallback index: the signature referrer and the SBOM.
+    // Synthesized from the fallback index: the signature referrer, the bundle and the SBOM.
     let all = get(&referrers).await;
     assert_eq!(
         all.status,
@@ -104,7 +123,7 @@ async fn signatures_and_sboms_are_listed_and_pullable_with_the_upstream_stopped(
     let all_index = json(&all);
     assert_eq!(all_index["mediaType"], sign::OCI_INDEX);
     let listed = digests(&all_index);
-    assert_eq!(listed.len(), 2, "{all_index}");
+    assert_eq!(listed.len(), 3, "{all_index}");
     assert!(listed.contains(&sbom), "{all_index}");
     let kinds: Vec<&str> = all_index["manifests"]
         .as_array()
@@ -112,7 +131,26 @@ async fn signatures_and_sboms_are_listed_and_pullable_with_the_upstream_stopped(
         .iter()
         .filter_map(|e| e["artifactType"].as_str())
         .collect();
-    assert!(kinds.contains(&sign::COSIGN_SIG_ARTIFACT), "{all_index}");
+    for kind in [sign::COSIGN_SIG_ARTIFACT, sign::BUNDLE_V03, SPDX] {
+        assert!(kinds.contains(&kind), "{kind}: {all_index}");
+    }
+    let bundles = get(&format!(
+        "{referrers}?artifactType=application%2Fvnd.dev.sigstore.bundle.v0.3%2Bjson"
+    ))
+    .await;
+    assert_eq!(bundles.header("oci-filters-applied"), Some("artifactType"));
+    let bundle_index = json(&bundles);
+    assert_eq!(digests(&bundle_index).len(), 1, "{bundle_index}");
+    let fallback = sign::fetch_manifest(&upstream.url(), "team/app", &sign::referrers_tag(&digest))
+        .await
+        .expect("the fallback index");
+    let raw = fallback["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["digest"] == bundle_index["manifests"][0]["digest"])
+        .expect("the bundle in the fallback index");
+    assert_eq!(raw["artifactType"], "application/vnd.oci.empty.v1+json");
 
     let only_sbom = get(&filtered).await;
     assert_eq!(only_sbom.status, 200);

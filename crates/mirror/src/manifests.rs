@@ -79,7 +79,7 @@ impl Mirror {
         )))
     }
 
-    async fn manifest_by_digest(
+    pub(crate) async fn manifest_by_digest(
         &self,
         target: &Target,
         digest: &Digest,

@@ -8,7 +8,9 @@
 //! distribution spec lets a client build itself: the image index tagged `<alg>-<hex>`
 //! (where cosign and oras put referrers on such registries), filtered by `artifactType` if
 //! asked. That index is fetched through the mirror's own manifest-by-tag path, so it is
-//! cached, revalidated and served stale like any tag, and linked to this repository only.
+//! cached, revalidated and served stale like any tag, and linked to this repository only;
+//! each entry's `artifactType` is its manifest's (read by digest, access-checked), as the
+//! referrers API would report it.
 //!
 //! Only the plain and the `artifactType`-filtered answers are cached; a request with `n`
 //! or `last` (pagination), or an answer that is paged (a `Link`), passes through as before.
@@ -85,30 +87,40 @@ pub(crate) fn fallback_tag(subject: &Digest) -> Result<Tag, MirrorError> {
     Tag::parse(&text).map_err(|e| MirrorError::internal(format!("fallback tag {text}: {e}")))
 }
 
-/// The referrers index synthesized from the fallback index's `manifests`, keeping those of
-/// `filter`'s artifact type when there is one. Descriptors are passed on as the client that
-/// pushed them wrote them (with their `artifactType` and annotations).
-fn synthesize(fallback: Option<&[u8]>, filter: Option<&str>) -> Result<Bytes, MirrorError> {
-    let manifests = match fallback {
-        None => Vec::new(),
-        Some(bytes) => {
-            let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-                MirrorError::UpstreamBadContent(format!("the referrers fallback index: {e}"))
-            })?;
-            match doc.get("manifests") {
-                Some(serde_json::Value::Array(list)) => list
-                    .iter()
-                    .filter(|d| {
-                        filter.is_none_or(|f| {
-                            d.get("artifactType").and_then(|t| t.as_str()) == Some(f)
-                        })
-                    })
-                    .cloned()
-                    .collect(),
-                _ => Vec::new(),
-            }
-        }
-    };
+/// The descriptors a fallback index lists (none if it has no `manifests` array).
+fn fallback_descriptors(bytes: &[u8]) -> Result<Vec<serde_json::Value>, MirrorError> {
+    let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        MirrorError::UpstreamBadContent(format!("the referrers fallback index: {e}"))
+    })?;
+    Ok(match doc.get("manifests") {
+        Some(serde_json::Value::Array(list)) => list.clone(),
+        _ => Vec::new(),
+    })
+}
+
+/// A referrer manifest's artifact type as the referrers API reports it: its
+/// `artifactType`, else its config's media type.
+fn artifact_type_of(manifest: &[u8]) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+    doc.get("artifactType")
+        .or_else(|| doc.get("config").and_then(|c| c.get("mediaType")))
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+}
+
+/// The referrers index built from `descriptors`, keeping those of `filter`'s artifact type
+/// when there is one. Descriptors are passed on as the client that pushed them wrote them
+/// (annotations included), with the artifact type their manifest says.
+fn synthesize(
+    descriptors: Vec<serde_json::Value>,
+    filter: Option<&str>,
+) -> Result<Bytes, MirrorError> {
+    let manifests: Vec<serde_json::Value> = descriptors
+        .into_iter()
+        .filter(|d| {
+            filter.is_none_or(|f| d.get("artifactType").and_then(|t| t.as_str()) == Some(f))
+        })
+        .collect();
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": media_types::OCI_INDEX,
@@ -118,6 +130,10 @@ fn synthesize(fallback: Option<&[u8]>, filter: Option<&str>) -> Result<Bytes, Mi
         .map(Bytes::from)
         .map_err(|e| MirrorError::internal(format!("encoding a referrers index: {e}")))
 }
+
+/// Referrer manifests read to learn their artifact type, per synthesized answer; any beyond
+/// keep the type the fallback index gives them. A subject has a handful of referrers.
+const MAX_ARTIFACT_TYPE_LOOKUPS: usize = 64;
 
 impl Mirror {
     /// `GET /v2/<name>/referrers/<digest>`: from the index while fresh, else from the
@@ -270,9 +286,16 @@ impl Mirror {
             Err(MirrorError::ManifestUnknown(_)) => (None, Source::Miss),
             Err(e) => return Err(e),
         };
+        let descriptors = match fallback {
+            Some(bytes) => {
+                self.with_artifact_types(target, fallback_descriptors(&bytes)?)
+                    .await?
+            }
+            None => Vec::new(),
+        };
         Ok(Fetched {
             record: ReferrersRecord {
-                body: synthesize(fallback.as_deref(), filter)?,
+                body: synthesize(descriptors, filter)?,
                 content_type: Some(media_types::OCI_INDEX.to_owned()),
                 filters_applied: filter.map(|_| ARTIFACT_TYPE_FILTER.to_owned()),
                 fetched_at: SystemTime::now(),
@@ -284,6 +307,42 @@ impl Mirror {
                 _ => Source::Miss,
             },
         })
+    }
+}
+
+impl Mirror {
+    /// Each descriptor's `artifactType` as its manifest says: the referrers API reports the
+    /// manifest's `artifactType` (else its config's media type), and the fallback index's
+    /// entry may differ (go-containerregistry writes the config's media type for a sigstore
+    /// bundle). Read by digest through the mirror's own path: cached, access-checked.
+    async fn with_artifact_types(
+        &self,
+        target: &Target,
+        mut descriptors: Vec<serde_json::Value>,
+    ) -> Result<Vec<serde_json::Value>, MirrorError> {
+        for d in descriptors.iter_mut().take(MAX_ARTIFACT_TYPE_LOOKUPS) {
+            let is_manifest = d
+                .get("mediaType")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| !media_types::is_index(t));
+            let digest = d
+                .get("digest")
+                .and_then(|v| v.as_str())
+                .and_then(|v| Digest::parse(v).ok());
+            let (true, Some(digest)) = (is_manifest, digest) else {
+                continue;
+            };
+            let found = match self.manifest_by_digest(target, &digest).await {
+                Ok(m) => artifact_type_of(&m.bytes),
+                // Listed but gone: the entry stays as the index wrote it.
+                Err(MirrorError::ManifestUnknown(_)) => None,
+                Err(e) => return Err(e),
+            };
+            if let (Some(t), Some(obj)) = (found, d.as_object_mut()) {
+                obj.insert("artifactType".into(), serde_json::Value::String(t));
+            }
+        }
+        Ok(descriptors)
     }
 }
 
@@ -380,21 +439,40 @@ mod tests {
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","size":2,"artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json"},
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:cc","size":3}
         ]}"#;
-        let all: serde_json::Value =
-            serde_json::from_slice(&synthesize(Some(fallback), None).unwrap()).unwrap();
+        let all: serde_json::Value = serde_json::from_slice(
+            &synthesize(fallback_descriptors(fallback).unwrap(), None).unwrap(),
+        )
+        .unwrap();
         assert_eq!(all["mediaType"], media_types::OCI_INDEX);
         assert_eq!(all["manifests"].as_array().unwrap().len(), 3);
         assert_eq!(all["manifests"][0]["annotations"]["k"], "v");
         let sboms: serde_json::Value = serde_json::from_slice(
-            &synthesize(Some(fallback), Some("application/spdx+json")).unwrap(),
+            &synthesize(
+                fallback_descriptors(fallback).unwrap(),
+                Some("application/spdx+json"),
+            )
+            .unwrap(),
         )
         .unwrap();
         let list = sboms["manifests"].as_array().unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0]["digest"], "sha256:aa");
         let none: serde_json::Value =
-            serde_json::from_slice(&synthesize(None, Some("x/y")).unwrap()).unwrap();
+            serde_json::from_slice(&synthesize(Vec::new(), Some("x/y")).unwrap()).unwrap();
         assert_eq!(none["manifests"], serde_json::json!([]));
-        assert!(synthesize(Some(b"not json"), None).is_err());
+        assert!(fallback_descriptors(b"not json").is_err());
+        assert_eq!(
+            fallback_descriptors(b"{}").unwrap(),
+            Vec::<serde_json::Value>::new()
+        );
+        assert_eq!(
+            artifact_type_of(br#"{"artifactType":"a/b","config":{"mediaType":"c/d"}}"#).as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(
+            artifact_type_of(br#"{"config":{"mediaType":"c/d"}}"#).as_deref(),
+            Some("c/d")
+        );
+        assert_eq!(artifact_type_of(b"[]"), None);
     }
 }
