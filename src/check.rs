@@ -6,8 +6,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::{anyhow, bail, Result};
 use pullgate_auth::Scheme;
 use pullgate_credentials::SecretSource;
+use pullgate_mirror::TagTtl;
+use pullgate_oci::{RepoName, Tag};
 use pullgate_server::Tls;
 use toml::{Table, Value};
 
@@ -51,7 +54,7 @@ pub fn render(s: &Settings) -> String {
 
     let mut cache = Table::new();
     cache.insert("dir".into(), path(&s.cache_dir));
-    cache.insert("tag_ttl".into(), dur(s.tag_ttl).into());
+    cache.insert("tag_ttl".into(), dur(s.tag_policy.default_ttl()).into());
     if let Some(l) = &s.cache_limits {
         cache.insert("max_size".into(), format_size(l.max_bytes()).into());
         cache.insert("high_watermark".into(), l.high().into());
@@ -63,6 +66,21 @@ pub fn render(s: &Settings) -> String {
         (s.max_fills_per_client as i64).into(),
     );
     cache.insert("negative_ttl".into(), dur(s.negative_ttl).into());
+    let rules: Vec<Value> = s
+        .tag_policy
+        .rules()
+        .iter()
+        .map(|r| {
+            let mut t = Table::new();
+            let images = r.images.iter().map(|p| Value::from(p.as_str()));
+            t.insert("images".into(), Value::Array(images.collect()));
+            t.insert("ttl".into(), ttl(r.ttl).into());
+            Value::Table(t)
+        })
+        .collect();
+    if !rules.is_empty() {
+        cache.insert("tag_rule".into(), Value::Array(rules));
+    }
     doc.insert("cache".into(), Value::Table(cache));
 
     let upstreams = s
@@ -243,6 +261,138 @@ pub fn files(s: &Settings) -> Vec<String> {
     out
 }
 
+/// How a tag rule's TTL is written in the file.
+fn ttl(t: TagTtl) -> String {
+    match t {
+        TagTtl::Never => crate::units::tag_ttl::NEVER.to_owned(),
+        TagTtl::After(d) => dur(d),
+    }
+}
+
+fn ttl_words(t: TagTtl) -> String {
+    match t {
+        TagTtl::Never => "never revalidated (pinned)".to_owned(),
+        TagTtl::After(d) => format!("revalidated after {}", dur(d)),
+    }
+}
+
+/// An image as a user names it to the mirror (`alpine:3.20`, `ghcr.io/org/app:1.0`,
+/// `registry.local:5000/x/y`), resolved as the mirror routes a request (`route.rs`): a
+/// host-like first component naming a configured upstream, else the default upstream,
+/// with Docker Hub's `library/`; no tag means `latest`. Returns (upstream, repository, tag).
+pub fn resolve_image(s: &Settings, image: &str) -> Result<(String, String, String)> {
+    let (name, tag) = match image.rsplit_once('/') {
+        Some((head, last)) => match last.split_once(':') {
+            Some((l, t)) => (format!("{head}/{l}"), t),
+            None => (image.to_owned(), "latest"),
+        },
+        None => match image.split_once(':') {
+            Some((n, t)) => (n.to_owned(), t),
+            None => (image.to_owned(), "latest"),
+        },
+    };
+    if name.contains('@') {
+        bail!("{image:?}: a digest reference has no tag to decide for");
+    }
+    let tag = Tag::parse(tag).map_err(|e| anyhow!("{image:?}: tag {tag:?}: {e}"))?;
+    let default = s
+        .upstreams
+        .first()
+        .ok_or_else(|| anyhow!("no upstream is configured"))?;
+    let (first, rest) = name.split_once('/').unwrap_or((&name, ""));
+    let host_like = first.contains('.') || first.contains(':') || first == "localhost";
+    let is_hub = |u: &crate::config::UpstreamSettings| {
+        u.name.is(pullgate_oci::DOCKER_HUB)
+            || u.url
+                .split("://")
+                .nth(1)
+                .and_then(|r| r.split(['/', ':']).next())
+                .is_some_and(pullgate_oci::is_docker_hub)
+    };
+    let (upstream, repo) = if host_like && !rest.is_empty() {
+        let u = s
+            .upstreams
+            .iter()
+            .find(|u| u.name.is(first) || (is_hub(u) && pullgate_oci::is_docker_hub(first)))
+            .ok_or_else(|| anyhow!("{image:?}: no upstream is configured for {first}"))?;
+        (
+            u,
+            RepoName::parse(rest).map_err(|e| anyhow!("{image:?}: {e}"))?,
+        )
+    } else {
+        let repo = RepoName::parse(&name).map_err(|e| anyhow!("{image:?}: {e}"))?;
+        (default, repo)
+    };
+    let repo = if is_hub(upstream) && repo.is_single_component() {
+        repo.with_prefix("library")
+            .map_err(|e| anyhow!("{image:?}: {e}"))?
+    } else {
+        repo
+    };
+    Ok((
+        upstream.name.to_string(),
+        repo.as_str().to_owned(),
+        tag.as_str().to_owned(),
+    ))
+}
+
+/// What the tag rules decide, as comment lines (the output stays a valid configuration):
+/// each rule with its patterns and an example each pattern matches, saying when an earlier
+/// rule takes that example first (the pattern is shadowed there); then, for each `--tag`
+/// image, the rule that matches it and the TTL it gets.
+pub fn tag_policy_report(s: &Settings, images: &[String]) -> Result<String> {
+    let policy = &s.tag_policy;
+    let mut out = String::new();
+    let default = format!(
+        "cache.tag_ttl, {}",
+        ttl_words(TagTtl::After(policy.default_ttl()))
+    );
+    if !policy.rules().is_empty() {
+        out.push_str(&format!(
+            "# [[cache.tag_rule]], first match wins; a tag no rule matches: {default}\n"
+        ));
+    }
+    for (i, rule) in policy.rules().iter().enumerate() {
+        out.push_str(&format!("# rule {}: {}\n", i + 1, ttl_words(rule.ttl)));
+        for p in &rule.images {
+            let example = p.as_str().replace("**", "x").replace('*', "x");
+            let mut line = format!("#   {p}  (e.g. {example}");
+            if let Some((u, r, t)) = split_reference(&example) {
+                if let Some((j, by)) = policy.decide(u, r, t).rule {
+                    if j != i {
+                        line.push_str(&format!(
+                            ": taken first by rule {} ({by}), so {}",
+                            j + 1,
+                            ttl_words(policy.rules()[j].ttl)
+                        ));
+                    }
+                }
+            }
+            line.push_str(")\n");
+            out.push_str(&line);
+        }
+    }
+    for image in images {
+        let (u, r, t) = resolve_image(s, image)?;
+        let d = policy.decide(&u, &r, &t);
+        let why = match d.rule {
+            Some((j, p)) => format!("rule {} ({p}), {}", j + 1, ttl_words(d.ttl)),
+            None => format!("no rule matches: {default}"),
+        };
+        out.push_str(&format!("# --tag {image} is {u}/{r}:{t}: {why}\n"));
+    }
+    Ok(out)
+}
+
+/// `<upstream>/<repository>:<tag>` split as a tag rule pattern is.
+fn split_reference(text: &str) -> Option<(&str, &str, &str)> {
+    let (head, last) = text.rsplit_once('/')?;
+    let (upstream, _) = head.split_once('/').unwrap_or((head, ""));
+    let colon = head.len() + 1 + last.find(':')?;
+    let repo = text.get(upstream.len() + 1..colon)?;
+    Some((upstream, repo, text.get(colon + 1..)?))
+}
+
 fn dur(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
@@ -253,4 +403,94 @@ fn nets(n: &[pullgate_server::IpNet]) -> Value {
 
 fn path(p: &Path) -> Value {
     p.display().to_string().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{FileConfig, Overrides};
+
+    fn settings(text: &str) -> crate::config::Settings {
+        FileConfig::parse(text)
+            .and_then(|c| c.into_settings(Overrides::default()))
+            .unwrap()
+    }
+
+    const RULES: &str = "[cache]\ntag_ttl = \"1m\"\n\
+        [[cache.tag_rule]]\nimages = [\"docker.io/library/*:v*\"]\nttl = \"never\"\n\
+        [[cache.tag_rule]]\nimages = [\"docker.io/library/alpine:*\", \"ghcr.io/org/**\"]\nttl = \"10m\"\n\
+        [[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
+        [[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n\
+        [[upstream]]\nname = \"registry.local:5000\"\nurl = \"http://127.0.0.1:5001\"\n";
+
+    #[test]
+    fn images_resolve_as_the_mirror_routes_them() {
+        let s = settings(RULES);
+        for (image, want) in [
+            ("alpine", ("docker.io", "library/alpine", "latest")),
+            ("alpine:3.20", ("docker.io", "library/alpine", "3.20")),
+            ("docker.io/alpine:v1", ("docker.io", "library/alpine", "v1")),
+            ("index.docker.io/team/app:1", ("docker.io", "team/app", "1")),
+            ("ghcr.io/org/app:1.0", ("ghcr.io", "org/app", "1.0")),
+            (
+                "registry.local:5000/x/y:v2",
+                ("registry.local:5000", "x/y", "v2"),
+            ),
+            (
+                "registry.local:5000/x/y",
+                ("registry.local:5000", "x/y", "latest"),
+            ),
+            ("team/app:v1", ("docker.io", "team/app", "v1")),
+        ] {
+            let (u, r, t) = super::resolve_image(&s, image).unwrap();
+            assert_eq!((u.as_str(), r.as_str(), t.as_str()), want, "{image}");
+        }
+        for bad in ["quay.io/x/y:1", "alpine:", "Alpine:1", "alpine@sha256:00"] {
+            assert!(super::resolve_image(&s, bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Which rule decides each `--tag` image, and a pattern an earlier rule shadows.
+    #[test]
+    fn the_report_names_the_rule_for_each_image() {
+        let s = settings(RULES);
+        let images: Vec<String> = [
+            "alpine:v3.20",
+            "alpine:3.20",
+            "ghcr.io/org/a/b:x",
+            "nginx:1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let report = super::tag_policy_report(&s, &images).unwrap();
+        let want = [
+            "# [[cache.tag_rule]], first match wins; a tag no rule matches: cache.tag_ttl, revalidated after 1m",
+            "# rule 1: never revalidated (pinned)",
+            "#   docker.io/library/*:v*  (e.g. docker.io/library/x:vx)",
+            "# rule 2: revalidated after 10m",
+            "#   docker.io/library/alpine:*  (e.g. docker.io/library/alpine:x)",
+            "#   ghcr.io/org/**  (e.g. ghcr.io/org/x)",
+            "# --tag alpine:v3.20 is docker.io/library/alpine:v3.20: rule 1 (docker.io/library/*:v*), never revalidated (pinned)",
+            "# --tag alpine:3.20 is docker.io/library/alpine:3.20: rule 2 (docker.io/library/alpine:*), revalidated after 10m",
+            "# --tag ghcr.io/org/a/b:x is ghcr.io/org/a/b:x: rule 2 (ghcr.io/org/**), revalidated after 10m",
+            "# --tag nginx:1 is docker.io/library/nginx:1: no rule matches: cache.tag_ttl, revalidated after 1m",
+        ];
+        assert_eq!(report.lines().collect::<Vec<_>>(), want, "{report}");
+
+        // A pattern whose example an earlier rule takes first says so.
+        let shadowed = settings(
+            "[[cache.tag_rule]]\nimages = [\"docker.io/**\"]\nttl = \"1h\"\n\
+             [[cache.tag_rule]]\nimages = [\"docker.io/library/*:v*\"]\nttl = \"never\"\n",
+        );
+        let report = super::tag_policy_report(&shadowed, &[]).unwrap();
+        assert!(
+            report.contains(
+                "#   docker.io/library/*:v*  (e.g. docker.io/library/x:vx: taken first by rule 1 (docker.io/**), so revalidated after 1h)"
+            ),
+            "{report}"
+        );
+        // No rules, no tags: nothing to say.
+        assert_eq!(super::tag_policy_report(&settings(""), &[]).unwrap(), "");
+        assert!(super::tag_policy_report(&s, &["quay.io/x:1".into()]).is_err());
+    }
 }

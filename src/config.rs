@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use pullgate_auth::{Rule, Scheme, ThrottleConfig};
-use pullgate_mirror::{ImagePattern, Platforms, PrefetchRule};
-use pullgate_oci::UpstreamId;
+use pullgate_mirror::{Platforms, PrefetchRule, TagPolicy, TagRule, TagTtl};
+use pullgate_oci::{ImagePattern, UpstreamId};
 use pullgate_server::{IpNet, RealmUrl, TlsFiles};
 use pullgate_store::Limits;
 use serde::de::{Deserializer, Error as _};
@@ -177,10 +177,28 @@ pub struct CacheSection {
     /// How long an upstream's "unknown" for a digest is remembered (default `"5s"`; `"0s"`: off).
     #[serde(default, with = "units::duration::option")]
     pub negative_ttl: Option<Duration>,
+    /// Per-image tag TTLs, first match wins; `tag_ttl` for tags no rule matches.
+    #[serde(default)]
+    pub tag_rule: Vec<TagRuleSection>,
 }
 
 /// The least `max_bandwidth` accepted, in bytes per second.
 const MIN_BANDWIDTH: u64 = 64 * 1024;
+/// `[[cache.tag_rule]]`: how long tags matching `images` are trusted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagRuleSection {
+    /// `<upstream>/<repository>:<tag>` patterns: `docker.io/library/*:v*`.
+    pub images: Vec<String>,
+    /// `"never"` (pinned: never revalidated once cached) or a duration.
+    #[serde(with = "units::tag_ttl")]
+    pub ttl: TagTtl,
+}
+
+/// Rules and patterns are read on every tag lookup that misses the fresh path; a few
+/// hundred is far more than a hand-written file has.
+pub const MAX_TAG_RULES: usize = 256;
+pub const MAX_TAG_RULE_PATTERNS: usize = 64;
 
 pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
 pub const DEFAULT_LOW_WATERMARK: f64 = 0.85;
@@ -279,7 +297,8 @@ pub struct Settings {
     pub connection_limit_exempt: Vec<IpNet>,
     pub trusted_proxies: Vec<IpNet>,
     pub cache_dir: PathBuf,
-    pub tag_ttl: Duration,
+    /// `cache.tag_ttl` with the `[[cache.tag_rule]]`s.
+    pub tag_policy: TagPolicy,
     /// `None`: unbounded.
     pub cache_limits: Option<Limits>,
     pub max_blob_size: u64,
@@ -405,6 +424,7 @@ impl FileConfig {
             })
             .collect::<Result<Vec<_>>>()?;
         let cache_limits = cache_limits(&self.cache)?;
+        let tag_policy = tag_policy(self.cache.tag_ttl, self.cache.tag_rule, &upstreams)?;
         Ok(Settings {
             cache_limits,
             auth,
@@ -437,7 +457,7 @@ impl FileConfig {
             )?,
             trusted_proxies: networks("server.trusted_proxies", &self.server.trusted_proxies)?,
             cache_dir: o.cache_dir.unwrap_or(self.cache.dir),
-            tag_ttl: self.cache.tag_ttl,
+            tag_policy,
             max_blob_size: match self.cache.max_blob_size.map(ByteSize::bytes) {
                 None => pullgate_upstream::DEFAULT_MAX_BLOB_SIZE,
                 Some(0) => bail!("cache.max_blob_size must be more than 0"),
@@ -466,7 +486,7 @@ fn prefetch_rule(p: PrefetchSection, upstreams: &[UpstreamSettings]) -> Result<P
     let images = p
         .images
         .iter()
-        .map(|i| ImagePattern::parse(i).context("images"))
+        .map(|i| pullgate_mirror::ImagePattern::parse(i).context("images"))
         .collect::<Result<Vec<_>>>()?;
     for i in &images {
         // As a request would be routed: a host must be a configured upstream.
@@ -621,6 +641,44 @@ fn auth_settings(
     })
 }
 
+fn tag_policy(
+    tag_ttl: Duration,
+    rules: Vec<TagRuleSection>,
+    upstreams: &[UpstreamSettings],
+) -> Result<TagPolicy> {
+    if rules.len() > MAX_TAG_RULES {
+        bail!(
+            "[[cache.tag_rule]]: {} rules; at most {MAX_TAG_RULES}",
+            rules.len()
+        );
+    }
+    let mut out = Vec::with_capacity(rules.len());
+    for (i, r) in rules.into_iter().enumerate() {
+        let n = i + 1;
+        if r.images.is_empty() || r.images.len() > MAX_TAG_RULE_PATTERNS {
+            bail!(
+                "[[cache.tag_rule]] {n}: images needs between 1 and {MAX_TAG_RULE_PATTERNS} patterns"
+            );
+        }
+        let mut images = Vec::with_capacity(r.images.len());
+        for p in &r.images {
+            let pattern = ImagePattern::parse(p)
+                .with_context(|| format!("[[cache.tag_rule]] {n}: images"))?;
+            if !upstreams
+                .iter()
+                .any(|u| pullgate_oci::host_matches(pattern.upstream(), u.name.as_str()))
+            {
+                bail!(
+                    "[[cache.tag_rule]] {n}: pattern {p:?} must start with a configured upstream name"
+                );
+            }
+            images.push(pattern);
+        }
+        out.push(TagRule { images, ttl: r.ttl });
+    }
+    Ok(TagPolicy::new(tag_ttl, out))
+}
+
 fn cache_limits(c: &CacheSection) -> Result<Option<Limits>> {
     let Some(max) = c.max_size else {
         if c.high_watermark.is_some() || c.low_watermark.is_some() {
@@ -666,7 +724,7 @@ mod tests {
             .unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(s.cache_dir, PathBuf::from("./pullgate-data"));
-        assert_eq!(s.tag_ttl, Duration::from_secs(60));
+        assert_eq!(s.tag_policy.default_ttl(), Duration::from_secs(60));
         assert_eq!(s.upstreams.len(), 1);
         assert_eq!(s.upstreams[0].name.as_str(), "docker.io");
         assert_eq!(s.upstreams[0].url, "https://registry-1.docker.io");
@@ -802,7 +860,7 @@ mod tests {
         let names: Vec<_> = s.upstreams.iter().map(|u| u.name.to_string()).collect();
         assert_eq!(names, ["ghcr.io"]);
         // Everything else is the embedded default's.
-        assert_eq!(s.tag_ttl, Duration::from_secs(60));
+        assert_eq!(s.tag_policy.default_ttl(), Duration::from_secs(60));
         assert_eq!(s.header_read_timeout, Duration::from_secs(30));
 
         // Without the flags, the embedded default's listen address and cache directory.
@@ -825,7 +883,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(s.cache_limits.map(|l| l.max_bytes()), Some(10 << 30));
         assert_eq!(s.cache_dir, PathBuf::from("./pullgate-data"));
-        assert_eq!(s.tag_ttl, Duration::from_secs(60));
+        assert_eq!(s.tag_policy.default_ttl(), Duration::from_secs(60));
         assert_eq!(s.upstreams.len(), 1);
         assert_eq!(s.upstreams[0].name.to_string(), "docker.io");
         assert_eq!(s.upstreams[0].url, "http://127.0.0.1:5001");
@@ -848,12 +906,12 @@ mod tests {
         assert_eq!(s.max_connections, 10);
         assert_eq!(s.listen.to_string(), "127.0.0.1:5000");
         let s = settings("[cache]\ntag_ttl = \"5m\"\n", Overrides::default()).unwrap();
-        assert_eq!(s.tag_ttl, Duration::from_secs(300));
+        assert_eq!(s.tag_policy.default_ttl(), Duration::from_secs(300));
         assert_eq!(s.cache_dir, PathBuf::from("./pullgate-data"));
         // A file's own value wins over the embedded default's.
         let s = settings("[cache]\ndir = \"/c\"\n", Overrides::default()).unwrap();
         assert_eq!(
-            (s.cache_dir, s.tag_ttl),
+            (s.cache_dir, s.tag_policy.default_ttl()),
             ("/c".into(), Duration::from_secs(60))
         );
         // Sub-tables merge too: TLS alone keeps the default listen address.
@@ -906,7 +964,7 @@ mod tests {
         assert_eq!(s.listen, "[::1]:5001".parse::<SocketAddr>().unwrap());
         assert_eq!(s.idle_timeout, Duration::from_secs(5400));
         assert_eq!(s.cache_limits.map(|l| l.max_bytes()), Some(1 << 20));
-        assert_eq!(s.tag_ttl, Duration::from_secs(90));
+        assert_eq!(s.tag_policy.default_ttl(), Duration::from_secs(90));
         assert_eq!(s.upstreams[0].name, UpstreamId::parse("docker.io").unwrap());
         assert_eq!(s.upstreams[0].url, "https://x");
         assert_eq!(s.upstreams[0].read_timeout, Duration::from_secs(120));
@@ -1149,13 +1207,14 @@ mod tests {
             ("upstream", serde_introspect::<UpstreamSection>()),
             ("auth", serde_introspect::<AuthSection>()),
             ("auth.rule", serde_introspect::<RuleSection>()),
+            ("cache.tag_rule", serde_introspect::<TagRuleSection>()),
             ("audit", serde_introspect::<AuditSection>()),
             ("prefetch", serde_introspect::<PrefetchSection>()),
         ]
         .iter()
         .flat_map(|(section, fields)| fields.iter().map(move |f| format!("{section}.{f}")))
         // Sub-tables are documented as sections of their own.
-        .filter(|k| k != "server.tls" && k != "auth.rule")
+        .filter(|k| k != "server.tls" && k != "auth.rule" && k != "cache.tag_rule")
         .collect();
         let top: Vec<&str> = serde_introspect::<FileConfig>().to_vec();
         assert_eq!(
@@ -1276,6 +1335,108 @@ mod tests {
             checked.push(key);
         }
         assert!(checked.len() >= 20, "{checked:?}");
+    }
+
+    #[test]
+    fn tag_rules_in_order_with_never_or_a_duration() {
+        let s = settings(
+            "[cache]\ntag_ttl = \"2m\"\n\
+             [[cache.tag_rule]]\nimages = [\"docker.io/library/*:v*\"]\nttl = \"never\"\n\
+             [[cache.tag_rule]]\nimages = [\"docker.io/**:latest\", \"index.docker.io/team/*\"]\nttl = \"10s\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        let p = &s.tag_policy;
+        assert_eq!(p.default_ttl(), Duration::from_secs(120));
+        assert_eq!(p.rules().len(), 2);
+        assert_eq!(p.rules()[0].ttl, TagTtl::Never);
+        assert_eq!(p.rules()[1].ttl, TagTtl::After(Duration::from_secs(10)));
+        assert_eq!(
+            p.decide("docker.io", "library/alpine", "v3").ttl,
+            TagTtl::Never
+        );
+        assert_eq!(
+            p.decide("docker.io", "team/app", "1.0").ttl,
+            TagTtl::After(Duration::from_secs(10))
+        );
+        assert_eq!(
+            p.decide("docker.io", "library/alpine", "3.20").ttl,
+            TagTtl::After(Duration::from_secs(120))
+        );
+        // check-config prints them back as rules that read the same.
+        let printed = crate::check::render(&s);
+        assert!(printed.contains("[[cache.tag_rule]]"), "{printed}");
+        let again = FileConfig::parse(&printed)
+            .and_then(|c| c.into_settings(Overrides::default()))
+            .unwrap();
+        assert_eq!(again.tag_policy, s.tag_policy);
+
+        for (bad, says) in [
+            (
+                "images = [\"docker.io/library/*\"]\nttl = \"forever\"",
+                "neither \"never\"",
+            ),
+            ("images = []\nttl = \"never\"", "between 1 and"),
+            (
+                "images = [\"quay.io/x/*\"]\nttl = \"never\"",
+                "configured upstream",
+            ),
+            (
+                "images = [\"alpine:v1\"]\nttl = \"never\"",
+                "<upstream>/<repository>",
+            ),
+            (
+                "images = [\"docker.io/x:a/b\"]\nttl = \"1h\"",
+                "docker.io/x:a/b",
+            ),
+            ("image = [\"docker.io/x\"]\nttl = \"1h\"", "unknown field"),
+            ("images = [\"docker.io/x\"]", "missing field `ttl`"),
+        ] {
+            let e = settings(
+                &format!("[[cache.tag_rule]]\n{bad}\n"),
+                Overrides::default(),
+            )
+            .expect_err(bad);
+            assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
+        }
+    }
+
+    /// The "Pinning tags" example of docs/operations.md is a valid configuration (with the
+    /// upstreams its patterns name) and does what the text says.
+    #[test]
+    fn the_pinning_example_in_operations_is_valid() {
+        let doc = include_str!("../docs/operations.md");
+        let example = doc
+            .split("### Pinning tags")
+            .nth(1)
+            .and_then(|rest| rest.split("```toml\n").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .expect("the pinning example");
+        let s = settings(
+            &format!(
+                "{example}\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
+                 [[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n"
+            ),
+            Overrides::default(),
+        )
+        .unwrap();
+        let p = &s.tag_policy;
+        assert_eq!(
+            p.decide("docker.io", "library/alpine", "v3.20").ttl,
+            TagTtl::Never
+        );
+        assert_eq!(
+            p.decide("ghcr.io", "org/team/app", "v1.2.3").ttl,
+            TagTtl::Never
+        );
+        assert_eq!(
+            p.decide("ghcr.io", "org/app", "latest").ttl,
+            TagTtl::After(Duration::from_secs(10))
+        );
+        assert_eq!(
+            p.decide("docker.io", "library/alpine", "3.20").ttl,
+            TagTtl::After(Duration::from_secs(60))
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ enum Command {
     Serve(ConfigArgs),
     /// Validate a configuration and print the effective settings (secret paths, never
     /// secret values). Exits non-zero if the configuration is invalid.
-    CheckConfig(ConfigArgs),
+    CheckConfig(CheckArgs),
     /// Inspect and maintain the cache, with the server stopped (a running server holds the
     /// cache's lock, and these commands then fail saying so).
     #[command(subcommand)]
@@ -79,6 +79,16 @@ struct ConfigArgs {
     /// its name, when the file has no [[upstream]]).
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Also print which [[cache.tag_rule]] decides this image's tags, and the TTL it gets
+    /// (as a user names it to the mirror: alpine:3.20, ghcr.io/org/app:v1). Repeatable.
+    #[arg(long = "tag", value_name = "IMAGE")]
+    tags: Vec<String>,
 }
 
 impl ConfigArgs {
@@ -111,7 +121,7 @@ fn main() -> Result<()> {
                 .context("starting the async runtime")?
                 .block_on(serve(settings))
         }
-        Command::CheckConfig(args) => {
+        Command::CheckConfig(CheckArgs { config: args, tags }) => {
             let source = args.config.as_ref().map_or_else(
                 || "the embedded default".to_owned(),
                 |p| format!("{} over the embedded default", p.display()),
@@ -121,7 +131,9 @@ fn main() -> Result<()> {
                 eprintln!("{line}");
             }
             println!("# pullgate check-config: {source} is valid; effective settings:");
+            let report = check::tag_policy_report(&settings, &tags)?;
             print!("{}", check::render(&settings));
+            print!("{report}");
             Ok(())
         }
         Command::Warm(args) => warm::run(args),
@@ -193,7 +205,7 @@ async fn serve(s: Settings) -> Result<()> {
         upstreams,
         store.clone(),
         MirrorConfig {
-            tag_ttl: s.tag_ttl,
+            tags: s.tag_policy.clone(),
             max_fills_per_client: s.max_fills_per_client,
             negative_ttl: s.negative_ttl,
         },

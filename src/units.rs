@@ -185,6 +185,42 @@ pub mod duration {
     }
 }
 
+/// A tag rule's `ttl`: `"never"` (pinned), or a duration as [`duration`] reads it.
+pub mod tag_ttl {
+    use std::fmt;
+
+    use pullgate_mirror::TagTtl;
+    use serde::de::{self, Deserializer, Visitor};
+
+    /// How a pinned tag is written, in the file and by `check-config`.
+    pub const NEVER: &str = "never";
+
+    struct TtlVisitor;
+
+    impl Visitor<'_> for TtlVisitor {
+        type Value = TagTtl;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("\"never\" or a duration such as \"30s\", \"5m\" or \"1h 30m\"")
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<TagTtl, E> {
+            if text == NEVER {
+                return Ok(TagTtl::Never);
+            }
+            humantime::parse_duration(text)
+                .map(TagTtl::After)
+                .map_err(|e| {
+                    E::custom(format!(
+                        "{text:?} is neither \"never\" nor a duration such as \"30s\": {e}"
+                    ))
+                })
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TagTtl, D::Error> {
+        d.deserialize_str(TtlVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -2,9 +2,6 @@
 
 use pullgate_oci::host_matches;
 
-/// Rule patterns are `pullgate-oci`'s, shared with the trust policy.
-pub(crate) use pullgate_oci::pattern_matches;
-
 use crate::Access;
 
 /// What one secret entry's key grants.
@@ -69,6 +66,9 @@ pub(crate) fn grant_for(
         prefix: path.map(str::to_owned),
     })
 }
+
+/// A rule pattern against `<upstream>/<repo>`: the one syntax, in `pullgate-oci`.
+pub(crate) use pullgate_oci::repo_pattern_matches as pattern_matches;
 
 #[cfg(test)]
 mod tests {

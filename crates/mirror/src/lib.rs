@@ -2,8 +2,10 @@
 //! answer it from the cache or from the right upstream, caching what passes through.
 //!
 //! What it does: picks the upstream ([`Mirror::route`]: `?ns=`, path prefix, default),
-//! keeps tags fresh (served from the index for `tag_ttl`, then revalidated with a cheap
-//! `HEAD`, served stale when the upstream is down), makes exactly one upstream request per
+//! keeps tags fresh (served from the index for `tag_ttl` or the first matching tag rule's
+//! TTL, pinned tags for ever, then revalidated with a cheap `HEAD`, served stale when the
+//! upstream is down), caches referrers answers the same way (synthesized from the
+//! `sha256-<hex>` tag where the upstream has no referrers API), makes exactly one upstream request per
 //! missing digest however many clients ask (fills), and checks that a repository may see a
 //! cached digest before serving it under that repository's name.
 //!
@@ -18,7 +20,9 @@ mod blobs;
 mod error;
 mod manifests;
 mod negative;
+mod policy;
 mod prefetch;
+mod referrers;
 mod route;
 mod stats;
 
@@ -26,13 +30,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pullgate_oci::{Digest, RepoName, UpstreamId};
-use pullgate_store::{Store, TagKey};
+use pullgate_store::{ReferrersKey, Store, TagKey};
 use pullgate_upstream::Upstream;
 use tokio_util::task::TaskTracker;
 
 pub use blobs::{BlobResponse, ClientId};
 pub use error::MirrorError;
 pub use manifests::ManifestResponse;
+pub use policy::{Decision, TagPolicy, TagRule, TagTtl};
 pub use prefetch::{
     glob_match, ImagePattern, PatternError, Platforms, PrefetchRule, TagPattern,
     MAX_TAGS_PER_PATTERN,
@@ -80,8 +85,9 @@ impl Source {
 
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
-    /// How long a tag is served from the index before it is revalidated upstream.
-    pub tag_ttl: Duration,
+    /// How long a tag (or a referrers answer) is served from the index before it is
+    /// revalidated upstream: the first matching `[[cache.tag_rule]]`, else `tag_ttl`.
+    pub tags: TagPolicy,
     /// Fills one client (user, or address when anonymous) may have started and still
     /// under way; joining a fill someone else started does not count.
     pub max_fills_per_client: usize,
@@ -93,7 +99,7 @@ pub struct MirrorConfig {
 impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
-            tag_ttl: Duration::from_secs(60),
+            tags: TagPolicy::uniform(Duration::from_secs(60)),
             max_fills_per_client: DEFAULT_MAX_FILLS_PER_CLIENT,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
         }
@@ -138,6 +144,7 @@ pub struct Mirror {
     manifest_flights:
         Flights<(UpstreamId, RepoName, Digest), Result<manifests::Stored, MirrorError>>,
     tag_flights: Flights<TagKey, Result<(manifests::Stored, Source), MirrorError>>,
+    referrers_flights: Flights<ReferrersKey, Result<referrers::Fetched, MirrorError>>,
     fills: blobs::Fills,
     negative: negative::Negative,
     /// Owns fills and manifest fetches (they outlive the request that started them).
@@ -157,6 +164,7 @@ impl Mirror {
             stats,
             manifest_flights: Flights::owned_by(tasks.clone()),
             tag_flights: Flights::owned_by(tasks.clone()),
+            referrers_flights: Flights::new(),
             fills: blobs::Fills::default(),
             tasks,
         }
@@ -241,23 +249,6 @@ impl Mirror {
             .await
     }
 
-    /// `GET /v2/<name>/referrers/<digest>`, passed to the upstream.
-    pub async fn referrers(
-        &self,
-        target: &Target,
-        digest: &Digest,
-        query: &str,
-    ) -> Result<PassthroughResponse, MirrorError> {
-        let suffix = with_query(&format!("referrers/{digest}"), query);
-        self.passthrough(
-            target,
-            &suffix,
-            Some(pullgate_oci::media_types::OCI_INDEX),
-            Wanted::Manifest,
-        )
-        .await
-    }
-
     async fn passthrough(
         &self,
         target: &Target,
@@ -265,11 +256,22 @@ impl Mirror {
         accept: Option<&str>,
         wanted: Wanted,
     ) -> Result<PassthroughResponse, MirrorError> {
+        self.passthrough_upstream(target, suffix, accept)
+            .await
+            .map_err(|e| MirrorError::from_upstream(e, wanted))
+    }
+
+    /// The upstream's answer with its error as the upstream crate classified it.
+    pub(crate) async fn passthrough_upstream(
+        &self,
+        target: &Target,
+        suffix: &str,
+        accept: Option<&str>,
+    ) -> Result<PassthroughResponse, pullgate_upstream::UpstreamError> {
         let p = target
             .upstream
             .get_passthrough(&target.repo, suffix, accept)
-            .await
-            .map_err(|e| MirrorError::from_upstream(e, wanted))?;
+            .await?;
         // The upstream's Link names its own repository path; point it back at the name the
         // client used, so the next page goes through the same route.
         let link = p.link.map(|l| {

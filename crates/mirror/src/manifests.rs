@@ -87,7 +87,7 @@ impl Mirror {
         )))
     }
 
-    async fn manifest_by_digest(
+    pub(crate) async fn manifest_by_digest(
         &self,
         target: &Target,
         digest: &Digest,
@@ -127,7 +127,7 @@ impl Mirror {
         Ok(stored.respond(Source::Miss))
     }
 
-    async fn manifest_by_tag(
+    pub(crate) async fn manifest_by_tag(
         &self,
         target: &Target,
         tag: &Tag,
@@ -139,7 +139,14 @@ impl Mirror {
         };
         let record = self.store.tag(&key)?;
         if let Some(rec) = &record {
-            if is_fresh(rec, self.config.tag_ttl) {
+            let fresh = self.config.tags.is_fresh(
+                target.upstream_name(),
+                target.repo.as_str(),
+                tag.as_str(),
+                rec.fetched_at,
+                SystemTime::now(),
+            );
+            if fresh {
                 if let Some(found) = self.cached_manifest(&rec.digest, Source::Hit).await? {
                     Stats::inc(&self.stats.manifest_hits);
                     return Ok(found);
@@ -218,13 +225,6 @@ impl Mirror {
             source,
         }))
     }
-}
-
-fn is_fresh(rec: &TagRecord, ttl: std::time::Duration) -> bool {
-    SystemTime::now()
-        .duration_since(rec.fetched_at)
-        .map(|age| age < ttl)
-        .unwrap_or(false)
 }
 
 /// Ask the upstream what the tag points at now (HEAD: cheap, and not counted against

@@ -9,7 +9,12 @@ use pullgate_upstream::{ErrorKind, Upstream};
 pub struct Stats {
     pub manifest_hits: AtomicU64,
     pub manifest_misses: AtomicU64,
+    /// Tags and referrers answers served stale.
     pub stale_served: AtomicU64,
+    /// Referrers answers served from the index while fresh.
+    pub referrers_hits: AtomicU64,
+    /// Referrers answers asked of the upstream (or synthesized from its fallback tag).
+    pub referrers_misses: AtomicU64,
     pub blob_hits: AtomicU64,
     pub blob_misses: AtomicU64,
     pub fills_started: AtomicU64,
@@ -35,6 +40,8 @@ impl Default for Stats {
             manifest_hits: AtomicU64::new(0),
             manifest_misses: AtomicU64::new(0),
             stale_served: AtomicU64::new(0),
+            referrers_hits: AtomicU64::new(0),
+            referrers_misses: AtomicU64::new(0),
             blob_hits: AtomicU64::new(0),
             blob_misses: AtomicU64::new(0),
             fills_started: AtomicU64::new(0),

@@ -6,8 +6,8 @@
 //! [`Challenge`] (`WWW-Authenticate` parsing), [`ByteRange`] (single-range `Range` headers),
 //! [`ManifestInfo`] (what a manifest is and which descriptors it names), and registry host
 //! names ([`canonical_host`]: Docker Hub's aliases are one registry), an upstream's identity
-//! ([`UpstreamId`]), the one spelling of a pull scope ([`PullScope`]), and the one syntax of
-//! `<upstream>/<repository>` rule patterns ([`pattern_matches`]).
+//! ([`UpstreamId`]), the `<upstream>/<repository>[:<tag>]` patterns of rules ([`ImagePattern`],
+//! [`repo_pattern_matches`]) and the one spelling of a pull scope ([`PullScope`]).
 //!
 //! What it is not: no I/O, no async, no HTTP library. Parsers here are total: any input
 //! yields a value or a typed error, never a panic (proptests beside each parser hold that).
@@ -29,7 +29,7 @@ pub use error::{ErrorBody, ErrorCode, ErrorEntry};
 pub use manifest::{Descriptor, ManifestError, ManifestInfo, Platform};
 pub use media::{media_types, AcceptList};
 pub use name::{NameError, Reference, RepoName, Tag};
-pub use pattern::{host_matches, pattern_matches};
+pub use pattern::{glob, host_matches, repo_pattern_matches, ImagePattern, PatternError};
 pub use range::{ByteRange, RangeError, RangeSpec};
 pub use registry::{canonical_host, is_docker_hub, DOCKER_HUB};
 pub use upstream::{PullScope, UpstreamId, UpstreamIdError};

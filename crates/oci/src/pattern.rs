@@ -1,12 +1,14 @@
-//! Repository patterns against `<upstream>/<repository>`, one syntax for every rule that
-//! names images: the client access rules (`[[auth.rule]]`) and the trust policy
-//! (`[[trust.rule]]`).
+//! Patterns over `<upstream>/<repository>` (the `[[auth.rule]]` syntax) and over
+//! `<upstream>/<repository>:<tag>` (the `[[cache.tag_rule]]` syntax), matched one way
+//! everywhere: `*` inside a component matches any run of characters of that component, a
+//! whole `**` component matches any number of components, and the upstream part is a host
+//! (Docker Hub's aliases fold; `*.example.com` matches one label).
 
-use crate::registry::canonical_host;
+use crate::canonical_host;
 
-/// Does a key host (or a pattern's host, possibly `*.example.com`) name `host`?
-pub fn host_matches(key_host: &str, host: &str) -> bool {
-    let (key, host) = (canonical_host(key_host), canonical_host(host));
+/// Does a pattern host (possibly `*.example.com`) name `host`?
+pub fn host_matches(pattern_host: &str, host: &str) -> bool {
+    let (key, host) = (canonical_host(pattern_host), canonical_host(host));
     if key == host {
         return true;
     }
@@ -16,9 +18,8 @@ pub fn host_matches(key_host: &str, host: &str) -> bool {
     }
 }
 
-/// A rule pattern against `<upstream>/<repo>`: `*` inside a component matches any run of
-/// characters of that component, a whole `**` component matches any number of components.
-pub fn pattern_matches(pattern: &str, upstream: &str, repo: &str) -> bool {
+/// A repository pattern against `<upstream>/<repo>`.
+pub fn repo_pattern_matches(pattern: &str, upstream: &str, repo: &str) -> bool {
     let (p_upstream, p_rest) = pattern.split_once('/').unwrap_or((pattern, ""));
     if !host_matches(p_upstream, upstream) {
         return false;
@@ -39,8 +40,8 @@ fn components_match(pat: &[&str], name: &[&str]) -> bool {
     }
 }
 
-/// `*` matches any run (possibly empty) within one component.
-fn glob(pattern: &str, text: &str) -> bool {
+/// `*` matches any run (possibly empty) of `text`; everything else matches itself.
+pub fn glob(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == text;
@@ -59,25 +60,195 @@ fn glob(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// `<upstream>/<repository>[:<tag glob>]`, e.g. `docker.io/library/*:v*`. Without a tag
+/// part, every tag matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePattern {
+    text: String,
+    repo: String,
+    tag: String,
+}
+
+/// Why a text is not an [`ImagePattern`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("{0:?} must be <upstream>/<repository>[:<tag>], e.g. \"docker.io/library/*:v*\"")]
+    Shape(String),
+    #[error("{0:?} is longer than {MAX_PATTERN_LEN} characters")]
+    TooLong(String),
+    #[error("{0:?}: a tag pattern has only letters, digits, '_', '.', '-' and '*'")]
+    Tag(String),
+}
+
+/// Patterns come from the configuration; this only keeps a typo from being a novel.
+pub const MAX_PATTERN_LEN: usize = 512;
+
+impl ImagePattern {
+    pub fn parse(text: &str) -> Result<ImagePattern, PatternError> {
+        if text.len() > MAX_PATTERN_LEN {
+            return Err(PatternError::TooLong(text.chars().take(64).collect()));
+        }
+        let shape = || PatternError::Shape(text.to_owned());
+        // The tag is after the last ':' of the last component: the host may have a port.
+        let (head, last) = text.rsplit_once('/').ok_or_else(shape)?;
+        let (last, tag) = match last.split_once(':') {
+            Some((name, tag)) => (name, tag),
+            None => (last, "*"),
+        };
+        let tag_ok = !tag.is_empty()
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-*".contains(&b));
+        if !tag_ok {
+            return Err(PatternError::Tag(text.to_owned()));
+        }
+        let (host, _) = head.split_once('/').unwrap_or((head, ""));
+        let bad = |s: &str| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == ':');
+        if host.is_empty() || bad(last) || head.split('/').skip(1).any(bad) {
+            return Err(shape());
+        }
+        Ok(ImagePattern {
+            text: text.to_owned(),
+            repo: format!("{head}/{last}"),
+            tag: tag.to_owned(),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The `<upstream>` part, as written.
+    pub fn upstream(&self) -> &str {
+        self.repo.split('/').next().unwrap_or("")
+    }
+
+    pub fn matches(&self, upstream: &str, repo: &str, tag: &str) -> bool {
+        glob(&self.tag, tag) && repo_pattern_matches(&self.repo, upstream, repo)
+    }
+}
+
+impl std::fmt::Display for ImagePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn rule_patterns() {
-        let m = pattern_matches;
-        assert!(m("docker.io/library/*", "docker.io", "library/alpine"));
-        assert!(!m("docker.io/library/*", "docker.io", "library/a/b"));
-        assert!(!m("docker.io/library/*", "ghcr.io", "library/alpine"));
-        assert!(m("ghcr.io/team-a/**", "ghcr.io", "team-a/x/y/z"));
-        assert!(m("ghcr.io/team-a/**", "ghcr.io", "team-a"));
-        assert!(!m("ghcr.io/team-a/**", "ghcr.io", "team-ab/x"));
-        assert!(m("ghcr.io/org/app", "ghcr.io", "org/app"));
-        assert!(!m("ghcr.io/org/app", "ghcr.io", "org/app2"));
-        assert!(m("127.0.0.1:5001/e2e/oth*", "127.0.0.1:5001", "e2e/other"));
-        assert!(m("ghcr.io/**/app", "ghcr.io", "a/b/app"));
-        assert!(m("ghcr.io/*-svc", "ghcr.io", "billing-svc"));
-        assert!(!m("ghcr.io/*-svc", "ghcr.io", "billing-svc/x"));
-        assert!(m("index.docker.io/library/*", "docker.io", "library/nginx"));
+    fn image_patterns_match_upstream_repository_and_tag() {
+        // (pattern, upstream, repository, tag, matches)
+        let cases = [
+            (
+                "docker.io/library/*:v*",
+                "docker.io",
+                "library/alpine",
+                "v1.2",
+                true,
+            ),
+            (
+                "docker.io/library/*:v*",
+                "docker.io",
+                "library/alpine",
+                "3.20",
+                false,
+            ),
+            (
+                "docker.io/library/*:v*",
+                "docker.io",
+                "team/alpine",
+                "v1",
+                false,
+            ),
+            (
+                "docker.io/library/*:v*",
+                "docker.io",
+                "library/a/b",
+                "v1",
+                false,
+            ),
+            // Docker Hub's aliases are one registry.
+            (
+                "index.docker.io/library/*:v*",
+                "docker.io",
+                "library/x",
+                "v1",
+                true,
+            ),
+            ("ghcr.io/org/**:*", "ghcr.io", "org/a/b/c", "latest", true),
+            ("ghcr.io/org/**", "ghcr.io", "org/app", "anything", true),
+            ("ghcr.io/org/app:1.*.*", "ghcr.io", "org/app", "1.2.3", true),
+            ("ghcr.io/org/app:1.*.*", "ghcr.io", "org/app", "1.2", false),
+            (
+                "ghcr.io/org/app:v1.2.3",
+                "ghcr.io",
+                "org/app",
+                "v1.2.3",
+                true,
+            ),
+            (
+                "ghcr.io/org/app:v1.2.3",
+                "ghcr.io",
+                "org/app",
+                "v1.2.30",
+                false,
+            ),
+            ("ghcr.io/org/app:v1", "quay.io", "org/app", "v1", false),
+            // A host with a port keeps it; the tag is after the last component's ':'.
+            (
+                "127.0.0.1:5000/x/*:sha256-*",
+                "127.0.0.1:5000",
+                "x/y",
+                "sha256-ab",
+                true,
+            ),
+            ("127.0.0.1:5000/x/*", "127.0.0.1:5000", "x/y", "v1", true),
+            ("127.0.0.1:5000/x/*", "127.0.0.1:5001", "x/y", "v1", false),
+        ];
+        for (p, u, r, t, want) in cases {
+            let pat = ImagePattern::parse(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+            assert_eq!(pat.matches(u, r, t), want, "{p} against {u}/{r}:{t}");
+        }
+    }
+
+    #[test]
+    fn malformed_image_patterns_are_refused() {
+        for bad in [
+            "",
+            "alpine",
+            "docker.io/",
+            "docker.io/library/alpine:",
+            "docker.io/library/alpine:v 1",
+            "docker.io/library/alpine:a/b",
+            "/library/alpine",
+            "docker.io//alpine",
+            "docker.io/li:b/alpine",
+        ] {
+            assert!(ImagePattern::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let long = format!("docker.io/{}", "a".repeat(MAX_PATTERN_LEN));
+        assert!(matches!(
+            ImagePattern::parse(&long),
+            Err(PatternError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("*", "", true),
+            ("v*", "v1", true),
+            ("v*", "1v", false),
+            ("*-rc*", "1.0-rc2", true),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "acb", false),
+            ("ab*ba", "aba", false),
+        ] {
+            assert_eq!(glob(p, t), want, "{p} {t}");
+        }
     }
 }

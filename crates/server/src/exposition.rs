@@ -136,6 +136,11 @@ fn mirror(out: &mut Out, app: &App) {
         &[("kind", "blob")],
         get(&s.blob_hits),
     );
+    out.value(
+        "pullgate_cache_hits_total",
+        &[("kind", "referrers")],
+        get(&s.referrers_hits),
+    );
     out.header(
         "pullgate_cache_misses_total",
         "counter",
@@ -151,10 +156,15 @@ fn mirror(out: &mut Out, app: &App) {
         &[("kind", "blob")],
         get(&s.blob_misses),
     );
+    out.value(
+        "pullgate_cache_misses_total",
+        &[("kind", "referrers")],
+        get(&s.referrers_misses),
+    );
     out.single(
         "pullgate_stale_served_total",
         "counter",
-        "Tags served stale because the upstream could not be asked.",
+        "Tags and referrers answers served stale because the upstream could not be asked.",
         get(&s.stale_served),
     );
 

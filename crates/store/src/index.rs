@@ -29,6 +29,45 @@ pub struct TagRecord {
     pub fetched_at: SystemTime,
 }
 
+/// A referrers answer of one repository on one upstream: for a subject digest, with the
+/// client's `artifactType` filter (`None`: unfiltered). Each is an answer of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReferrersKey {
+    pub upstream: UpstreamId,
+    pub repo: RepoName,
+    pub subject: Digest,
+    pub artifact_type: Option<String>,
+}
+
+/// A referrers answer as the upstream gave it (or as it was synthesized from the
+/// `sha256-<hex>` tag), and when. The body is the upstream's JSON, not content-addressed,
+/// so it is kept here like a tag rather than as a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferrersRecord {
+    pub body: bytes::Bytes,
+    pub content_type: Option<String>,
+    /// `OCI-Filters-Applied`, kept so a cached filtered answer says so again.
+    pub filters_applied: Option<String>,
+    pub fetched_at: SystemTime,
+}
+
+/// Largest referrers body kept: the manifest limit, which an image index also is.
+pub const MAX_REFERRERS_BODY: usize = pullgate_oci::MANIFEST_SIZE_LIMIT;
+/// Longest `artifactType` filter in a key: media types are short (RFC 6838: 127 + 127).
+pub const MAX_ARTIFACT_TYPE_LEN: usize = 255;
+/// Referrers answers kept at most; one more replaces the first in key order, which costs
+/// that one a refetch and nothing else.
+pub const MAX_REFERRERS_RECORDS: usize = 16_384;
+
+#[derive(Serialize, Deserialize)]
+struct ReferrersHead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    filters_applied: Option<String>,
+    fetched_at_ms: u64,
+}
+
 /// A repository→digest link as stored: `digest` is `None` if the key does not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LinkParts {
@@ -116,6 +155,8 @@ pub(crate) struct Index {
     /// Records in `pulls`, counted at open and kept as records come and go (sled's `len`
     /// walks the tree).
     pull_records: AtomicU64,
+    /// Referrers answers per (upstream, repository, subject, artifactType filter).
+    referrers: sled::Tree,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -181,6 +222,7 @@ impl Index {
             blobs: db.open_tree("blobs")?,
             pull_records: AtomicU64::new(pulls.len() as u64),
             pulls,
+            referrers: db.open_tree("referrers")?,
             db,
         })
     }
@@ -276,6 +318,82 @@ impl Index {
             v,
         )?;
         Ok(())
+    }
+
+    fn referrers_key(k: &ReferrersKey) -> Result<Vec<u8>, StoreError> {
+        let filter = k.artifact_type.as_deref().unwrap_or("");
+        if filter.len() > MAX_ARTIFACT_TYPE_LEN || filter.contains('\0') {
+            return Err(StoreError::Index(
+                "an artifactType filter must be a short media type".into(),
+            ));
+        }
+        Ok(key(&[
+            k.upstream.as_str(),
+            k.repo.as_str(),
+            &k.subject.to_string(),
+            filter,
+        ]))
+    }
+
+    pub(crate) fn referrers(
+        &self,
+        k: &ReferrersKey,
+    ) -> Result<Option<ReferrersRecord>, StoreError> {
+        let Some(v) = self.referrers.get(Self::referrers_key(k)?)? else {
+            return Ok(None);
+        };
+        // [u32 LE length of the head][head JSON][body]: the body is stored as it came,
+        // not escaped into a JSON string.
+        let bad = || StoreError::Index("bad referrers record".into());
+        let head_len = v
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(bad)? as usize;
+        let head = v.get(4..4 + head_len).ok_or_else(bad)?;
+        let head: ReferrersHead = decode(head)?;
+        Ok(Some(ReferrersRecord {
+            body: bytes::Bytes::copy_from_slice(&v[4 + head_len..]),
+            content_type: head.content_type,
+            filters_applied: head.filters_applied,
+            fetched_at: UNIX_EPOCH + Duration::from_millis(head.fetched_at_ms),
+        }))
+    }
+
+    pub(crate) fn put_referrers(
+        &self,
+        k: &ReferrersKey,
+        r: &ReferrersRecord,
+    ) -> Result<(), StoreError> {
+        if r.body.len() > MAX_REFERRERS_BODY {
+            return Err(StoreError::TooLarge {
+                size: r.body.len() as u64,
+                limit: MAX_REFERRERS_BODY as u64,
+            });
+        }
+        let head = encode(&ReferrersHead {
+            content_type: r.content_type.clone(),
+            filters_applied: r.filters_applied.clone(),
+            fetched_at_ms: to_ms(r.fetched_at),
+        })?;
+        let head_len = u32::try_from(head.len())
+            .map_err(|_| StoreError::Index("referrers record head too long".into()))?;
+        let mut v = Vec::with_capacity(4 + head.len() + r.body.len());
+        v.extend_from_slice(&head_len.to_le_bytes());
+        v.extend_from_slice(&head);
+        v.extend_from_slice(&r.body);
+        let k = Self::referrers_key(k)?;
+        if self.referrers.len() >= MAX_REFERRERS_RECORDS && !self.referrers.contains_key(&k)? {
+            if let Some((first, _)) = self.referrers.first()? {
+                self.referrers.remove(first)?;
+            }
+        }
+        self.referrers.insert(k, v)?;
+        Ok(())
+    }
+
+    pub(crate) fn referrers_count(&self) -> usize {
+        self.referrers.len()
     }
 
     pub(crate) fn link(

@@ -40,7 +40,10 @@ pub use blob::{BlobReader, BlobStream};
 pub use disk::{DiskHealth, PAUSE_AFTER_WRITE_FAILURE};
 pub use error::StoreError;
 pub use evict::{EvictSummary, Evicted, Evictions, Limits};
-pub use index::{BlobRecord, TagKey, TagRecord};
+pub use index::{
+    BlobRecord, ReferrersKey, ReferrersRecord, TagKey, TagRecord, MAX_ARTIFACT_TYPE_LEN,
+    MAX_REFERRERS_BODY, MAX_REFERRERS_RECORDS,
+};
 pub use passthrough::pass_through;
 pub use pins::BlobPin;
 pub use progress::{Job, OnProgress, Progress};
@@ -429,6 +432,30 @@ impl Store {
             .index
             .put_tag(key, record)
             .inspect_err(|e| self.note_write_error(e))
+    }
+
+    /// The cached referrers answer for `key`, if any. Keyed by (upstream, repository): an
+    /// answer is never found under another repository's key.
+    pub fn referrers(&self, key: &ReferrersKey) -> Result<Option<ReferrersRecord>, StoreError> {
+        self.inner.index.referrers(key)
+    }
+
+    /// Keep a referrers answer (at most [`MAX_REFERRERS_BODY`] bytes; at most
+    /// [`MAX_REFERRERS_RECORDS`] answers are kept).
+    pub fn put_referrers(
+        &self,
+        key: &ReferrersKey,
+        record: &ReferrersRecord,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .index
+            .put_referrers(key, record)
+            .inspect_err(|e| self.note_write_error(e))
+    }
+
+    /// Referrers answers kept now.
+    pub fn referrers_count(&self) -> usize {
+        self.inner.index.referrers_count()
     }
 
     /// Record that `repo` on `upstream` may see `digest`. Only after that upstream said so

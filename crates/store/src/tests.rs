@@ -414,3 +414,57 @@ async fn a_commit_records_its_origin_and_link_with_the_blob() {
     assert!(store.blob_record(&wrong).unwrap().is_none());
     assert!(!store.has_origin(&wrong, &hub).unwrap());
 }
+
+/// A referrers answer comes back as it was put, under its own key only: another
+/// repository, upstream or filter finds nothing; the size is bounded; it survives a reopen.
+#[test]
+fn referrers_answers_are_kept_per_repository_and_filter() {
+    use crate::{ReferrersKey, ReferrersRecord, MAX_REFERRERS_BODY};
+    let dir = tempfile::tempdir().unwrap();
+    let subject = Digest::sha256_of(b"subject");
+    let k = |up: &str, repo: &str, filter: Option<&str>| ReferrersKey {
+        upstream: pullgate_oci::UpstreamId::parse(up).unwrap(),
+        repo: RepoName::parse(repo).unwrap(),
+        subject: subject.clone(),
+        artifact_type: filter.map(str::to_owned),
+    };
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+    let rec = ReferrersRecord {
+        body: Bytes::from_static(b"{\"schemaVersion\":2,\"manifests\":[]}"),
+        content_type: Some("application/vnd.oci.image.index.v1+json".into()),
+        filters_applied: Some("artifactType".into()),
+        fetched_at: at,
+    };
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let key = k("a.example", "team/app", Some("application/x"));
+        store.put_referrers(&key, &rec).unwrap();
+        assert_eq!(store.referrers(&key).unwrap().as_ref(), Some(&rec));
+        for other in [
+            k("a.example", "team/other", Some("application/x")),
+            k("b.example", "team/app", Some("application/x")),
+            k("a.example", "team/app", None),
+            k("a.example", "team/app", Some("application/y")),
+        ] {
+            assert_eq!(store.referrers(&other).unwrap(), None, "{other:?}");
+        }
+        let big = ReferrersRecord {
+            body: Bytes::from(vec![b' '; MAX_REFERRERS_BODY + 1]),
+            ..rec.clone()
+        };
+        assert!(matches!(
+            store.put_referrers(&k("a.example", "team/app", None), &big),
+            Err(StoreError::TooLarge { .. })
+        ));
+        assert!(store
+            .put_referrers(&k("a.example", "team/app", Some("a\0b")), &rec)
+            .is_err());
+        assert_eq!(store.referrers_count(), 1);
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let got = store
+        .referrers(&k("a.example", "team/app", Some("application/x")))
+        .unwrap();
+    assert_eq!(got, Some(rec));
+}

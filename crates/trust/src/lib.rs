@@ -5,7 +5,7 @@
 //! - **Configuration** ([`TrustConfig`], `policy.rs`): the `[trust]` table as plain serde
 //!   structs (`[[trust.key]]`, `[[trust.ca]]`, `[[trust.rule]]`, `unmatched`), validated into
 //!   a [`Policy`] of [`Rule`]s matched in file order on `<upstream>/<repository>` patterns
-//!   (`pullgate_oci::pattern_matches`, the syntax `[[auth.rule]]` uses); first match wins.
+//!   (`pullgate_oci::repo_pattern_matches`, the syntax `[[auth.rule]]` uses); first match wins.
 //! - **Keys and CAs** ([`KeySet`], `keys.rs`; `watch.rs`): named PEM public keys (ECDSA
 //!   P-256/P-384, Ed25519, RSA PKCS#1 v1.5/PSS) and CA bundles from files or mounted
 //!   directories, followed through kubelet's `..data` swap (stat at most once a second;

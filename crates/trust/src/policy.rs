@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pullgate_oci::{pattern_matches, RepoName, UpstreamId};
+use pullgate_oci::{repo_pattern_matches, RepoName, UpstreamId};
 use serde::{Deserialize, Serialize};
 
 use crate::certs::{IdentityMatcher, Matcher};
@@ -260,7 +260,7 @@ impl Rule {
     pub fn matches(&self, upstream: &UpstreamId, repo: &RepoName) -> bool {
         self.images
             .iter()
-            .any(|p| pattern_matches(p, upstream.as_str(), repo.as_str()))
+            .any(|p| repo_pattern_matches(p, upstream.as_str(), repo.as_str()))
     }
 }
 

@@ -1,6 +1,7 @@
 //! A small registry of our own that serves in-memory images and misbehaves on demand:
 //! corrupt or truncated blobs, error statuses, resets, lying `Content-Length`s, redirect
-//! loops, redirects to another origin, slow answers, wrong manifest digests, and
+//! loops, redirects to another origin, slow answers, wrong manifest digests, a referrers API
+//! (an empty index; a status instead with `set_fault("referrers", …)`), and
 //! bearer-token auth with its own token endpoint (which can fail too). It runs on its own thread and runtime.
 
 use std::collections::{HashMap, HashSet};
@@ -434,6 +435,11 @@ fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) ->
     }
 
     if let Some((_repo, _digest)) = rest.rsplit_once("/referrers/") {
+        // `set_fault("referrers", Fault::Status(503))` makes every referrers answer fail.
+        let fault = st.content.lock().unwrap().faults.get("referrers").copied();
+        if let Some(Fault::Status(s)) = fault {
+            return error(s, "UNAVAILABLE", &[]);
+        }
         let filtered = req
             .uri()
             .query()
