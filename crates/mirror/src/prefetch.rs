@@ -19,6 +19,9 @@ use crate::{Mirror, Target};
 /// Tags a pattern may expand to in one round, so a pattern like `*` on a repository with
 /// thousands of tags cannot turn a round into thousands of pulls.
 pub const MAX_TAGS_PER_PATTERN: usize = 256;
+/// Pages of a paginated tags list followed at most, per pattern, and tags asked per page.
+pub const MAX_TAG_PAGES: usize = 50;
+const TAG_PAGE: usize = 100;
 /// The largest tags list read (it is held in memory to be matched).
 const TAGS_LIST_LIMIT: usize = 4 * 1024 * 1024;
 
@@ -276,30 +279,42 @@ impl Mirror {
         );
     }
 
-    /// The upstream's tags matching `glob`, sorted, at most [`MAX_TAGS_PER_PATTERN`].
+    /// The upstream's tags matching `glob`, sorted, at most [`MAX_TAGS_PER_PATTERN`]. A
+    /// paginated list is followed through its `Link: <…?n=…&last=…>; rel="next"`, at most
+    /// [`MAX_TAG_PAGES`] pages.
     async fn matching_tags(&self, target: &Target, glob: &str) -> Result<Vec<Tag>, MirrorError> {
-        let list = self.tags_list(target, "").await?;
-        if list.status != 200 {
-            return Err(MirrorError::UpstreamBadContent(format!(
-                "the tags list answered {}",
-                list.status
-            )));
+        let mut tags: Vec<Tag> = Vec::new();
+        // Docker Hub's page size; a registry that ignores `n` answers in one page.
+        let mut query = format!("n={TAG_PAGE}");
+        for _ in 0..MAX_TAG_PAGES {
+            let list = self.tags_list(target, &query).await?;
+            if list.status != 200 {
+                return Err(MirrorError::UpstreamBadContent(format!(
+                    "the tags list answered {}",
+                    list.status
+                )));
+            }
+            if list.body.len() > TAGS_LIST_LIMIT {
+                return Err(MirrorError::UpstreamBadContent(
+                    "the tags list is too large".into(),
+                ));
+            }
+            let doc: serde_json::Value = serde_json::from_slice(&list.body)
+                .map_err(|_| MirrorError::UpstreamBadContent("the tags list is not JSON".into()))?;
+            tags.extend(
+                doc["tags"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|t| glob_match(glob, t))
+                    .filter_map(|t| Tag::parse(t).ok()),
+            );
+            match list.link.as_deref().and_then(next_page_query) {
+                Some(next) if next != query => query = next,
+                _ => break,
+            }
         }
-        if list.body.len() > TAGS_LIST_LIMIT {
-            return Err(MirrorError::UpstreamBadContent(
-                "the tags list is too large".into(),
-            ));
-        }
-        let doc: serde_json::Value = serde_json::from_slice(&list.body)
-            .map_err(|_| MirrorError::UpstreamBadContent("the tags list is not JSON".into()))?;
-        let mut tags: Vec<Tag> = doc["tags"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| glob_match(glob, t))
-            .filter_map(|t| Tag::parse(t).ok())
-            .collect();
         tags.sort();
         if tags.len() > MAX_TAGS_PER_PATTERN {
             tracing::warn!(
@@ -372,8 +387,33 @@ fn parse(bytes: &[u8], media_type: &str) -> Result<ManifestInfo, MirrorError> {
         .map_err(|e| MirrorError::UpstreamBadContent(format!("manifest: {e}")))
 }
 
+/// The query of a tags list's next page, from its `Link` header:
+/// `</v2/<name>/tags/list?n=100&last=v1.2>; rel="next"` gives `n=100&last=v1.2`.
+fn next_page_query(link: &str) -> Option<String> {
+    let (target, params) = link.split_once('>')?;
+    if !params.contains("rel=\"next\"") && !params.contains("rel=next") {
+        return None;
+    }
+    let (_, query) = target.trim_start().strip_prefix('<')?.split_once('?')?;
+    (!query.is_empty() && query.len() <= 1024).then(|| query.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_next_page_comes_from_the_link_header() {
+        assert_eq!(
+            super::next_page_query("</v2/e2e/pre/tags/list?n=2&last=3.2>; rel=\"next\"").as_deref(),
+            Some("n=2&last=3.2")
+        );
+        assert_eq!(
+            super::next_page_query("</v2/x/tags/list?n=2>; rel=\"prev\""),
+            None
+        );
+        assert_eq!(super::next_page_query("garbage"), None);
+    }
+
     use super::*;
 
     #[test]
