@@ -20,7 +20,7 @@ mod blobs;
 mod error;
 mod manifests;
 mod negative;
-mod policy;
+mod tag_policy;
 mod prefetch;
 mod referrers;
 mod route;
@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 pub use blobs::{BlobResponse, ClientId};
 pub use error::MirrorError;
 pub use manifests::ManifestResponse;
-pub use policy::{Decision, TagPolicy, TagRule, TagTtl};
+pub use tag_policy::{Decision, TagPolicy, TagRule, TagTtl};
 pub use prefetch::{
     glob_match, ImagePattern, PatternError, Platforms, PrefetchRule, TagPattern,
     MAX_TAGS_PER_PATTERN,
