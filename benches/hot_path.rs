@@ -170,11 +170,7 @@ fn ingest(c: &mut Criterion) {
     let serve = |check: bool| {
         rt.block_on(async {
             let reader = store.open_blob(&digest).await.unwrap().unwrap();
-            let mut body = Body::Blob {
-                stream: reader.stream(None),
-                remaining: reader.size(),
-                metrics: Arc::clone(&metrics),
-            };
+            let mut body = Body::blob(reader.stream(None), reader.size(), metrics.blob_bytes());
             let mut h = check.then(|| Hasher::new(Algorithm::Sha256));
             let mut n = 0;
             while let Some(frame) = body.frame().await {

@@ -77,6 +77,11 @@ pub fn render(s: &Settings) -> String {
             }
             t.insert("connect_timeout".into(), dur(u.connect_timeout).into());
             t.insert("read_timeout".into(), dur(u.read_timeout).into());
+            let realms = u.token_realms.iter().map(|r| Value::from(r.as_str()));
+            t.insert("token_realms".into(), Value::Array(realms.collect()));
+            if let Some(allow) = u.allow_private_redirects {
+                t.insert("allow_private_redirects".into(), allow.into());
+            }
             Value::Table(t)
         })
         .collect();
@@ -113,8 +118,23 @@ pub fn render(s: &Settings) -> String {
         "max_failures".into(),
         i64::from(a.throttle.max_failures).into(),
     );
+    auth.insert(
+        "max_user_failures".into(),
+        i64::from(a.throttle.max_user_failures).into(),
+    );
+    auth.insert(
+        "max_global_failures".into(),
+        i64::from(a.throttle.max_global_failures).into(),
+    );
     auth.insert("failure_window".into(), dur(a.throttle.window).into());
     auth.insert("block".into(), dur(a.throttle.block).into());
+    auth.insert("trusted_for".into(), dur(a.throttle.trusted_for).into());
+    auth.insert(
+        "max_tracked".into(),
+        i64::try_from(a.throttle.max_tracked)
+            .unwrap_or(i64::MAX)
+            .into(),
+    );
     let rules: Vec<Value> = a
         .rules
         .iter()
@@ -148,11 +168,22 @@ pub fn files(s: &Settings) -> Vec<String> {
     let mut out = Vec::new();
     let mut secret = |what: &str, p: &Path| {
         out.push(match SecretSource::open(p) {
-            Ok(src) => format!(
-                "ok       {what} {}: {} registries",
-                p.display(),
-                src.current().len()
-            ),
+            Ok(src) => {
+                let current = src.current();
+                let mut line = format!(
+                    "ok       {what} {}: {} registries",
+                    p.display(),
+                    current.len()
+                );
+                // The key and the reason only, as in the log: never the entry's value.
+                for entry in current.skipped() {
+                    line.push_str(&format!(
+                        "\nwarning  {what} {}: skipped {entry}",
+                        p.display()
+                    ));
+                }
+                line
+            }
             Err(e) => format!("warning  {what} {}: {e}", p.display()),
         })
     };

@@ -61,10 +61,17 @@ pub struct AuthSection {
     /// The token realm clients are sent to; unset, each request's own scheme and host.
     pub realm: Option<String>,
     pub max_failures: Option<u32>,
+    pub max_user_failures: Option<u32>,
+    pub max_global_failures: Option<u32>,
     #[serde(default, with = "units::duration::option")]
     pub failure_window: Option<Duration>,
     #[serde(default, with = "units::duration::option")]
     pub block: Option<Duration>,
+    /// How long a login keeps its (address, user) pair exempt from blocks others earned.
+    #[serde(default, with = "units::duration::option")]
+    pub trusted_for: Option<Duration>,
+    /// Addresses, user names and pairs the throttle tracks, each.
+    pub max_tracked: Option<usize>,
     #[serde(default)]
     pub rule: Vec<RuleSection>,
 }
@@ -161,6 +168,12 @@ pub struct UpstreamSection {
     pub connect_timeout: Duration,
     #[serde(default = "default_read_timeout", with = "units::duration")]
     pub read_timeout: Duration,
+    /// Token realms (origins) besides the upstream's own that may receive its credentials.
+    #[serde(default)]
+    pub token_realms: Vec<String>,
+    /// Blob redirects to loopback, link-local or private addresses; unset: only when the
+    /// upstream itself is on one.
+    pub allow_private_redirects: Option<bool>,
 }
 
 fn default_header_timeout() -> Duration {
@@ -271,6 +284,8 @@ pub struct UpstreamSettings {
     pub credentials: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    pub token_realms: Vec<String>,
+    pub allow_private_redirects: Option<bool>,
 }
 
 /// Command-line values that override the file.
@@ -377,7 +392,7 @@ impl FileConfig {
             cache_dir: o.cache_dir.unwrap_or(self.cache.dir),
             tag_ttl: self.cache.tag_ttl,
             max_blob_size: match self.cache.max_blob_size.map(ByteSize::bytes) {
-                None => pullgate_mirror::DEFAULT_MAX_BLOB_SIZE,
+                None => pullgate_upstream::DEFAULT_MAX_BLOB_SIZE,
                 Some(0) => bail!("cache.max_blob_size must be more than 0"),
                 Some(n) => n,
             },
@@ -400,12 +415,24 @@ impl TryFrom<UpstreamSection> for UpstreamSettings {
     type Error = anyhow::Error;
     fn try_from(u: UpstreamSection) -> Result<Self> {
         check_url(&u.url).with_context(|| format!("upstream {}", u.name))?;
+        for realm in &u.token_realms {
+            check_url(realm).with_context(|| format!("upstream {}: token_realms", u.name))?;
+            if u.url.starts_with("https://") && !realm.starts_with("https://") {
+                bail!(
+                    "upstream {}: token_realms: {realm:?} is plain http for an https upstream; \
+                     its credentials would travel unencrypted",
+                    u.name
+                );
+            }
+        }
         Ok(UpstreamSettings {
             connect_timeout: u.connect_timeout,
             read_timeout: u.read_timeout,
             name: u.name,
             url: u.url.trim_end_matches('/').to_owned(),
             credentials: u.credentials,
+            token_realms: u.token_realms,
+            allow_private_redirects: u.allow_private_redirects,
         })
     }
 }
@@ -477,7 +504,10 @@ fn auth_settings(
             max_failures: a.max_failures.unwrap_or(10).max(1),
             window: a.failure_window.unwrap_or(Duration::from_secs(60)),
             block: a.block.unwrap_or(Duration::from_secs(60)),
-            ..ThrottleConfig::default()
+            max_user_failures: a.max_user_failures.unwrap_or(10).max(1),
+            max_global_failures: a.max_global_failures.unwrap_or(1000).max(1),
+            trusted_for: a.trusted_for.unwrap_or(Duration::from_secs(24 * 3600)),
+            max_tracked: a.max_tracked.unwrap_or(10_000).max(1),
         },
         rules,
     })
@@ -763,6 +793,35 @@ mod tests {
             assert!(err.contains(key), "{text}: {err} does not name {key}");
             assert!(err.contains(value), "{text}: {err} does not quote {value}");
         }
+    }
+
+    #[test]
+    fn upstream_token_realms_and_private_redirects() {
+        let load = |url: &str, extra: &str| {
+            FileConfig::parse(&format!(
+                "[server]\nlisten = \"127.0.0.1:5000\"\n[cache]\ndir = \"d\"\n[[upstream]]\nname = \"a\"\nurl = \"{url}\"\n{extra}\n"
+            ))
+            .and_then(|c| c.into_settings(Overrides::default()))
+        };
+        let u = &load("https://x", "").unwrap().upstreams[0];
+        assert!(u.token_realms.is_empty());
+        assert_eq!(u.allow_private_redirects, None);
+        let s = load(
+            "https://registry.gitlab.com",
+            "token_realms = [\"https://gitlab.com\"]\nallow_private_redirects = false",
+        )
+        .unwrap();
+        assert_eq!(s.upstreams[0].token_realms, ["https://gitlab.com"]);
+        assert_eq!(s.upstreams[0].allow_private_redirects, Some(false));
+        // A plain-http realm would carry an https upstream's password in clear text.
+        let err = load("https://x", "token_realms = [\"http://auth.x\"]").unwrap_err();
+        assert!(format!("{err:#}").contains("plain http"), "{err:#}");
+        assert!(load(
+            "http://127.0.0.1:1",
+            "token_realms = [\"http://127.0.0.1:2\"]"
+        )
+        .is_ok());
+        assert!(load("https://x", "token_realms = [\"auth.x\"]").is_err());
     }
 
     #[test]

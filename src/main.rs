@@ -154,6 +154,9 @@ async fn serve(s: Settings) -> Result<()> {
                 connect_timeout: u.connect_timeout,
                 read_timeout: u.read_timeout,
                 user_agent: format!("pullgate/{}", env!("CARGO_PKG_VERSION")),
+                token_realms: u.token_realms.clone(),
+                allow_private_redirects: u.allow_private_redirects,
+                max_blob_size: s.max_blob_size,
             })
             .with_context(|| format!("upstream {}", u.name))
         })
@@ -175,7 +178,6 @@ async fn serve(s: Settings) -> Result<()> {
         store.clone(),
         MirrorConfig {
             tag_ttl: s.tag_ttl,
-            max_blob_size: s.max_blob_size,
             max_fills_per_client: s.max_fills_per_client,
             negative_ttl: s.negative_ttl,
         },

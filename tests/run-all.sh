@@ -51,6 +51,11 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   export PATH="$PWD/target/pyenv/bin:$PATH"
 fi
 
+# cosign 2.5 and oras 1.2 (tests/e2e/support/sign.rs) from Debian trixie's packages, extracted
+# under target/trust-tools/ with a private apt configuration: no change to the system.
+tests/install-trust-tools.sh
+export PATH="$PWD/target/trust-tools/usr/bin:$PATH"
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

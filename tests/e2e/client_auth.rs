@@ -415,7 +415,9 @@ async fn failed_logins_are_throttled_per_address_and_audited_without_secrets() {
     let r = throttled.expect("failed logins were never throttled");
     assert_eq!(r.error_code(), "TOOMANYREQUESTS");
     assert!(r.header("retry-after").is_some());
-    // ... is blocked even with the right password, while alice elsewhere is not.
+    // ... is blocked even with the right password, as alice never logged in from there
+    // (letting an unknown pair through would let the guesser through), while alice
+    // elsewhere is not.
     let r = request_from(attacker, "GET", &manifest, &[("authorization", &alice)]).await;
     assert_eq!(r.status, 429);
     let elsewhere = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
@@ -523,4 +525,377 @@ async fn blob_content_survives_auth_checks() {
     let r = request("GET", &url, &[("authorization", &basic("u", "p"))]).await;
     assert_eq!(r.status, 200);
     assert_eq!(sha256(r.bytes()), img.layers[0].digest);
+}
+
+/// `n` logins at `url` from 127.0.`net`.x, one address each, as `user(i)`:`password(i)`;
+/// the statuses.
+async fn logins_from_many_addresses(
+    url: &str,
+    net: u8,
+    n: u8,
+    user: impl Fn(u8) -> String,
+    password: impl Fn(u8) -> String,
+) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let from = Some(IpAddr::V4(Ipv4Addr::new(127, 0, net, i + 1)));
+        let auth = basic(&user(i), &password(i));
+        statuses.push(
+            request_from(from, "GET", url, &[("authorization", &auth)])
+                .await
+                .status,
+        );
+    }
+    statuses
+}
+
+/// A pod pulls ten layers at once with a token that has just expired. Each request is a
+/// 401 with a challenge naming its scope, none a failed login; its re-login at `/token`,
+/// and its neighbours' at the same node address, pass, and skopeo pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_pulls_with_a_just_expired_token_are_401_and_the_relogin_passes() {
+    let (upstream, app, _) = upstream_with_images().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let up = upstream.host();
+    SecretVolume::new(
+        &secrets.path().join("c"),
+        // One JSON key each: a second entry under one key would overwrite the first.
+        dockerconfigjson(&[
+            (&up, "pod", "pod-pw"),
+            (&format!("http://{up}/"), "neighbour", "nb-pw"),
+        ])
+        .as_bytes(),
+    );
+    // Three failures would block the address: the ten expired tokens must not count.
+    let pullgate = Pullgate::start(auth_opts(
+        &upstream,
+        &secrets.path().join("c"),
+        // Expiry is in whole seconds: a 1 s token may be dead before its first use.
+        "scheme = \"token\"\ntoken_ttl = \"3s\"\nmax_failures = 3\n",
+    ));
+    let base = pullgate.url();
+    let token_url = format!("{base}/token?service=pullgate&scope=repository:{up}/e2e/app:pull");
+    let login = |user: &'static str, pw: &'static str| {
+        let url = token_url.clone();
+        async move {
+            let r = request("GET", &url, &[("authorization", &basic(user, pw))]).await;
+            assert_eq!(r.status, 200, "{user}'s login at /token");
+            let v: serde_json::Value = serde_json::from_slice(r.bytes()).unwrap();
+            format!("Bearer {}", v["token"].as_str().unwrap())
+        }
+    };
+    let bearer = login("pod", "pod-pw").await;
+    let manifest = format!("{base}/v2/e2e/app/manifests/v1");
+    let r = request("GET", &manifest, &[("authorization", &bearer)]).await;
+    assert_eq!(r.status, 200);
+
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    let pulls = (0..10).map(|i| {
+        let url = format!(
+            "{base}/v2/e2e/app/blobs/{}",
+            app.layers[i % app.layers.len()].digest
+        );
+        let bearer = bearer.clone();
+        async move { request("GET", &url, &[("authorization", &bearer)]).await }
+    });
+    for r in futures_util::future::join_all(pulls).await {
+        assert_eq!(r.status, 401, "an expired token was throttled or accepted");
+        assert_eq!(r.error_code(), "UNAUTHORIZED");
+        let challenge = r.header("www-authenticate").expect("a challenge");
+        assert!(challenge.starts_with("Bearer realm="), "{challenge}");
+        assert!(
+            challenge.contains(&format!("scope=\"repository:{up}/e2e/app:pull\"")),
+            "{challenge}"
+        );
+    }
+    assert_eq!(
+        metric(&base, "pullgate_auth_failures_total").await,
+        0.0,
+        "expired tokens were counted as failed logins"
+    );
+
+    let fresh = login("pod", "pod-pw").await;
+    login("neighbour", "nb-pw").await;
+    let r = request("GET", &manifest, &[("authorization", &fresh)]).await;
+    assert_eq!(r.status, 200);
+    let work = tempfile::tempdir().unwrap();
+    skopeo::pull_with(
+        format!("{}/e2e/app:v1", pullgate.host()),
+        work.path().join("p"),
+        false,
+        Some(("pod".into(), "pod-pw".into())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", pullgate.log()));
+    assert_eq!(
+        skopeo::manifest_digest(&work.path().join("p")),
+        app.manifest.digest
+    );
+}
+
+/// Alice pulls from a shared address (a node, a NAT); mallory then guesses from it until
+/// it is blocked. Alice's next pull, by skopeo, still works. Bob, who never logged in from
+/// there, waits the block out: letting an unknown (address, user) through would let the
+/// guesser through. Nobody's user name that matches no entry reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_login_passes_a_block_another_user_earned() {
+    let (upstream, app, _) = upstream_with_images().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let up = upstream.host();
+    SecretVolume::new(
+        &secrets.path().join("c"),
+        dockerconfigjson(&[
+            (&up, "alice", "alice-pw"),
+            (&format!("http://{up}/"), "bob", "bob-pw"),
+        ])
+        .as_bytes(),
+    );
+    let pullgate = Pullgate::start(auth_opts(
+        &upstream,
+        &secrets.path().join("c"),
+        "max_failures = 5\nblock = \"120s\"\n",
+    ));
+    let base = pullgate.url();
+    let src = format!("{}/e2e/app:v1", pullgate.host());
+    let work = tempfile::tempdir().unwrap();
+    let alice = || Some(("alice".to_owned(), "alice-pw".to_owned()));
+    skopeo::pull_with(src.clone(), work.path().join("1"), false, alice())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pullgate.log()));
+
+    // A password typed into the user name field, then guesses, all from 127.0.0.1.
+    let manifest = format!("{base}/v2/e2e/app/manifests/v1");
+    let typed = basic("Typed-Into-The-User-Field-7", "");
+    let r = request("GET", &manifest, &[("authorization", &typed)]).await;
+    assert_eq!(r.status, 401);
+    let mut blocked = false;
+    for i in 0..10 {
+        let guess = basic("mallory", &format!("guess-{i}"));
+        let r = request("GET", &manifest, &[("authorization", &guess)]).await;
+        if r.status == 429 {
+            blocked = true;
+            break;
+        }
+        assert_eq!(r.status, 401);
+    }
+    assert!(blocked, "mallory's guesses were never throttled");
+
+    let r = request(
+        "GET",
+        &manifest,
+        &[("authorization", &basic("alice", "alice-pw"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "alice was refused by mallory's block");
+    // skopeo would wait out a 429: it must not have had to.
+    let started = Instant::now();
+    skopeo::pull_with(src, work.path().join("2"), false, alice())
+        .await
+        .unwrap_or_else(|e| panic!("alice was locked out: {e}\n{}", pullgate.log()));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        skopeo::manifest_digest(&work.path().join("2")),
+        app.manifest.digest
+    );
+    let bob = basic("bob", "bob-pw");
+    let r = request("GET", &manifest, &[("authorization", &bob)]).await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    let elsewhere = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let r = request_from(elsewhere, "GET", &manifest, &[("authorization", &bob)]).await;
+    assert_eq!(r.status, 200);
+
+    let log = pullgate.log();
+    for secret in [
+        "Typed-Into-The-User-Field-7",
+        "guess-",
+        "alice-pw",
+        "bob-pw",
+    ] {
+        assert!(!log.contains(secret), "{secret} appears in the log:\n{log}");
+    }
+}
+
+/// Guesses at alice from 30 addresses, one each, reach the per-user limit; then names
+/// sprayed from 40 more addresses reach the global ceiling. Each time the right password
+/// from an unknown address is refused unchecked, and alice, from where she logs in, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_from_many_addresses_and_at_many_names_are_limited() {
+    let upstream = Distribution::start(Auth::Anonymous);
+    let secrets = tempfile::tempdir().unwrap();
+    let up = upstream.host();
+    SecretVolume::new(
+        &secrets.path().join("c"),
+        dockerconfigjson(&[
+            (&up, "alice", "alice-pw"),
+            (&format!("http://{up}/"), "bob", "bob-pw"),
+        ])
+        .as_bytes(),
+    );
+    let pullgate = Pullgate::start(auth_opts(
+        &upstream,
+        &secrets.path().join("c"),
+        "max_failures = 5\nmax_user_failures = 5\nmax_global_failures = 40\n",
+    ));
+    let url = format!("{}/v2/", pullgate.url());
+    let alice = basic("alice", "alice-pw");
+    let home = || async {
+        request("GET", &url, &[("authorization", &alice)])
+            .await
+            .status
+    };
+    assert_eq!(home().await, 200);
+
+    let statuses =
+        logins_from_many_addresses(&url, 1, 30, |_| "alice".into(), |i| format!("guess-{i}")).await;
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        limited >= 25,
+        "only {limited} of 30 guesses limited: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| matches!(s, 401 | 429)),
+        "{statuses:?}"
+    );
+    let right_from_elsewhere =
+        logins_from_many_addresses(&url, 9, 1, |_| "alice".into(), |_| "alice-pw".into()).await;
+    assert_eq!(right_from_elsewhere, [429]);
+    assert_eq!(home().await, 200);
+
+    // No address, no name near its limit: only the ceiling stops these.
+    let statuses =
+        logins_from_many_addresses(&url, 2, 40, |i| format!("user-{i}"), |_| "guess".into()).await;
+    let first_refused = statuses.iter().position(|s| *s == 429);
+    assert!(
+        first_refused.is_some_and(|i| i < 40),
+        "the global ceiling never held: {statuses:?}"
+    );
+    let bob_from_elsewhere =
+        logins_from_many_addresses(&url, 3, 1, |_| "bob".into(), |_| "bob-pw".into()).await;
+    assert_eq!(bob_from_elsewhere, [429]);
+    assert_eq!(home().await, 200);
+}
+
+/// One rotation revokes bob and adds carol with an empty password. Carol's entry is
+/// skipped and reported (key and reason, no secret); bob's revocation takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_with_a_bad_entry_applies_the_rest_and_its_revocation() {
+    let upstream = Distribution::start(Auth::Anonymous);
+    let secrets = tempfile::tempdir().unwrap();
+    let dir = secrets.path().join("c");
+    let up = upstream.host();
+    let mut volume = SecretVolume::new(
+        &dir,
+        dockerconfigjson(&[
+            (&up, "alice", "alice-pw"),
+            (&format!("{up}/e2e"), "bob", "bob-pw"),
+        ])
+        .as_bytes(),
+    );
+    let pullgate = Pullgate::start(auth_opts(&upstream, &dir, "max_failures = 1000"));
+    let url = format!("{}/v2/", pullgate.url());
+    let (alice, bob) = (basic("alice", "alice-pw"), basic("bob", "bob-pw"));
+    assert_eq!(
+        request("GET", &url, &[("authorization", &bob)])
+            .await
+            .status,
+        200
+    );
+
+    let carol_key = format!("{up}/e2e/carol");
+    let rotated = dockerconfigjson(&[(&up, "alice", "alice-pw"), (&carol_key, "carol", "")]);
+    volume.rotate(rotated.as_bytes());
+    let started = Instant::now();
+    let mut seen = (0, 0);
+    while started.elapsed() < Duration::from_secs(5) {
+        let a = request("GET", &url, &[("authorization", &alice)])
+            .await
+            .status;
+        let b = request("GET", &url, &[("authorization", &bob)])
+            .await
+            .status;
+        seen = (a, b);
+        if seen == (200, 401) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        seen,
+        (200, 401),
+        "bob's revocation was lost (alice, bob)\n{}",
+        pullgate.log()
+    );
+    let base = pullgate.url();
+    assert_eq!(
+        metric(&base, "pullgate_secret_entries_skipped_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&base, "pullgate_secret_reload_failures_total").await,
+        0.0
+    );
+    let log = pullgate.log();
+    assert!(
+        log.contains("skipping an unusable credentials entry") && log.contains(&carol_key),
+        "{log}"
+    );
+    let carol_auth = &basic("carol", "")[6..];
+    assert!(
+        !log.contains(carol_auth),
+        "carol's auth value is in the log"
+    );
+}
+
+/// `docker login` writes `https://index.docker.io/v1/`, an admin adds `docker.io`: two
+/// users, both log in. And `host/v2/` off Docker Hub is the repository prefix `v2`, not the
+/// whole registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_keys_are_two_users_and_v2_is_a_prefix_off_docker_hub() {
+    let (upstream, _, other) = upstream_with_images().await;
+    Pusher::new(&upstream.url(), None)
+        .image("v2/app", "v1", &other)
+        .await;
+    let secrets = tempfile::tempdir().unwrap();
+    let up = upstream.host();
+
+    // The local Distribution stands in for Docker Hub.
+    SecretVolume::new(
+        &secrets.path().join("hub"),
+        dockerconfigjson(&[
+            ("docker.io", "admin", "admin-pw"),
+            ("https://index.docker.io/v1/", "dev", "dev-pw"),
+        ])
+        .as_bytes(),
+    );
+    let mut opts = auth_opts(&upstream, &secrets.path().join("hub"), "");
+    opts.upstream_name = "docker.io".into();
+    let hub = Pullgate::start(opts);
+    let manifest = format!("{}/v2/e2e/app/manifests/v1", hub.url());
+    for (user, pw) in [("admin", "admin-pw"), ("dev", "dev-pw")] {
+        let r = request("GET", &manifest, &[("authorization", &basic(user, pw))]).await;
+        assert_eq!(r.status, 200, "{user} cannot log in\n{}", hub.log());
+    }
+
+    SecretVolume::new(
+        &secrets.path().join("v2"),
+        dockerconfigjson(&[(&format!("https://{up}/v2/"), "v2user", "v2-pw")]).as_bytes(),
+    );
+    let pullgate = Pullgate::start(auth_opts(&upstream, &secrets.path().join("v2"), ""));
+    let auth = basic("v2user", "v2-pw");
+    let r = request(
+        "GET",
+        &format!("{}/v2/e2e/app/manifests/v1", pullgate.url()),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{up}/v2/ granted the whole registry");
+    assert_eq!(r.error_code(), "DENIED");
+    let r = request(
+        "GET",
+        &format!("{}/v2/v2/app/manifests/v1", pullgate.url()),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
 }

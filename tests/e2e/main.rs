@@ -18,6 +18,8 @@ mod isolation;
 mod load;
 mod ops;
 mod pull;
+mod signing_tools;
 mod token_realm;
 mod upstream_auth;
 mod upstream_faults;
+mod upstream_redirects;

@@ -24,8 +24,10 @@ impl Grant {
         match self {
             Grant::All => true,
             Grant::Upstream { upstream, prefix } => {
-                upstream.eq_ignore_ascii_case(&access.upstream)
-                    && prefix.as_deref().is_none_or(|p| under(&access.repo, p))
+                access.upstream.is(upstream)
+                    && prefix
+                        .as_deref()
+                        .is_none_or(|p| under(access.repo.as_str(), p))
             }
         }
     }
@@ -74,8 +76,8 @@ mod tests {
 
     fn access(upstream: &str, repo: &str) -> Access {
         Access {
-            upstream: upstream.into(),
-            repo: repo.into(),
+            upstream: pullgate_oci::UpstreamId::parse(upstream).unwrap(),
+            repo: pullgate_oci::RepoName::parse(repo).unwrap(),
         }
     }
 

@@ -5,14 +5,19 @@
 //! [`SecretSource`]), in constant time; derives what each credential may pull from its
 //! entry's registry key (the mirror's own host: everything; an upstream host: that upstream;
 //! `host/path`: that repository prefix), narrowed by optional per-user [`Rule`]s; issues and
-//! verifies the short-lived HS256 tokens of the Docker token flow; and throttles failed
-//! attempts per client address.
+//! verifies the short-lived HS256 tokens of the Docker token flow; and limits guessing
+//! (`throttle.rs`): failures counted per address, per user name, per pair of them and over
+//! all clients, blocks that refuse unchecked only clients not known by a recent successful
+//! login, so nobody's valid credential is refused over someone else's guesses. An expired
+//! genuine token is no credential at all, not a failure.
 //!
 //! What it is not: no HTTP. The server asks [`Authenticator::authenticate`] and
 //! [`Authenticator::authorize`] once per request, centrally, and turns [`AuthError`] into
 //! 401/403/429.
 //!
-//! Secrets never leave this crate: not in errors, not in `Debug`, not in logs.
+//! Secrets never leave this crate: not in errors, not in `Debug`, not in logs. A user name
+//! is logged only when it names an entry: one that names none may be a password typed into
+//! the wrong field.
 
 mod error;
 mod grants;
@@ -28,6 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use pullgate_credentials::{Credential, SecretSource};
+use pullgate_oci::{PullScope, RepoName, UpstreamId};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -35,7 +41,8 @@ pub use error::AuthError;
 pub use throttle::ThrottleConfig;
 
 use grants::{grant_for, pattern_matches, Grant};
-use throttle::Throttle;
+use throttle::{Throttle, UserKey};
+use token::TokenError;
 
 /// Which challenge a 401 carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,16 +99,22 @@ impl fmt::Debug for AuthConfig {
     }
 }
 
-/// Pull `repo` (as the upstream names it) from the upstream named `upstream`.
+/// Pull `repo` (as the upstream names it) from the upstream `upstream`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
-    pub upstream: String,
-    pub repo: String,
+    pub upstream: UpstreamId,
+    pub repo: RepoName,
 }
 
 impl Access {
+    /// `<upstream>/<repo>`: the name our tokens and challenges give the repository.
     fn qualified(&self) -> String {
         format!("{}/{}", self.upstream, self.repo)
+    }
+
+    /// The scope of our challenge for this access.
+    pub fn scope(&self) -> PullScope {
+        PullScope::qualified(&self.upstream, &self.repo)
     }
 }
 
@@ -195,17 +208,15 @@ impl Authenticator {
         self.config.anonymous
     }
 
-    /// `Err(Throttled)` when `peer` has failed too often lately.
-    pub fn check_throttle(&self, peer: IpAddr) -> Result<(), AuthError> {
-        match self.throttle.blocked(peer) {
-            Some(retry_after) => Err(AuthError::Throttled { retry_after }),
-            None => Ok(()),
-        }
-    }
-
+    /// Who is asking, checked before anything else about the request.
+    ///
     /// `Ok(None)`: no credentials (no header, or `Basic` with an empty user and password,
-    /// which podman and skopeo send). Wrong credentials are `Unauthorized` and count
-    /// against `peer`.
+    /// which podman and skopeo send), or a token of ours that has expired: a plain 401 and
+    /// a challenge, so the client logs in again; not a failure. A valid credential always
+    /// passes, unless its own (address, user name) pair is blocked, or a block covers it and
+    /// that pair has not logged in lately (see `throttle.rs`): then `Throttled`, unchecked.
+    /// Wrong credentials count against `peer`, the user name and everyone, and are
+    /// `Unauthorized`, or `Throttled` once a limit is reached.
     pub fn authenticate(
         &self,
         authorization: Option<&str>,
@@ -216,55 +227,76 @@ impl Authenticator {
         };
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
         let rest = rest.trim();
-        let result = if scheme.eq_ignore_ascii_case("basic") {
-            match decode_basic(rest) {
-                Some(c) if c.username.is_empty() && c.password.is_empty() => return Ok(None),
-                Some(c) => {
-                    let principal = self.check_basic(&c.username, &c.password);
-                    if principal.is_none() {
-                        // The user name only, Debug-quoted so a crafted one cannot forge
-                        // log lines; the password is never logged.
-                        tracing::debug!(client = %peer, user = ?c.username, "wrong user name or password");
-                    }
-                    principal
-                }
-                None => {
-                    tracing::debug!(client = %peer, "malformed Basic credentials");
-                    None
-                }
+        if scheme.eq_ignore_ascii_case("basic") {
+            let Some(c) = decode_basic(rest) else {
+                tracing::debug!(client = %peer, "malformed Basic credentials");
+                return self.failed(peer, None);
+            };
+            if c.username.is_empty() && c.password.is_empty() {
+                return Ok(None);
             }
-        } else if scheme.eq_ignore_ascii_case("bearer") {
-            let principal = self.check_token(rest);
-            if principal.is_none() {
-                // Never the token itself: it would be a working credential until it expires.
-                tracing::debug!(client = %peer, "invalid, expired or foreign bearer token");
-            }
-            principal
-        } else {
-            tracing::debug!(client = %peer, "unsupported authorization scheme");
-            None
-        };
-        match result {
-            Some(p) => Ok(Some(p)),
-            None => {
+            let user = user_key(&c.username);
+            if let Some(retry_after) = self.throttle.gate(peer, &user) {
                 self.failures.fetch_add(1, Ordering::Relaxed);
-                self.throttle.fail(peer);
-                Err(AuthError::Unauthorized)
+                tracing::debug!(client = %peer, "login refused unchecked: too many failed logins");
+                return Err(AuthError::Throttled { retry_after });
             }
+            let (principal, user_known) = self.check_basic(&c.username, &c.password);
+            if let Some(p) = principal {
+                self.throttle.succeed(peer, &user);
+                return Ok(Some(p));
+            }
+            if user_known {
+                // Debug-quoted so a crafted name cannot forge log lines; never the password.
+                tracing::debug!(client = %peer, user = ?c.username, "wrong password");
+            } else {
+                // No name: one that matches no entry may be a password in the wrong field.
+                tracing::debug!(client = %peer, "unknown user name or wrong password");
+            }
+            return self.failed(peer, Some(&user));
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            // Never the token itself in a log: it is a working credential until it expires.
+            return match self.check_token(rest) {
+                Ok(p) => Ok(Some(p)),
+                Err(TokenError::Expired) => {
+                    tracing::debug!(client = %peer, "expired bearer token");
+                    Ok(None)
+                }
+                Err(TokenError::Invalid) => {
+                    tracing::debug!(client = %peer, "invalid or foreign bearer token");
+                    self.failed(peer, None)
+                }
+            };
+        }
+        tracing::debug!(client = %peer, "unsupported authorization scheme");
+        self.failed(peer, None)
+    }
+
+    fn failed(&self, peer: IpAddr, user: Option<&UserKey>) -> Result<Option<Principal>, AuthError> {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        match self.throttle.fail(peer, user) {
+            Some(retry_after) => Err(AuthError::Throttled { retry_after }),
+            None => Err(AuthError::Unauthorized),
         }
     }
 
-    /// Every entry of every secret is compared, whatever matches early, so the time taken
-    /// says nothing about which entry (or how much of a password) was right.
-    fn check_basic(&self, user: &str, password: &str) -> Option<Principal> {
+    /// The principal, if the pair matches an entry; and whether the user name alone
+    /// matches one (only then may it be logged). Every entry of every secret is compared,
+    /// whatever matches early, so the time taken says nothing about which entry (or how
+    /// much of a password) was right.
+    fn check_basic(&self, user: &str, password: &str) -> (Option<Principal>, bool) {
         let presented = credential_digest(user, password);
+        let presented_user = user_key(user);
         let mut grants = Vec::new();
         let mut matched = subtle::Choice::from(0);
+        let mut user_known = subtle::Choice::from(0);
         for source in &self.secrets {
             let config = source.current();
             for entry in config.all_entries() {
                 let stored =
                     credential_digest(&entry.credential.username, &entry.credential.password);
+                user_known |= user_key(&entry.credential.username).ct_eq(&presented_user);
                 let eq = stored.ct_eq(&presented);
                 matched |= eq;
                 if bool::from(eq) {
@@ -279,13 +311,14 @@ impl Authenticator {
                 }
             }
         }
-        bool::from(matched).then(|| Principal {
+        let principal = bool::from(matched).then(|| Principal {
             user: user.to_owned(),
             kind: Kind::Basic(grants),
-        })
+        });
+        (principal, bool::from(user_known))
     }
 
-    fn check_token(&self, token: &str) -> Option<Principal> {
+    fn check_token(&self, token: &str) -> Result<Principal, TokenError> {
         let claims = token::verify(&self.config.signing_key, token, &self.config.service)?;
         let access = claims
             .access
@@ -293,7 +326,7 @@ impl Authenticator {
             .filter(|a| a.kind == "repository" && a.actions.iter().any(|x| x == "pull"))
             .map(|a| a.name)
             .collect();
-        Some(Principal {
+        Ok(Principal {
             user: claims.sub,
             kind: Kind::Token(access),
         })
@@ -338,7 +371,7 @@ impl Authenticator {
         }
         rules
             .flat_map(|r| r.patterns.iter())
-            .any(|p| pattern_matches(p, &access.upstream, &access.repo))
+            .any(|p| pattern_matches(p, access.upstream.as_str(), access.repo.as_str()))
     }
 
     /// A token for the requested accesses this principal may have; the others are left out
@@ -395,17 +428,15 @@ impl Authenticator {
                     quote_safe(&self.config.service)
                 );
                 if let Some(a) = access {
-                    c.push_str(&format!(
-                        ",scope=\"repository:{}:pull\"",
-                        quote_safe(&a.qualified())
-                    ));
+                    c.push_str(&format!(",scope=\"{}\"", quote_safe(a.scope().as_str())));
                 }
                 c
             }
         }
     }
 
-    /// Requests whose credentials did not check out, since start.
+    /// Requests whose credentials did not check out, or that a block refused unchecked,
+    /// since start. Expired tokens of ours are not among them.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
@@ -419,6 +450,11 @@ impl Authenticator {
     /// Failed secret reloads, summed over every client secret.
     pub fn reload_failures(&self) -> u64 {
         self.secrets.iter().map(SecretSource::reload_failures).sum()
+    }
+
+    /// Unusable entries left out of the client secrets' versions loaded since start.
+    pub fn skipped_secret_entries(&self) -> u64 {
+        self.secrets.iter().map(SecretSource::skipped_entries).sum()
     }
 }
 
@@ -476,6 +512,10 @@ fn decode_basic(b64: &str) -> Option<Credential> {
         return None;
     }
     Credential::from_base64(b64).ok()
+}
+
+fn user_key(user: &str) -> UserKey {
+    Sha256::digest(user.as_bytes()).into()
 }
 
 fn credential_digest(user: &str, password: &str) -> [u8; 32] {

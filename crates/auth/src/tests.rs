@@ -21,8 +21,8 @@ fn peer(n: u8) -> IpAddr {
 
 fn access(upstream: &str, repo: &str) -> Access {
     Access {
-        upstream: upstream.into(),
-        repo: repo.into(),
+        upstream: UpstreamId::parse(upstream).unwrap(),
+        repo: RepoName::parse(repo).unwrap(),
     }
 }
 
@@ -159,42 +159,235 @@ fn rules_narrow_a_user() {
     ));
 }
 
+fn throttled(r: Result<Option<Principal>, AuthError>) -> bool {
+    matches!(r, Err(AuthError::Throttled { retry_after }) if retry_after > Duration::ZERO)
+}
+
 #[test]
-fn wrong_credentials_are_refused_and_throttled_per_address() {
+fn wrong_credentials_are_refused_then_throttled_per_address() {
     let (a, _d) = with_secret(config(), SECRET);
-    for attempt in [
-        basic("admin", "wrong"),
-        basic("nobody", "admin-pw"),
-        "Basic !!!not-base64".to_owned(),
-    ] {
-        assert!(a.check_throttle(peer(9)).is_ok());
+    for attempt in [basic("admin", "wrong"), "Basic !!!not-base64".to_owned()] {
         assert!(matches!(
             a.authenticate(Some(&attempt), peer(9)),
             Err(AuthError::Unauthorized)
         ));
     }
-    match a.check_throttle(peer(9)) {
-        Err(AuthError::Throttled { retry_after }) => assert!(retry_after > Duration::ZERO),
-        other => panic!("not throttled: {other:?}"),
-    }
-    assert_eq!(a.failures(), 3);
+    // The failure that reaches the limit, and those after it, are 429; somebody new
+    // there is refused unchecked.
+    assert!(throttled(
+        a.authenticate(Some(&basic("nobody", "admin-pw")), peer(9))
+    ));
+    assert!(throttled(
+        a.authenticate(Some(&basic("admin", "again")), peer(9))
+    ));
+    assert!(throttled(
+        a.authenticate(Some(&basic("team", "team-pw")), peer(9))
+    ));
+    assert_eq!(a.failures(), 5);
     // Elsewhere, the right password still works.
-    assert!(a.check_throttle(peer(8)).is_ok());
     assert!(a
         .authenticate(Some(&basic("admin", "admin-pw")), peer(8))
         .unwrap()
         .is_some());
-    // A right password from the blocked address does not lift its block.
+    assert_eq!(a.failures(), 5);
+}
+
+/// A pod pulling ten layers at once with a token that has just expired: ten 401s with a
+/// challenge, none a failure, and its own re-login (and everyone's at its address) passes.
+#[test]
+fn expired_genuine_tokens_are_no_credentials_not_failures() {
+    let cfg = AuthConfig {
+        scheme: Scheme::Token,
+        ..config()
+    };
+    let (a, _d) = with_secret(cfg.clone(), SECRET);
+    let now = token::now_secs();
+    let expired = token::sign(
+        &cfg.signing_key,
+        &token::Claims {
+            iss: "pullgate".into(),
+            sub: "team".into(),
+            aud: "pullgate".into(),
+            exp: now - 1,
+            nbf: now - 300,
+            iat: now - 300,
+            jti: "x".into(),
+            access: vec![],
+        },
+    )
+    .unwrap();
+    let bearer = format!("Bearer {expired}");
+    let layers: Vec<_> = std::thread::scope(|s| {
+        let pulls: Vec<_> = (0..10)
+            .map(|_| s.spawn(|| a.authenticate(Some(&bearer), peer(20))))
+            .collect();
+        pulls.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    for r in layers {
+        assert!(matches!(r, Ok(None)), "{r:?}");
+    }
+    assert_eq!(a.failures(), 0);
     assert!(a
-        .authenticate(Some(&basic("admin", "admin-pw")), peer(9))
+        .authenticate(Some(&basic("team", "team-pw")), peer(20))
         .unwrap()
         .is_some());
-    assert!(matches!(
-        a.check_throttle(peer(9)),
-        Err(AuthError::Throttled { .. })
+    assert!(a
+        .authenticate(Some(&basic("admin", "admin-pw")), peer(20))
+        .unwrap()
+        .is_some());
+    // A forged token is a failure like a wrong password.
+    let forged = format!("Bearer {}x", &expired[..expired.len() - 1]);
+    assert!(a.authenticate(Some(&forged), peer(20)).is_err());
+    assert_eq!(a.failures(), 1);
+}
+
+/// Mallory fails three times from a shared address; admin, who logs in from there,
+/// still does. Somebody who has never logged in from there waits out the block: letting
+/// an unknown pair through would let the guesser through.
+#[test]
+fn a_good_login_passes_a_block_other_users_earned() {
+    let (a, _d) = with_secret(config(), SECRET);
+    let shared = peer(30);
+    assert!(a
+        .authenticate(Some(&basic("admin", "admin-pw")), shared)
+        .unwrap()
+        .is_some());
+    for i in 0..3 {
+        let _ = a.authenticate(Some(&basic("mallory", &format!("guess-{i}"))), shared);
+    }
+    assert!(throttled(
+        a.authenticate(Some(&basic("mallory", "guess-3")), shared)
     ));
-    assert!(a.check_throttle(peer(8)).is_ok());
-    assert_eq!(a.failures(), 3);
+    for _ in 0..5 {
+        assert!(a
+            .authenticate(Some(&basic("admin", "admin-pw")), shared)
+            .unwrap()
+            .is_some());
+    }
+    assert!(throttled(
+        a.authenticate(Some(&basic("team", "team-pw")), shared)
+    ));
+    // Mallory's guesses at admin's name do not ride on admin's standing.
+    assert!(throttled(
+        a.authenticate(Some(&basic("mallory", "admin-pw")), shared)
+    ));
+}
+
+/// Guesses at one user from many addresses (one each) reach the per-user limit: from then
+/// on, even the right password from a new address is refused unchecked, while the user
+/// itself, from where it logs in, is not.
+#[test]
+fn guesses_at_one_user_from_many_addresses_are_limited() {
+    let cfg = AuthConfig {
+        throttle: ThrottleConfig {
+            max_user_failures: 5,
+            ..config().throttle
+        },
+        ..config()
+    };
+    let (a, _d) = with_secret(cfg, SECRET);
+    let home = peer(200);
+    assert!(a
+        .authenticate(Some(&basic("team", "team-pw")), home)
+        .unwrap()
+        .is_some());
+    let mut refused = 0;
+    for n in 0..30u8 {
+        let from = IpAddr::from([192, 0, 2, n]);
+        match a.authenticate(Some(&basic("team", &format!("guess-{n}"))), from) {
+            Err(AuthError::Unauthorized) => {}
+            Err(AuthError::Throttled { .. }) => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused >= 25, "only {refused} of 30 guesses were limited");
+    assert!(throttled(a.authenticate(
+        Some(&basic("team", "team-pw")),
+        IpAddr::from([192, 0, 2, 99])
+    )));
+    assert!(a
+        .authenticate(Some(&basic("team", "team-pw")), home)
+        .unwrap()
+        .is_some());
+    // Other users are untouched.
+    assert!(a
+        .authenticate(
+            Some(&basic("admin", "admin-pw")),
+            IpAddr::from([192, 0, 2, 98])
+        )
+        .unwrap()
+        .is_some());
+}
+
+/// Guesses spread over many addresses and names, none near its own limit, reach the
+/// global ceiling; known pairs still log in.
+#[test]
+fn the_global_ceiling_limits_guesses_spread_everywhere() {
+    let cfg = AuthConfig {
+        throttle: ThrottleConfig {
+            max_global_failures: 20,
+            ..config().throttle
+        },
+        ..config()
+    };
+    let (a, _d) = with_secret(cfg, SECRET);
+    let home = peer(200);
+    assert!(a
+        .authenticate(Some(&basic("admin", "admin-pw")), home)
+        .unwrap()
+        .is_some());
+    for n in 0..19u8 {
+        let r = a.authenticate(
+            Some(&basic(&format!("user-{n}"), "guess")),
+            IpAddr::from([198, 51, 100, n]),
+        );
+        assert!(matches!(r, Err(AuthError::Unauthorized)), "{n}: {r:?}");
+    }
+    assert!(throttled(a.authenticate(
+        Some(&basic("user-19", "guess")),
+        IpAddr::from([198, 51, 100, 19])
+    )));
+    assert!(throttled(a.authenticate(
+        Some(&basic("team", "team-pw")),
+        IpAddr::from([198, 51, 100, 50])
+    )));
+    assert!(a
+        .authenticate(Some(&basic("admin", "admin-pw")), home)
+        .unwrap()
+        .is_some());
+}
+
+/// The user name of a failed login is logged only when it names an entry: a name that
+/// names none may be a password typed into the wrong field.
+#[test]
+fn unknown_user_names_are_never_logged() {
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .finish();
+    let (a, _d) = with_secret(config(), SECRET);
+    tracing::subscriber::with_default(subscriber, || {
+        let _ = a.authenticate(Some(&basic("Tr0ub4dor&3-typed-here", "")), peer(40));
+        let _ = a.authenticate(Some(&basic("admin", "wrong-password-9")), peer(40));
+    });
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(!log.contains("Tr0ub4dor"), "{log}");
+    assert!(!log.contains("wrong-password-9"), "{log}");
+    // A known name with a wrong password is worth a line, and says who.
+    assert!(log.contains("\"admin\""), "{log}");
 }
 
 #[test]
@@ -398,9 +591,11 @@ fn tokens_carry_exactly_the_granted_access() {
         access: vec![],
     };
     let expired = token::sign(&cfg.signing_key, &claims).unwrap();
-    assert!(a
-        .authenticate(Some(&format!("Bearer {expired}")), peer(3))
-        .is_err());
+    // Expired: no credentials (a 401 with a challenge), not a principal.
+    assert!(matches!(
+        a.authenticate(Some(&format!("Bearer {expired}")), peer(3)),
+        Ok(None)
+    ));
     // An `alg: none` token with our claims is refused.
     let none = format!(
         "{}.{}.",

@@ -70,25 +70,42 @@ pub(crate) fn sign(key: &[u8], claims: &Claims) -> Result<String, AuthError> {
     Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
-/// The claims of a token we signed, still valid for `audience`; `None` otherwise.
-pub(crate) fn verify(key: &[u8], token: &str, audience: &str) -> Option<Claims> {
+/// Why a presented token is not a valid one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenError {
+    /// Not signed by us, malformed, or for another audience: possibly an attack.
+    Invalid,
+    /// Ours and for us, but outside its validity period (expired, or not yet valid by this
+    /// replica's clock): a client that should log in again, not a guess.
+    Expired,
+}
+
+/// The claims of a token we signed, valid now for `audience`.
+pub(crate) fn verify(key: &[u8], token: &str, audience: &str) -> Result<Claims, TokenError> {
+    let invalid = TokenError::Invalid;
     if token.len() > MAX_TOKEN_LEN {
-        return None;
+        return Err(invalid);
     }
-    let (signing_input, sig) = token.rsplit_once('.')?;
-    let (header, payload) = signing_input.split_once('.')?;
-    let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
-    let mut m = mac(key)?;
+    let (signing_input, sig) = token.rsplit_once('.').ok_or(invalid)?;
+    let (header, payload) = signing_input.split_once('.').ok_or(invalid)?;
+    let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| invalid)?;
+    let mut m = mac(key).ok_or(invalid)?;
     m.update(signing_input.as_bytes());
     // Constant time, and before anything else is believed.
-    m.verify_slice(&sig).ok()?;
-    if URL_SAFE_NO_PAD.decode(header).ok()? != HEADER.as_bytes() {
-        return None;
+    m.verify_slice(&sig).map_err(|_| invalid)?;
+    if URL_SAFE_NO_PAD.decode(header).map_err(|_| invalid)? != HEADER.as_bytes() {
+        return Err(invalid);
     }
-    let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid)?;
+    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| invalid)?;
+    if claims.aud != audience {
+        return Err(invalid);
+    }
     let now = now_secs();
-    let valid = claims.aud == audience && now < claims.exp && now + SKEW >= claims.nbf;
-    valid.then_some(claims)
+    if now >= claims.exp || now + SKEW < claims.nbf {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
 }
 
 pub(crate) fn lifetime_secs(ttl: Duration) -> u64 {

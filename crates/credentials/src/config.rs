@@ -65,6 +65,20 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// An entry [`DockerConfig::parse`] left out because it is unusable: the key as written in
+/// the file and why. Never the entry's value, which may hold a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedEntry {
+    pub registry: String,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for SkippedEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "registry {:?}: {}", self.registry, self.reason)
+    }
+}
+
 /// One entry of a docker config, its key split into host and repository path prefix.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
@@ -73,14 +87,19 @@ pub struct Entry<'a> {
     pub credential: &'a Credential,
 }
 
-/// A parsed docker config: normalized registry host (with port, if any) to [`Credential`].
+/// A parsed docker config: normalized registry host (with port, if any) to the
+/// [`Credential`]s written for it.
 ///
-/// Keys are normalized as kubelet does: scheme and path dropped, host lowercased, port kept,
-/// Docker Hub aliases folded into `docker.io`. A key may start with `*.` to match any single
-/// label in that place.
+/// Keys are normalized as kubelet does: scheme dropped, host lowercased, port kept, Docker
+/// Hub aliases folded into `docker.io`. A key may start with `*.` to match any single label
+/// in that place. Two keys that normalize alike (`docker.io` and
+/// `https://index.docker.io/v1/`) are two credentials, both kept: `docker login` writes one,
+/// an admin adds the other, and each is somebody's login.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DockerConfig {
-    entries: BTreeMap<String, Credential>,
+    /// Never empty vectors; credentials in key order, each once.
+    entries: BTreeMap<String, Vec<Credential>>,
+    skipped: Vec<SkippedEntry>,
 }
 
 impl DockerConfig {
@@ -88,8 +107,11 @@ impl DockerConfig {
     /// registries at the top level).
     ///
     /// Entries holding only an `identitytoken` or `registrytoken` are skipped: tokens are not
-    /// supported yet, and failing the whole file over them would lock out every other
-    /// registry. When two keys normalize to the same registry, the first in key order wins.
+    /// supported yet. An unusable entry (a bad key, bad base64, an empty password...) is
+    /// left out and listed in [`skipped`](Self::skipped): failing the whole file over one
+    /// entry would keep the previous version of a rotated secret, and with it every
+    /// credential the rotation revoked. Only a document that is not a docker config at all
+    /// is an error.
     pub fn parse(bytes: &[u8]) -> Result<DockerConfig, CredentialsError> {
         if bytes.len() > MAX_CONFIG_SIZE {
             return Err(CredentialsError::TooLarge { path: None });
@@ -112,24 +134,28 @@ impl DockerConfig {
         let mut registries: Vec<(&String, &Value)> = registries.iter().collect();
         registries.sort_by(|a, b| a.0.cmp(b.0));
 
-        let mut entries = BTreeMap::new();
+        let mut entries: BTreeMap<String, Vec<Credential>> = BTreeMap::new();
+        let mut skipped = Vec::new();
         for (key, entry) in registries {
-            let normalized = normalize_key(key)?;
-            let Some(credential) = parse_entry(key, entry)? else {
-                tracing::debug!(registry = %key, "skipping token-only credentials entry");
-                continue;
+            let parsed = normalize_key(key).and_then(|n| Ok((n, parse_entry(key, entry)?)));
+            let (normalized, credential) = match parsed {
+                Ok((normalized, Some(credential))) => (normalized, credential),
+                Ok((_, None)) => {
+                    tracing::debug!(registry = ?key, "skipping token-only credentials entry");
+                    continue;
+                }
+                Err(CredentialsError::BadEntry { registry, reason }) => {
+                    skipped.push(SkippedEntry { registry, reason });
+                    continue;
+                }
+                Err(other) => return Err(other),
             };
-            if entries.contains_key(&normalized) {
-                tracing::debug!(
-                    registry = %key,
-                    normalized = %normalized,
-                    "ignoring credentials entry for a registry already configured"
-                );
-                continue;
+            let same_registry = entries.entry(normalized).or_default();
+            if !same_registry.contains(&credential) {
+                same_registry.push(credential);
             }
-            entries.insert(normalized, credential);
         }
-        Ok(DockerConfig { entries })
+        Ok(DockerConfig { entries, skipped })
     }
 
     /// Reads a credentials file, or a mounted secret directory: then `<dir>/.dockerconfigjson`,
@@ -145,10 +171,11 @@ impl DockerConfig {
     ///
     /// When the only keys for the host carry a path (`ghcr.io/team-a`), the first of them in
     /// key order is returned: for upstream credentials the admin picked this secret for this
-    /// upstream, and ignoring its only entry would silently pull anonymously instead.
+    /// upstream, and ignoring its only entry would silently pull anonymously instead. Of
+    /// several credentials under one key (aliases), the first in key order.
     pub fn for_host(&self, host: &str) -> Option<&Credential> {
         let host = normalize_host(host);
-        if let Some(credential) = self.entries.get(host.as_str()) {
+        if let Some(credential) = self.entries.get(host.as_str()).and_then(|c| c.first()) {
             return Some(credential);
         }
         if let Some(credential) = self.wildcard_for(&host) {
@@ -159,8 +186,7 @@ impl DockerConfig {
         self.entries
             .range(prefix.clone()..)
             .take_while(|(key, _)| key.starts_with(&prefix))
-            .map(|(_, credential)| credential)
-            .next()
+            .find_map(|(_, credentials)| credentials.first())
     }
 
     /// The path-less wildcard key covering `host`. One label only, as kubelet's glob does:
@@ -170,16 +196,19 @@ impl DockerConfig {
         if label.is_empty() || label == "*" || rest.is_empty() {
             return None;
         }
-        self.entries.get(format!("*.{rest}").as_str())
+        self.entries
+            .get(format!("*.{rest}").as_str())
+            .and_then(|c| c.first())
     }
 
     /// Every entry with its host and repository path prefix (`ghcr.io/team-a` gives host
-    /// `ghcr.io`, path `team-a`; API-version paths like Docker's `/v1/` are no path).
+    /// `ghcr.io`, path `team-a`; Docker Hub's API-version paths `/v1/` and `/v2/` are no
+    /// path).
     pub fn all_entries(&self) -> impl Iterator<Item = Entry<'_>> {
-        self.entries.iter().map(|(key, credential)| {
+        self.entries().map(|(key, credential)| {
             let (host, path) = match key.split_once('/') {
                 Some((h, p)) => (h, Some(p)),
-                None => (key.as_str(), None),
+                None => (key, None),
             };
             Entry {
                 host,
@@ -189,15 +218,24 @@ impl DockerConfig {
         })
     }
 
-    /// Every entry, by normalized key (`host` or `host/path`), in key order.
+    /// Every entry, by normalized key (`host` or `host/path`), in key order; a key written
+    /// under several aliases once per distinct credential.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &Credential)> {
-        self.entries
-            .iter()
-            .map(|(key, credential)| (key.as_str(), credential))
+        self.entries.iter().flat_map(|(key, credentials)| {
+            credentials
+                .iter()
+                .map(move |credential| (key.as_str(), credential))
+        })
     }
 
+    /// The entries [`parse`](Self::parse) left out, in key order.
+    pub fn skipped(&self) -> &[SkippedEntry] {
+        &self.skipped
+    }
+
+    /// Credentials loaded (not counting [`skipped`](Self::skipped) entries).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -259,15 +297,18 @@ fn normalize_key(raw: &str) -> Result<String, CredentialsError> {
 }
 
 /// The repository path of a key (`ghcr.io/team-a/` gives `team-a`); none for a bare host or
-/// an API-version path (`https://index.docker.io/v1/`).
+/// Docker Hub's API-version path (`https://index.docker.io/v1/`). Elsewhere `v1` and `v2`
+/// are repository prefixes like any other, as kubelet reads them: `ghcr.io/v2/` is
+/// `ghcr.io/v2/...`, not all of ghcr.io.
 fn key_path(raw: &str) -> Option<String> {
     let raw = raw.trim();
     let without_scheme = strip_prefix_ignore_case(raw, "https://")
         .or_else(|| strip_prefix_ignore_case(raw, "http://"))
         .unwrap_or(raw);
-    let (_, path) = without_scheme.split_once('/')?;
+    let (host, path) = without_scheme.split_once('/')?;
     let path = path.trim_matches('/');
-    if path.is_empty() || matches!(path, "v1" | "v2") {
+    let api_version = matches!(path, "v1" | "v2") && pullgate_oci::is_docker_hub(host);
+    if path.is_empty() || api_version {
         return None;
     }
     Some(path.to_owned())
@@ -496,9 +537,15 @@ mod tests {
     #[test]
     fn key_normalization() {
         let cases = [
-            ("https://Registry.Example.com/v2/", "registry.example.com"),
+            (
+                "https://Registry.Example.com/v2/",
+                "registry.example.com/v2",
+            ),
             ("http://127.0.0.1:5000", "127.0.0.1:5000"),
-            ("localhost:5000/v1/", "localhost:5000"),
+            ("localhost:5000/v1/", "localhost:5000/v1"),
+            ("https://index.docker.io/v1/", "docker.io"),
+            ("Registry-1.Docker.io/v2/", "docker.io"),
+            ("docker.io/v3/", "docker.io/v3"),
             ("  ghcr.io  ", "ghcr.io"),
             (
                 "registry.example.com/some/path/",
@@ -568,16 +615,71 @@ mod tests {
         assert_eq!(config.for_host("r.ports.test"), None);
     }
 
+    /// `docker login` writes `https://index.docker.io/v1/`, an admin adds `docker.io`: two
+    /// users of one registry, and both must be able to log in.
     #[test]
-    fn duplicate_normalized_keys_first_in_key_order_wins() {
+    fn alias_keys_are_two_credentials() {
         let json = format!(
-            r#"{{"auths":{{"registry-1.docker.io":{{"auth":"{}"}},"https://index.docker.io/v1/":{{"auth":"{}"}}}}}}"#,
-            auth("second", "p"),
-            auth("first", "p")
+            r#"{{"auths":{{"registry-1.docker.io":{{"auth":"{}"}},"https://index.docker.io/v1/":{{"auth":"{}"}},
+                "docker.io":{{"auth":"{}"}}}}}}"#,
+            auth("second", "p2"),
+            auth("first", "p1"),
+            auth("first", "p1")
         );
         let config = parse(&json).unwrap();
-        assert_eq!(config.len(), 1);
-        assert_eq!(config.for_host("docker.io"), Some(&cred("first", "p")));
+        // The same credential under two aliases is one.
+        assert_eq!(config.len(), 2);
+        assert!(config.skipped().is_empty());
+        let all: Vec<(&str, Option<&str>, &str)> = config
+            .all_entries()
+            .map(|e| (e.host, e.path, e.credential.username.as_str()))
+            .collect();
+        assert_eq!(
+            all,
+            [("docker.io", None, "first"), ("docker.io", None, "second")]
+        );
+        assert_eq!(config.entries().count(), 2);
+        // An upstream needs one: the first in key order.
+        assert_eq!(config.for_host("docker.io"), Some(&cred("first", "p1")));
+    }
+
+    /// `/v1/` and `/v2/` are API versions only in Docker Hub's keys; elsewhere they are
+    /// repository prefixes, or `ghcr.io/v2/` would grant all of ghcr.io.
+    #[test]
+    fn api_version_paths_are_docker_hub_only() {
+        let json = serde_json::json!({ "auths": {
+            "https://index.docker.io/v1/": { "username": "hub1", "password": "p" },
+            "registry-1.docker.io/v2/": { "username": "hub2", "password": "p" },
+            "ghcr.io/v2/": { "username": "gh", "password": "p" },
+            "https://quay.io/v1/": { "username": "quay", "password": "p" },
+            "ghcr.io/v2/team": { "username": "deep", "password": "p" },
+        }});
+        let config = DockerConfig::parse(json.to_string().as_bytes()).unwrap();
+        let mut seen: Vec<(String, Option<String>, String)> = config
+            .all_entries()
+            .map(|e| {
+                (
+                    e.host.to_owned(),
+                    e.path.map(str::to_owned),
+                    e.credential.username.clone(),
+                )
+            })
+            .collect();
+        seen.sort();
+        let row =
+            |h: &str, p: Option<&str>, u: &str| (h.to_owned(), p.map(str::to_owned), u.to_owned());
+        assert_eq!(
+            seen,
+            [
+                row("docker.io", None, "hub1"),
+                row("docker.io", None, "hub2"),
+                row("ghcr.io", Some("v2"), "gh"),
+                row("ghcr.io", Some("v2/team"), "deep"),
+                row("quay.io", Some("v1"), "quay"),
+            ]
+        );
+        // Upstream credentials still find a path key when it is the only one.
+        assert_eq!(config.for_host("quay.io").unwrap().username, "quay");
     }
 
     #[test]
@@ -603,9 +705,10 @@ mod tests {
         assert!(parse(json).unwrap().is_empty());
     }
 
-    /// Every bad entry names the registry and its reason, and never the secret it was given.
+    /// Every bad entry is skipped, named by its registry and reason, never by the secret it
+    /// was given; the good entries beside it are kept.
     #[test]
-    fn bad_entries_are_errors_without_secrets() {
+    fn bad_entries_are_skipped_without_secrets() {
         const SECRET: &str = "TOPSECRETVALUE";
         let no_colon = STANDARD.encode(SECRET);
         let cases = [
@@ -643,18 +746,31 @@ mod tests {
             (format!(r#""{SECRET}""#), "not an object"),
         ];
         for (entry, reason_part) in cases {
-            let json = format!(r#"{{"auths":{{"ghcr.io":{entry}}}}}"#);
-            let error = parse(&json).unwrap_err();
-            let CredentialsError::BadEntry { registry, reason } = &error else {
-                panic!("{entry}: expected BadEntry, got {error:?}");
+            let json = format!(
+                r#"{{"auths":{{"ghcr.io":{entry},"quay.io":{{"auth":"{}"}}}}}}"#,
+                auth("good", "pw")
+            );
+            let config = parse(&json).unwrap();
+            assert_eq!(config.len(), 1, "{entry}");
+            assert_eq!(config.for_host("quay.io"), Some(&cred("good", "pw")));
+            assert_eq!(config.for_host("ghcr.io"), None);
+            let [skipped] = config.skipped() else {
+                panic!(
+                    "{entry}: expected one skipped entry, got {:?}",
+                    config.skipped()
+                );
             };
-            assert_eq!(registry, "ghcr.io");
-            assert!(reason.contains(reason_part), "{entry}: {reason}");
-            let shown = format!("{error} {error:?}");
+            assert_eq!(skipped.registry, "ghcr.io");
+            assert!(skipped.reason.contains(reason_part), "{entry}: {skipped}");
+            let shown = format!("{skipped} {skipped:?} {config:?}");
             assert!(shown.contains("ghcr.io"), "{shown}");
             assert!(!shown.contains(SECRET), "secret leaked: {shown}");
             assert!(!shown.contains(&no_colon), "secret leaked: {shown}");
         }
+        // A bad key is an entry like any other.
+        let config = parse(r#"{"auths":{"a*.example.com":{"auth":"dTpw"}}}"#).unwrap();
+        assert!(config.is_empty());
+        assert_eq!(config.skipped()[0].registry, "a*.example.com");
     }
 
     #[test]
@@ -931,7 +1047,8 @@ mod tests {
             }
             for entry in config.all_entries() {
                 prop_assert!(entries.contains_key(entry.host));
-                prop_assert_eq!(entry.path, None);
+                // Only an API-version-looking path, which is a prefix off Docker Hub.
+                prop_assert!(matches!(entry.path, None | Some("v1" | "v2")), "{:?}", entry.path);
             }
         }
 
@@ -976,8 +1093,12 @@ mod tests {
                 prop_assert!(!entry.credential.password.is_empty());
                 prop_assert!(!entry.host.is_empty());
                 if entry.path.is_none() {
-                    prop_assert_eq!(config.for_host(entry.host), Some(entry.credential));
+                    // Of several credentials under aliases of one key, the first.
+                    prop_assert!(config.for_host(entry.host).is_some());
                 }
+            }
+            for skipped in config.skipped() {
+                prop_assert!(!skipped.reason.is_empty());
             }
         }
 
@@ -1004,7 +1125,11 @@ mod tests {
             };
             let json = if shape == 6 { entry } else { serde_json::json!({ "auths": { "r.io": entry } }) };
             match DockerConfig::parse(json.to_string().as_bytes()) {
-                Ok(c) => prop_assert!(c.for_host("r.io").is_none()),
+                Ok(c) => {
+                    prop_assert!(c.for_host("r.io").is_none());
+                    let shown = format!("{c:?} {:?}", c.skipped());
+                    prop_assert!(!shown.contains(&secret));
+                }
                 Err(e) => {
                     let shown = format!("{e} {e:?}");
                     prop_assert!(!shown.contains(&secret));
@@ -1039,10 +1164,12 @@ mod tests {
 
         #[test]
         fn errors_never_show_the_password(password in "[A-Za-z0-9]{12,40}") {
-            // A password-only entry is refused; its message must not echo the password.
+            // A password-only entry is skipped; its report must not echo the password.
             let json = serde_json::json!({ "auths": { "ghcr.io": { "password": password.clone() } } });
-            let error = DockerConfig::parse(json.to_string().as_bytes()).unwrap_err();
-            let shown = format!("{error} {error:?}");
+            let config = DockerConfig::parse(json.to_string().as_bytes()).unwrap();
+            prop_assert!(config.is_empty());
+            prop_assert_eq!(config.skipped().len(), 1);
+            let shown = format!("{} {:?} {config:?}", config.skipped()[0], config.skipped()[0]);
             prop_assert!(!shown.contains(&password));
         }
     }

@@ -16,8 +16,11 @@ pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Kubelet rotates a secret volume by atomically swapping the `..data` symlink to a new
 /// timestamped directory, so the file's path never changes while its target does. Each check
 /// therefore resolves every symlink and compares (resolved path, mtime, length) with what was
-/// last read. A rotation that cannot be read or parsed keeps the last good config: a bad
-/// secret should not lock everyone out of a mirror that was working.
+/// last read. A rotation that cannot be read, or is not a docker config at all, keeps the
+/// last good config: a bad secret should not lock everyone out of a mirror that was working.
+/// A rotation with some unusable entries is applied without them, removals included: keeping
+/// the old set would keep every credential the rotation meant to revoke. Each skipped entry
+/// is logged (key and reason, never its value) and counted.
 ///
 /// Cloning is cheap and clones share the loaded config and the failure count.
 #[derive(Clone)]
@@ -31,6 +34,7 @@ struct Inner {
     config: RwLock<Arc<DockerConfig>>,
     watch: Mutex<Watch>,
     reload_failures: AtomicU64,
+    skipped_entries: AtomicU64,
 }
 
 struct Watch {
@@ -64,18 +68,22 @@ impl SecretSource {
     /// less clearly.
     pub fn open(path: &Path) -> Result<SecretSource, CredentialsError> {
         let (config, stamp) = read_stamped(path).map_err(|(_, error)| error)?;
-        Ok(SecretSource {
+        let source = SecretSource {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                config: RwLock::new(Arc::new(config)),
+                config: RwLock::new(Arc::new(DockerConfig::default())),
                 watch: Mutex::new(Watch {
                     last_check: Instant::now(),
                     last_seen: Some(stamp),
                 }),
                 reload_failures: AtomicU64::new(0),
+                skipped_entries: AtomicU64::new(0),
             }),
             check_interval: DEFAULT_CHECK_INTERVAL,
-        })
+        };
+        source.report_skipped(&config);
+        source.install(config);
+        Ok(source)
     }
 
     /// Sets how often [`current`](Self::current) may look at the file
@@ -101,6 +109,12 @@ impl SecretSource {
     /// counts once.
     pub fn reload_failures(&self) -> u64 {
         self.inner.reload_failures.load(Ordering::Relaxed)
+    }
+
+    /// Entries left out of the versions loaded since [`open`](Self::open) (that one
+    /// included) because they were unusable; each version's counted once.
+    pub fn skipped_entries(&self) -> u64 {
+        self.inner.skipped_entries.load(Ordering::Relaxed)
     }
 
     /// The path this source was opened with.
@@ -143,22 +157,45 @@ impl SecretSource {
 
         match read_stamped(&self.inner.path) {
             Ok((config, stamp)) => {
+                self.report_skipped(&config);
                 tracing::info!(
                     path = %self.inner.path.display(),
                     registries = config.len(),
+                    skipped = config.skipped().len(),
                     "reloaded credentials"
                 );
-                let config = Arc::new(config);
-                match self.inner.config.write() {
-                    Ok(mut current) => *current = config,
-                    Err(poisoned) => *poisoned.into_inner() = config,
-                }
+                self.install(config);
                 watch.last_seen = Some(stamp);
             }
             Err((stamp, error)) => {
                 self.record_failure(&error);
                 watch.last_seen = Some(stamp.unwrap_or(probed));
             }
+        }
+    }
+
+    fn install(&self, config: DockerConfig) {
+        let config = Arc::new(config);
+        match self.inner.config.write() {
+            Ok(mut current) => *current = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+    }
+
+    fn report_skipped(&self, config: &DockerConfig) {
+        let skipped = config.skipped();
+        self.inner
+            .skipped_entries
+            .fetch_add(skipped.len() as u64, Ordering::Relaxed);
+        for entry in skipped {
+            // An error: somebody's login in this secret does not work. The key and the
+            // reason only; the value may be a password.
+            tracing::error!(
+                path = %self.inner.path.display(),
+                registry = ?entry.registry,
+                reason = entry.reason,
+                "skipping an unusable credentials entry; the rest of the secret applies"
+            );
         }
     }
 
@@ -315,13 +352,64 @@ mod tests {
         assert_eq!(user(&source).as_deref(), Some("good"));
         assert_eq!(source.reload_failures(), 1);
 
-        volume.rotate(r#"{"auths":{"ghcr.io":{"auth":"!!"}}}"#);
+        // JSON, but not a docker config.
+        volume.rotate(r#"{"auths":["ghcr.io"]}"#);
         assert_eq!(user(&source).as_deref(), Some("good"));
         assert_eq!(source.reload_failures(), 2);
 
         volume.rotate(&config_json("fixed"));
         assert_eq!(user(&source).as_deref(), Some("fixed"));
         assert_eq!(source.reload_failures(), 2);
+        assert_eq!(source.skipped_entries(), 0);
+    }
+
+    /// One rotation revokes bob and adds carol with an empty password. Rejecting the whole
+    /// rotation over carol's entry would keep bob's revoked credential working.
+    #[cfg(unix)]
+    #[test]
+    fn a_rotation_with_a_bad_entry_applies_the_rest_and_its_removals() {
+        let users = |source: &SecretSource| -> Vec<String> {
+            source
+                .current()
+                .entries()
+                .map(|(_, c)| c.username.clone())
+                .collect()
+        };
+        let mut volume = kubelet::Volume::new(
+            r#"{"auths":{"ghcr.io":{"username":"alice","password":"a-pw"},
+                "quay.io":{"username":"bob","password":"b-pw"}}}"#,
+        );
+        let source = SecretSource::open(volume.path())
+            .unwrap()
+            .with_check_interval(Duration::ZERO);
+        assert_eq!(users(&source), ["alice", "bob"]);
+
+        volume.rotate(
+            r#"{"auths":{"ghcr.io":{"username":"alice","password":"a-pw"},
+                "registry.example.com":{"username":"carol","password":""}}}"#,
+        );
+        assert_eq!(users(&source), ["alice"], "bob's revocation was lost");
+        assert_eq!(source.reload_failures(), 0);
+        assert_eq!(source.skipped_entries(), 1);
+        let current = source.current();
+        assert_eq!(current.skipped()[0].registry, "registry.example.com");
+        // Counted once per version, not per look.
+        assert_eq!(users(&source), ["alice"]);
+        assert_eq!(source.skipped_entries(), 1);
+    }
+
+    #[test]
+    fn skipped_entries_at_open_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        fs::write(
+            &path,
+            r#"{"auths":{"a.io":{"auth":"!!"},"b.io":{"username":"u","password":"p"}}}"#,
+        )
+        .unwrap();
+        let source = SecretSource::open(&path).unwrap();
+        assert_eq!(source.current().len(), 1);
+        assert_eq!(source.skipped_entries(), 1);
     }
 
     #[test]

@@ -88,7 +88,8 @@ impl Mirror {
 
     /// The upstream serves bytes that hash to `digest` under this repository: the only
     /// word taken from an upstream that never served them to us. Costs one download of
-    /// the content (bounded by `max_blob_size`), read and dropped as it is hashed.
+    /// the content (bounded by the upstream's `max_blob_size`), read and dropped as it is
+    /// hashed.
     async fn prove_possession(
         &self,
         target: &Target,
@@ -104,21 +105,10 @@ impl Mirror {
                     .get_blob(&target.repo, digest)
                     .await
                     .map_err(|e| self.note_unknown(target, digest, e, wanted))?;
-                let limit = self.config.max_blob_size;
-                if download.size.is_some_and(|s| s > limit) {
-                    return Err(MirrorError::TooLarge {
-                        size: download.size,
-                        limit,
-                    });
-                }
+                // The upstream client bounds the body by `max_blob_size`.
                 let mut stream = download.stream;
-                let mut total: u64 = 0;
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(|e| MirrorError::from_upstream(e, wanted))?;
-                    total += chunk.len() as u64;
-                    if total > limit {
-                        return Err(MirrorError::TooLarge { size: None, limit });
-                    }
                     hasher.update(&chunk);
                 }
             }

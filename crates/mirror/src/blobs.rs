@@ -357,7 +357,6 @@ impl Mirror {
             repo: target.repo.clone(),
             digest: digest.clone(),
             stats: Arc::clone(&self.stats),
-            max_blob_size: self.config.max_blob_size,
         };
         self.tasks.spawn(job.run(tx, guard));
         Ok(rx)
@@ -371,7 +370,6 @@ struct FillJob {
     repo: RepoName,
     digest: Digest,
     stats: Arc<Stats>,
-    max_blob_size: u64,
 }
 
 /// With no client left, a fill must still move at least this much per upstream read
@@ -420,12 +418,6 @@ impl FillJob {
             .get_blob(repo, digest)
             .await
             .map_err(|e| MirrorError::from_upstream(e, Wanted::Blob))?;
-        if let Some(size) = download.size.filter(|s| *s > self.max_blob_size) {
-            return Err(MirrorError::TooLarge {
-                size: Some(size),
-                limit: self.max_blob_size,
-            });
-        }
         // The store notes disk trouble (log line, metrics) itself; here it only means that this
         // blob goes to its clients uncached.
         let ingest = if store.disk().should_try() {
@@ -449,7 +441,6 @@ impl FillJob {
         let _ = tx.send(FillState::Started(ingest.follower()));
 
         let mut stream = download.stream;
-        let mut total: u64 = 0;
         let window = upstream.read_timeout();
         let mut window_start = tokio::time::Instant::now();
         let mut window_bytes: u64 = 0;
@@ -463,17 +454,9 @@ impl FillJob {
             };
             match batch {
                 Ok(chunks) => {
+                    // The upstream client ends a body that runs past `max_blob_size`.
                     let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-                    total += len;
                     window_bytes += len;
-                    if total > self.max_blob_size {
-                        let e = MirrorError::TooLarge {
-                            size: None,
-                            limit: self.max_blob_size,
-                        };
-                        ingest.abort(&e.to_string());
-                        return Err(e);
-                    }
                     self.stats
                         .bytes_fetched
                         .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
@@ -564,5 +547,63 @@ fn resolve(range: Option<RangeSpec>, size: u64) -> Result<Option<ByteRange>, Mir
         Some(Ok(r)) => Ok(Some(r)),
         Some(Err(RangeError::Ignored)) => Ok(None),
         Some(Err(RangeError::Unsatisfiable)) => Err(MirrorError::RangeNotSatisfiable { size }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(map: &Fills, digest: &Digest, client: &ClientId) -> FillGuard {
+        let mut m = map.lock();
+        let id = m.next_id;
+        m.next_id += 1;
+        let (_tx, rx) = watch::channel(FillState::Pending);
+        m.by_digest
+            .entry(digest.clone())
+            .or_default()
+            .push(FillEntry {
+                id,
+                state: rx,
+                upstream: UpstreamId::parse("docker.io").unwrap(),
+                repo: RepoName::parse("library/x").unwrap(),
+            });
+        *m.per_client.entry(client.clone()).or_insert(0) += 1;
+        FillGuard {
+            fills: map.clone(),
+            digest: digest.clone(),
+            id,
+            client: client.clone(),
+        }
+    }
+
+    /// A fill task that panics (or is cancelled at shutdown) still leaves the map: its
+    /// digest can be filled again, and its client's count goes back down.
+    #[tokio::test]
+    async fn a_fill_that_panics_leaves_no_entry_behind() {
+        let fills = Fills::default();
+        let digest = Digest::sha256_of(b"layer");
+        let client = ClientId::Address(IpAddr::from([127, 0, 0, 1]));
+        let kept = entry(&fills, &digest, &client);
+        let guard = entry(&fills, &digest, &client);
+        assert_eq!(fills.len(), 2);
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            panic!("a bug in a fill");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(fills.len(), 1);
+        assert_eq!(fills.lock().per_client.get(&client), Some(&1));
+
+        // A cancelled one too, and the last one out removes the digest and the client.
+        let never = tokio::spawn(async move {
+            let _kept = kept;
+            std::future::pending::<()>().await;
+        });
+        never.abort();
+        assert!(never.await.unwrap_err().is_cancelled());
+        assert_eq!(fills.len(), 0);
+        let map = fills.lock();
+        assert!(map.by_digest.is_empty() && map.per_client.is_empty());
     }
 }

@@ -25,6 +25,10 @@ pub enum MirrorError {
     RateLimited { retry_after: Option<Duration> },
     #[error("upstream unavailable: {detail}")]
     UpstreamUnavailable { detail: String, timeout: bool },
+    /// The blob is larger than the mirror's maximum blob size (by its `Content-Length`, or
+    /// as it streamed): the upstream's to serve, not ours to cache.
+    #[error("the blob is larger than the maximum blob size of {limit} bytes")]
+    BlobTooLarge { limit: u64 },
     /// The upstream sent something we will not pass on: wrong digest, oversized or
     /// malformed manifest, broken protocol.
     #[error("bad upstream response: {0}")]
@@ -32,9 +36,6 @@ pub enum MirrorError {
     /// This client already has as many fills under way as it may start.
     #[error("too many blob downloads under way for this client (at most {limit})")]
     TooManyFills { limit: usize },
-    /// A blob larger than the mirror's `max_blob_size`; `size` if the upstream announced it.
-    #[error("the blob exceeds the mirror's size limit of {limit} bytes")]
-    TooLarge { size: Option<u64>, limit: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -61,13 +62,16 @@ impl MirrorError {
             },
             UpstreamError::Denied => MirrorError::UpstreamDenied,
             UpstreamError::RateLimited { retry_after } => MirrorError::RateLimited { retry_after },
-            UpstreamError::Unavailable(detail) => {
-                let timeout = detail.contains("timed out") || detail.contains("timeout");
-                MirrorError::UpstreamUnavailable { detail, timeout }
-            }
+            // The upstream crate decided the cause where it failed; its words are for logs.
+            UpstreamError::Unavailable { cause, detail } => MirrorError::UpstreamUnavailable {
+                detail,
+                timeout: cause.is_timeout(),
+            },
             UpstreamError::TooLarge => {
                 MirrorError::UpstreamBadContent("upstream response exceeds the size limit".into())
             }
+            UpstreamError::BlobTooLarge { limit } => MirrorError::BlobTooLarge { limit },
+            e @ UpstreamError::Redirect(_) => MirrorError::UpstreamBadContent(e.to_string()),
             UpstreamError::Protocol(detail) => MirrorError::UpstreamBadContent(detail),
         }
     }
@@ -96,5 +100,44 @@ impl From<StoreError> for MirrorError {
 impl From<pullgate_flights::Abandoned> for MirrorError {
     fn from(e: pullgate_flights::Abandoned) -> Self {
         MirrorError::internal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pullgate_upstream::Cause;
+
+    #[test]
+    fn upstream_causes_decide_not_their_words() {
+        let unavailable = |cause, detail: &str| {
+            MirrorError::from_upstream(
+                UpstreamError::Unavailable {
+                    cause,
+                    detail: detail.into(),
+                },
+                Wanted::Blob,
+            )
+        };
+        let cases = [
+            (unavailable(Cause::Timeout, "request to h failed"), true),
+            // A refused connection whose text happens to say "timeout" is not one.
+            (
+                unavailable(Cause::Connect, "cannot connect to timeout.example"),
+                false,
+            ),
+            (
+                unavailable(Cause::TokenEndpoint(503), "token endpoint answered 503"),
+                false,
+            ),
+        ];
+        for (e, want) in cases {
+            match e {
+                MirrorError::UpstreamUnavailable { timeout, .. } => assert_eq!(timeout, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        let e = MirrorError::from_upstream(UpstreamError::BlobTooLarge { limit: 7 }, Wanted::Blob);
+        assert!(matches!(e, MirrorError::BlobTooLarge { limit: 7 }), "{e:?}");
     }
 }

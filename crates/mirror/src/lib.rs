@@ -11,7 +11,7 @@
 //! `pullgate-upstream`), no file layout (that is `pullgate-store`).
 //!
 //! Main types: [`Mirror`], [`Target`], [`ManifestResponse`], [`BlobResponse`],
-//! [`MirrorError`], [`Stats`].
+//! [`MirrorError`], [`Stats`], [`CacheReport`].
 
 mod access;
 mod blobs;
@@ -64,9 +64,6 @@ impl Source {
 pub struct MirrorConfig {
     /// How long a tag is served from the index before it is revalidated upstream.
     pub tag_ttl: Duration,
-    /// Largest blob the mirror fetches: refused up front by `Content-Length`, and a body
-    /// that runs past it (chunked, or lying) fails its fill.
-    pub max_blob_size: u64,
     /// Fills one client (user, or address when anonymous) may have started and still
     /// under way; joining a fill someone else started does not count.
     pub max_fills_per_client: usize,
@@ -79,19 +76,30 @@ impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
             tag_ttl: Duration::from_secs(60),
-            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             max_fills_per_client: DEFAULT_MAX_FILLS_PER_CLIENT,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
         }
     }
 }
 
-/// 32 GiB: larger than any layer real images have, small enough that an endless body
-/// cannot fill a disk.
-pub const DEFAULT_MAX_BLOB_SIZE: u64 = 32 * 1024 * 1024 * 1024;
 /// A client pulling an image starts a fill per layer, a handful at a time.
 pub const DEFAULT_MAX_FILLS_PER_CLIENT: usize = 64;
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// The cache as `/metrics` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheReport {
+    pub usage: pullgate_store::Usage,
+    /// `None`: unbounded.
+    pub limits: Option<pullgate_store::Limits>,
+    pub evictions: pullgate_store::Evictions,
+    /// Whether the cache disk takes writes now.
+    pub writable: bool,
+    /// Writes the disk refused since start.
+    pub write_errors: u64,
+    /// Responses served uncached because the disk refused them.
+    pub bypassed: u64,
+}
 
 /// An upstream answer passed through as-is (tags list, referrers).
 #[derive(Debug, Clone)]
@@ -159,24 +167,17 @@ impl Mirror {
             .collect()
     }
 
-    /// What the cache holds now.
-    pub fn cache_usage(&self) -> pullgate_store::Usage {
-        self.store.usage()
-    }
-
-    /// Whether the cache disk takes writes, and what was served uncached because it did not.
-    pub fn cache_disk(&self) -> &pullgate_store::DiskHealth {
-        self.store.disk()
-    }
-
-    /// The cache's size limit, if it has one.
-    pub fn cache_limits(&self) -> Option<pullgate_store::Limits> {
-        self.store.limits()
-    }
-
-    /// Blobs evicted from the cache since start.
-    pub fn cache_evictions(&self) -> pullgate_store::Evictions {
-        self.store.evictions()
+    /// What `/metrics` shows of the cache, in one value: the store stays behind the mirror.
+    pub fn cache_report(&self) -> CacheReport {
+        let disk = self.store.disk();
+        CacheReport {
+            usage: self.store.usage(),
+            limits: self.store.limits(),
+            evictions: self.store.evictions(),
+            writable: disk.writable(),
+            write_errors: disk.write_errors(),
+            bypassed: disk.bypassed(),
+        }
     }
 
     /// Readiness: can the cache take a new blob? Err says why not.

@@ -109,6 +109,9 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 read_timeout: Duration::from_secs(1),
                 user_agent: "test".into(),
+                token_realms: Vec::new(),
+                allow_private_redirects: None,
+                max_blob_size: pullgate_upstream::DEFAULT_MAX_BLOB_SIZE,
             })
             .unwrap(),
         )

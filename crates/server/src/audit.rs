@@ -26,10 +26,78 @@ pub struct AuditEvent<'a> {
     pub repository: Option<&'a str>,
     pub reference: Option<&'a str>,
     pub digest: Option<String>,
-    /// hit, miss, stale, denied, unauthorized, throttled, error
+    /// [`Outcome::as_str`]: hit, miss, stale, upstream, ok, unauthorized, denied,
+    /// throttled, error.
     pub outcome: &'a str,
     pub status: u16,
     pub bytes: u64,
+}
+
+/// What became of a request, as the code that decided it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from the cache.
+    Hit,
+    /// Fetched from the upstream.
+    Miss,
+    /// A cached tag served because the upstream could not be asked.
+    Stale,
+    /// Passed through from the upstream (tags lists, referrers).
+    Upstream,
+    /// Answered by the mirror itself (`/v2/`, a token).
+    Ok,
+    /// No credentials, or ones that did not check out: 401 with a challenge.
+    Unauthorized,
+    /// Authenticated, but not allowed this repository.
+    Denied,
+    /// Refused by the failed-login throttle.
+    Throttled,
+    /// Failed for any other reason (the error says which).
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Upstream => "upstream",
+            Outcome::Ok => "ok",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Denied => "denied",
+            Outcome::Throttled => "throttled",
+            Outcome::Error => "error",
+        }
+    }
+
+    /// Refusals are audited for every route, not only manifest pulls.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            Outcome::Unauthorized | Outcome::Denied | Outcome::Throttled
+        )
+    }
+
+    /// Where the content came from, for the access log.
+    pub fn source(self) -> Option<&'static str> {
+        match self {
+            Outcome::Hit | Outcome::Miss | Outcome::Stale | Outcome::Upstream => {
+                Some(self.as_str())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<pullgate_mirror::Source> for Outcome {
+    fn from(s: pullgate_mirror::Source) -> Self {
+        match s {
+            pullgate_mirror::Source::Hit => Outcome::Hit,
+            pullgate_mirror::Source::Miss => Outcome::Miss,
+            pullgate_mirror::Source::Stale => Outcome::Stale,
+        }
+    }
 }
 
 pub struct Audit {

@@ -8,8 +8,7 @@ use futures_util::Stream;
 use http_body::{Frame, SizeHint};
 use pullgate_mirror::BlobStream;
 
-use crate::metrics::Metrics;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,7 +22,7 @@ pub enum Body {
         stream: BlobStream,
         remaining: u64,
         /// Counts bytes as they go out, so aborted downloads count what was sent.
-        metrics: Arc<Metrics>,
+        served: Arc<AtomicU64>,
     },
 }
 
@@ -34,6 +33,15 @@ struct ShortBody(u64);
 impl Body {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Body::Full(Some(bytes.into()))
+    }
+
+    /// `len` bytes of `stream`, each counted in `served` as it goes out.
+    pub fn blob(stream: BlobStream, len: u64, served: Arc<AtomicU64>) -> Self {
+        Body::Blob {
+            stream,
+            remaining: len,
+            served,
+        }
     }
 }
 
@@ -51,7 +59,7 @@ impl http_body::Body for Body {
             Body::Blob {
                 stream,
                 remaining,
-                metrics,
+                served,
             } => {
                 if *remaining == 0 {
                     return Poll::Ready(None);
@@ -60,9 +68,7 @@ impl http_body::Body for Body {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Some(Ok(chunk))) => {
                         *remaining = remaining.saturating_sub(chunk.len() as u64);
-                        metrics
-                            .served_blob_bytes
-                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        served.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                         Poll::Ready(Some(Ok(Frame::data(chunk))))
                     }
                     Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),

@@ -179,6 +179,11 @@ impl From<MirrorError> for ApiError {
                 .status(status)
                 .log(detail)
             }
+            MirrorError::BlobTooLarge { limit } => ApiError::new(
+                ErrorCode::Unknown,
+                format!("the blob is larger than this mirror's maximum blob size ({limit} bytes)"),
+            )
+            .status(StatusCode::BAD_GATEWAY),
             // Never DIGEST_INVALID: that would blame the client for the upstream's bytes.
             MirrorError::UpstreamBadContent(detail) => ApiError::new(
                 ErrorCode::Unknown,
@@ -191,15 +196,6 @@ impl From<MirrorError> for ApiError {
                 format!("this client already has {limit} blob downloads under way; retry when they finish"),
             )
             .retry_after(Some(std::time::Duration::from_secs(1))),
-            MirrorError::TooLarge { size, limit } => ApiError::new(
-                ErrorCode::Unknown,
-                format!("the blob is larger than this mirror's limit of {limit} bytes"),
-            )
-            .status(StatusCode::BAD_GATEWAY)
-            .log(match size {
-                Some(s) => format!("the upstream announced {s} bytes"),
-                None => "the upstream's body ran past the limit".to_owned(),
-            }),
             MirrorError::Internal(detail) => ApiError::new(ErrorCode::Unknown, None).log(detail),
         }
     }

@@ -1,46 +1,36 @@
-//! From a routed request to a response. Every failure becomes an `ApiError` here and is
-//! logged once, with the request it belongs to.
+//! From a routed request to a response, in three steps: the gate (authenticate once, then
+//! authorize each resolved (upstream, repository)), the route's handler, and the record
+//! (metrics, one audit line with the decision as a value, one access-log line). Every
+//! failure becomes an `ApiError` and is logged once, with the request it belongs to.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use pullgate_auth::{Access, AuthError, Authenticator};
-use pullgate_mirror::{
-    BlobResponse, ClientId, ManifestResponse, Mirror, PassthroughResponse, Target,
-};
-use pullgate_oci::{AcceptList, RangeSpec, RepoName};
+use http::{header, HeaderValue, Method, Request, Response};
+use pullgate_auth::{Access, AuthError, Principal};
+use pullgate_mirror::{ClientId, Target};
+use pullgate_oci::{AcceptList, Digest, RangeSpec, Reference, RepoName};
 
-use crate::audit::{Audit, AuditEvent};
-use crate::metrics::Metrics;
-use crate::realm::{Conn, RealmPolicy};
-use crate::token;
-
+use crate::app::App;
+use crate::audit::{AuditEvent, Outcome};
 use crate::body::Body;
 use crate::error::ApiError;
+use crate::realm::{Conn, RealmPolicy};
+use crate::respond::{blob_response, json_ok, manifest_response, passthrough_response, text_ok};
 use crate::route::{Query, Route};
+use crate::token;
 
 const API_VERSION: &str = "registry/2.0";
 
-/// Everything a request handler needs.
-pub struct App {
-    pub mirror: Arc<Mirror>,
-    /// Who may pull: checked once, centrally, before any handler runs.
-    pub auth: Authenticator,
-    pub audit: Audit,
-    pub(crate) metrics: Arc<Metrics>,
-}
-
-impl App {
-    pub fn new(mirror: Arc<Mirror>, auth: Authenticator, audit: Audit) -> App {
-        App {
-            mirror,
-            auth,
-            audit,
-            metrics: Arc::default(),
-        }
-    }
+/// One request as the handlers see it.
+struct Incoming<'a, B> {
+    req: &'a Request<B>,
+    method: &'a Method,
+    path: &'a str,
+    query: &'a Query,
+    conn: &'a Conn,
+    realm: &'a RealmPolicy,
 }
 
 /// What the audit line and the access log say about a request, filled in as it is handled.
@@ -55,7 +45,8 @@ struct Ctx {
     manifest: bool,
     /// The metrics label of the route, once known.
     route: &'static str,
-    source: Option<&'static str>,
+    /// The decision, as the code that made it says: never read back from a status code.
+    outcome: Option<Outcome>,
     bytes: u64,
 }
 
@@ -68,19 +59,27 @@ pub(crate) async fn handle<B>(
     let peer = conn.peer;
     let started = Instant::now();
     let method = req.method().clone();
-    let head = method == http::Method::HEAD;
+    let head = method == Method::HEAD;
     let path = req.uri().path().to_owned();
     let query = Query::parse(req.uri().query());
     let mut ctx = Ctx {
         route: "invalid",
         ..Ctx::default()
     };
+    let incoming = Incoming {
+        req: &req,
+        method: &method,
+        path: &path,
+        query: &query,
+        conn: &conn,
+        realm,
+    };
 
-    let mut resp = match dispatch(&app, &req, &method, &path, &query, &conn, realm, &mut ctx).await
-    {
+    let mut resp = match dispatch(&app, &incoming, &mut ctx).await {
         Ok(resp) => resp,
         Err(e) => {
             log_error(&e, &method, &path, peer);
+            ctx.outcome.get_or_insert(Outcome::Error);
             e.into_response(head)
         }
     };
@@ -88,22 +87,29 @@ pub(crate) async fn handle<B>(
         "Docker-Distribution-API-Version",
         HeaderValue::from_static(API_VERSION),
     );
+    record(&app, &ctx, &method, &path, peer, &resp, started);
+    resp
+}
+
+/// Metrics, the audit line (manifest pulls and refusals), the access-log line.
+fn record(
+    app: &App,
+    ctx: &Ctx,
+    method: &Method,
+    path: &str,
+    peer: SocketAddr,
+    resp: &Response<Body>,
+    started: Instant,
+) {
+    let head = *method == Method::HEAD;
+    let status = resp.status().as_u16();
     app.metrics
-        .request(ctx.route, &method, resp.status(), started.elapsed());
+        .request(ctx.route, method, resp.status(), started.elapsed());
     if ctx.manifest && !head && resp.status().is_success() {
         app.metrics.manifest_served(ctx.bytes);
     }
-    let status = resp.status().as_u16();
-    let refused = match status {
-        401 => Some("unauthorized"),
-        403 => Some("denied"),
-        429 if ctx.user.is_none() || ctx.upstream.is_none() => Some("throttled"),
-        _ => None,
-    };
-    if ctx.manifest || refused.is_some() {
-        let outcome = refused
-            .or(ctx.source)
-            .unwrap_or(if status < 400 { "ok" } else { "error" });
+    let outcome = ctx.outcome.unwrap_or(Outcome::Ok);
+    if ctx.manifest || outcome.is_refusal() {
         app.audit.record(&AuditEvent {
             time: crate::audit::now_rfc3339(),
             user: ctx.user.as_deref(),
@@ -113,7 +119,7 @@ pub(crate) async fn handle<B>(
             repository: ctx.repo.as_deref(),
             reference: ctx.reference.as_deref(),
             digest: ctx.digest.clone(),
-            outcome,
+            outcome: outcome.as_str(),
             status,
             bytes: if head { 0 } else { ctx.bytes },
         });
@@ -125,13 +131,12 @@ pub(crate) async fn handle<B>(
         %method,
         path,
         status,
-        source = ctx.source.unwrap_or("-"),
+        source = outcome.source().unwrap_or("-"),
         ms = started.elapsed().as_millis() as u64,
     );
-    resp
 }
 
-fn log_error(e: &ApiError, method: &http::Method, path: &str, peer: SocketAddr) {
+fn log_error(e: &ApiError, method: &Method, path: &str, peer: SocketAddr) {
     let detail = e.log_detail().unwrap_or("");
     if e.status.is_server_error() {
         tracing::warn!(client = %peer, %method, path, code = e.code.as_str(), detail, "request failed");
@@ -140,118 +145,169 @@ fn log_error(e: &ApiError, method: &http::Method, path: &str, peer: SocketAddr) 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn dispatch<B>(
     app: &App,
-    req: &Request<B>,
-    method: &http::Method,
-    path: &str,
-    query: &Query,
-    conn: &Conn,
-    realm: &RealmPolicy,
+    r: &Incoming<'_, B>,
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
-    let peer = conn.peer;
-    let route = Route::parse(method, path).inspect_err(|e| ctx.route = e.label())?;
+    let route = Route::parse(r.method, r.path).inspect_err(|e| ctx.route = e.label())?;
     ctx.route = route.label();
     // Probes and scrapes come from the cluster, without credentials; none says anything
     // about what is cached or who pulls it.
     match route {
         Route::Healthz => return Ok(text_ok("ok\n")),
         Route::Readyz => return readiness(app).await,
-        Route::Metrics => return Ok(crate::metrics::render(app)),
+        Route::Metrics => return Ok(crate::exposition::render(app)),
         _ => {}
     }
-    let auth = &app.auth;
-    let unauthorized = |access: Option<&Access>| {
-        ApiError::unauthorized(auth.challenge(&realm.url(req, conn), access))
-    };
-
-    auth.check_throttle(peer.ip()).map_err(ApiError::from)?;
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let principal = match auth.authenticate(authorization, peer.ip()) {
-        Ok(p) => p,
-        Err(AuthError::Unauthorized) => return Err(unauthorized(None)),
-        Err(e) => return Err(e.into()),
-    };
-    ctx.user = principal.as_ref().map(|p| p.user.clone());
-
-    let mirror = &app.mirror;
-    // Resolve the upstream, then check this principal may pull from it: once, here.
-    let target = |name: &RepoName, ctx: &mut Ctx| -> Result<Target, ApiError> {
-        let t = mirror.route(query.ns.as_deref(), name)?;
-        ctx.upstream = Some(t.upstream_name().to_owned());
-        ctx.repo = Some(t.repo.to_string());
-        let access = Access {
-            upstream: t.upstream_name().to_owned(),
-            repo: t.repo.to_string(),
-        };
-        match auth.authorize(principal.as_ref(), &access) {
-            Ok(()) => Ok(t),
-            Err(AuthError::Unauthorized) => Err(unauthorized(Some(&access))),
-            Err(e) => Err(e.into()),
-        }
-    };
-
+    let gate = Gate::authenticate(app, r, ctx)?;
     match route {
         Route::Healthz | Route::Readyz | Route::Metrics => Err(ApiError::internal(
             "probe routes are answered before authentication",
         )),
         Route::Base => {
-            if principal.is_none() && !auth.anonymous() {
-                return Err(unauthorized(None));
+            if gate.principal.is_none() && !app.auth.anonymous() {
+                return Err(gate.refuse(ctx, None));
             }
             Ok(json_ok(b"{}"))
         }
-        Route::Token => token::issue(app, principal.as_ref(), query),
+        Route::Token => token::issue(app, gate.principal.as_ref(), r.query),
         Route::Manifest {
             name,
             reference,
             head,
-        } => {
-            ctx.manifest = true;
-            ctx.reference = Some(reference.to_string());
-            let t = target(&name, ctx)?;
-            let accept = AcceptList::from_headers(
-                req.headers()
-                    .get_all(header::ACCEPT)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
-            );
-            let m = mirror.manifest(&t, &reference, &accept).await?;
-            ctx.source = Some(m.source.as_str());
-            ctx.digest = Some(m.digest.to_string());
-            ctx.bytes = m.bytes.len() as u64;
-            Ok(manifest_response(m, head))
-        }
-        Route::Blob { name, digest, head } => {
-            let t = target(&name, ctx)?;
-            let range = req
-                .headers()
-                .get(header::RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| RangeSpec::parse(v).ok());
-            let client = ClientId::new(ctx.user.as_deref(), peer.ip());
-            let b = mirror.blob(&t, &digest, range, head, &client).await?;
-            ctx.source = Some(b.source.as_str());
-            Ok(blob_response(b, &digest.to_string(), &app.metrics))
-        }
+        } => manifest(app, &gate, r, ctx, &name, &reference, head).await,
+        Route::Blob { name, digest, head } => blob(app, &gate, r, ctx, &name, &digest, head).await,
         Route::Tags { name } => {
-            let t = target(&name, ctx)?;
-            let p = mirror.tags_list(&t, &query.forward).await?;
-            ctx.source = Some("upstream");
+            let t = gate.target(app, r, ctx, &name)?;
+            let p = app.mirror.tags_list(&t, &r.query.forward).await?;
+            ctx.outcome = Some(Outcome::Upstream);
             Ok(passthrough_response(p))
         }
         Route::Referrers { name, digest } => {
-            let t = target(&name, ctx)?;
-            let p = mirror.referrers(&t, &digest, &query.forward).await?;
-            ctx.source = Some("upstream");
+            let t = gate.target(app, r, ctx, &name)?;
+            let p = app.mirror.referrers(&t, &digest, &r.query.forward).await?;
+            ctx.outcome = Some(Outcome::Upstream);
             Ok(passthrough_response(p))
         }
     }
+}
+
+/// The one check every request but the probes passes: who is asking (once), and whether
+/// they may pull each (upstream, repository) the request resolves to.
+struct Gate<'a> {
+    app: &'a App,
+    challenge_realm: String,
+    principal: Option<Principal>,
+}
+
+impl<'a> Gate<'a> {
+    fn authenticate<B>(app: &'a App, r: &Incoming<'_, B>, ctx: &mut Ctx) -> Result<Self, ApiError> {
+        let mut gate = Gate {
+            app,
+            challenge_realm: r.realm.url(r.req, r.conn),
+            principal: None,
+        };
+        let authorization = r
+            .req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match app.auth.authenticate(authorization, r.conn.peer.ip()) {
+            Ok(p) => gate.principal = p,
+            Err(AuthError::Unauthorized) => return Err(gate.refuse(ctx, None)),
+            Err(e @ AuthError::Throttled { .. }) => {
+                ctx.outcome = Some(Outcome::Throttled);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        ctx.user = gate.principal.as_ref().map(|p| p.user.clone());
+        Ok(gate)
+    }
+
+    /// 401 with the challenge that names the scope the client needs.
+    fn refuse(&self, ctx: &mut Ctx, access: Option<&Access>) -> ApiError {
+        ctx.outcome = Some(Outcome::Unauthorized);
+        ApiError::unauthorized(self.app.auth.challenge(&self.challenge_realm, access))
+    }
+
+    /// Resolve the upstream, then check this principal may pull from it: once, here.
+    fn target<B>(
+        &self,
+        app: &App,
+        r: &Incoming<'_, B>,
+        ctx: &mut Ctx,
+        name: &RepoName,
+    ) -> Result<Target, ApiError> {
+        let t = app.mirror.route(r.query.ns.as_deref(), name)?;
+        ctx.upstream = Some(t.upstream_name().to_owned());
+        ctx.repo = Some(t.repo.to_string());
+        let access = Access {
+            upstream: t.upstream.id().clone(),
+            repo: t.repo.clone(),
+        };
+        match app.auth.authorize(self.principal.as_ref(), &access) {
+            Ok(()) => Ok(t),
+            Err(AuthError::Unauthorized) => Err(self.refuse(ctx, Some(&access))),
+            Err(e) => {
+                ctx.outcome = Some(Outcome::Denied);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+async fn manifest<B>(
+    app: &App,
+    gate: &Gate<'_>,
+    r: &Incoming<'_, B>,
+    ctx: &mut Ctx,
+    name: &RepoName,
+    reference: &Reference,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    ctx.manifest = true;
+    ctx.reference = Some(reference.to_string());
+    let t = gate.target(app, r, ctx, name)?;
+    let accept = AcceptList::from_headers(
+        r.req
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let m = app.mirror.manifest(&t, reference, &accept).await?;
+    ctx.outcome = Some(Outcome::from(m.source));
+    ctx.digest = Some(m.digest.to_string());
+    ctx.bytes = m.bytes.len() as u64;
+    Ok(manifest_response(m, head))
+}
+
+async fn blob<B>(
+    app: &App,
+    gate: &Gate<'_>,
+    r: &Incoming<'_, B>,
+    ctx: &mut Ctx,
+    name: &RepoName,
+    digest: &Digest,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    let t = gate.target(app, r, ctx, name)?;
+    let range = r
+        .req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| RangeSpec::parse(v).ok());
+    let client = ClientId::new(ctx.user.as_deref(), r.conn.peer.ip());
+    let b = app.mirror.blob(&t, digest, range, head, &client).await?;
+    ctx.outcome = Some(Outcome::from(b.source));
+    Ok(blob_response(
+        b,
+        &digest.to_string(),
+        &app.metrics.blob_bytes(),
+    ))
 }
 
 /// `/readyz`: 200 when a pull could succeed here, else 503 with the reason (no secrets,
@@ -266,99 +322,4 @@ async fn readiness(app: &App) -> Result<Response<Body>, ApiError> {
         return Err(ApiError::not_ready("no client credentials are loaded"));
     }
     Ok(text_ok("ready\n"))
-}
-
-/// A 200 with a small body held whole, its type and exact length.
-pub(crate) fn full_ok(body: impl Into<bytes::Bytes>, content_type: &'static str) -> Response<Body> {
-    let body = body.into();
-    let len = body.len();
-    let mut resp = Response::new(Body::full(body));
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    resp
-}
-
-fn json_ok(body: &'static [u8]) -> Response<Body> {
-    full_ok(body, "application/json")
-}
-
-fn text_ok(body: &'static str) -> Response<Body> {
-    full_ok(body, "text/plain; charset=utf-8")
-}
-
-fn insert_str(h: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(name, v);
-    }
-}
-
-fn manifest_response(m: ManifestResponse, head: bool) -> Response<Body> {
-    let len = m.bytes.len();
-    let mut resp = Response::new(if head {
-        Body::Empty
-    } else {
-        Body::full(m.bytes)
-    });
-    let h = resp.headers_mut();
-    insert_str(h, header::CONTENT_TYPE, &m.media_type);
-    insert_str(h, "Docker-Content-Digest", &m.digest.to_string());
-    insert_str(h, header::ETAG, &format!("\"{}\"", m.digest));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    resp
-}
-
-fn blob_response(b: BlobResponse, digest: &str, metrics: &Arc<Metrics>) -> Response<Body> {
-    let len = b.content_length();
-    let (status, content_range) = match b.range {
-        Some(r) => (StatusCode::PARTIAL_CONTENT, Some(r.content_range(b.size))),
-        None => (StatusCode::OK, None),
-    };
-    let body = match b.body {
-        Some(stream) => Body::Blob {
-            stream,
-            remaining: len,
-            metrics: Arc::clone(metrics),
-        },
-        None => Body::Empty,
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    insert_str(h, "Docker-Content-Digest", digest);
-    insert_str(h, header::ETAG, &format!("\"{digest}\""));
-    if let Some(cr) = content_range {
-        insert_str(h, header::CONTENT_RANGE, &cr);
-    }
-    resp
-}
-
-fn passthrough_response(p: PassthroughResponse) -> Response<Body> {
-    let len = p.body.len();
-    let mut resp = Response::new(Body::full(p.body));
-    *resp.status_mut() = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let h = resp.headers_mut();
-    insert_str(
-        h,
-        header::CONTENT_TYPE,
-        p.content_type.as_deref().unwrap_or("application/json"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if let Some(link) = &p.link {
-        insert_str(h, header::LINK, link);
-    }
-    if let Some(filters) = &p.filters_applied {
-        insert_str(
-            h,
-            header::HeaderName::from_static("oci-filters-applied"),
-            filters,
-        );
-    }
-    resp
 }

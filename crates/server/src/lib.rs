@@ -9,14 +9,17 @@
 //! the token realm is chosen in `realm.rs` ([`RealmUrl`] is a configured one), and
 //! connections are counted per client address in `net.rs` ([`IpNet`]).
 
+mod app;
 mod audit;
 mod body;
 mod error;
+mod exposition;
 mod handlers;
 mod idle;
 mod metrics;
 mod net;
 mod realm;
+mod respond;
 mod route;
 mod tls;
 mod token;
@@ -33,10 +36,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub use audit::{Audit, AuditEvent};
+pub use app::App;
+pub use audit::{Audit, AuditEvent, Outcome};
 pub use body::Body;
 pub use error::ApiError;
-pub use handlers::App;
 pub use metrics::Metrics;
 pub use net::{IpNet, IpNetError};
 pub use realm::{RealmUrl, RealmUrlError};

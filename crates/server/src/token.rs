@@ -8,9 +8,10 @@ use pullgate_auth::{
 use pullgate_mirror::{Mirror, Target};
 use pullgate_oci::RepoName;
 
+use crate::app::App;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::handlers::{full_ok, App};
+use crate::respond::full_ok;
 use crate::route::{Query, RouteError};
 
 pub(crate) fn issue(
@@ -76,8 +77,8 @@ fn resolve(mirror: &Mirror, name: &str) -> Option<Access> {
 
 fn access(t: Target) -> Access {
     Access {
-        upstream: t.upstream_name().to_owned(),
-        repo: t.repo.to_string(),
+        upstream: t.upstream.id().clone(),
+        repo: t.repo,
     }
 }
 

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use http::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue};
 use pullgate_credentials::Credential;
-use pullgate_oci::Challenge;
+use pullgate_oci::{Challenge, PullScope};
 use reqwest::Url;
 
-use crate::error::{self, UpstreamError};
+use crate::error::{self, Cause, RefusedRedirect, UpstreamError};
 use crate::transport::{host_of, read_bounded};
 use crate::Upstream;
 
@@ -35,10 +35,10 @@ const MAX_TOKEN_BODY: usize = 256 * 1024;
 /// `WWW-Authenticate` values longer than this are refused (as `Challenge::parse` does).
 const MAX_CHALLENGE_LEN: usize = 8 * 1024;
 
-/// Bearer tokens by scope string, each with the instant after which it is not used.
+/// Bearer tokens by scope, each with the instant after which it is not used.
 pub(crate) struct TokenCache {
     // A std mutex: it is held only for map operations, never across an await.
-    tokens: Mutex<HashMap<String, CachedToken>>,
+    tokens: Mutex<HashMap<PullScope, CachedToken>>,
 }
 
 /// The ready `Authorization` value, so a hit costs no formatting. Deliberately not `Debug`.
@@ -54,7 +54,7 @@ impl TokenCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PullScope, CachedToken>> {
         // A panic while holding the lock leaves a map that is still consistent (every
         // operation is a single insert/remove), so poisoning is ignored.
         self.tokens
@@ -63,7 +63,7 @@ impl TokenCache {
     }
 
     /// The cached `Authorization` value for `scope`, if still fresh.
-    pub(crate) fn get(&self, scope: &str) -> Option<HeaderValue> {
+    pub(crate) fn get(&self, scope: &PullScope) -> Option<HeaderValue> {
         let now = Instant::now();
         let mut tokens = self.lock();
         match tokens.get(scope) {
@@ -76,7 +76,7 @@ impl TokenCache {
         }
     }
 
-    pub(crate) fn insert(&self, scope: &str, header: HeaderValue, lifetime: Duration) {
+    pub(crate) fn insert(&self, scope: &PullScope, header: HeaderValue, lifetime: Duration) {
         let now = Instant::now();
         let Some(fresh_until) = now.checked_add(lifetime) else {
             return;
@@ -97,7 +97,7 @@ impl TokenCache {
             }
         }
         tokens.insert(
-            scope.to_owned(),
+            scope.clone(),
             CachedToken {
                 header,
                 fresh_until,
@@ -107,7 +107,7 @@ impl TokenCache {
 
     /// The upstream refused `rejected` for `scope` before its time: forget it, unless the
     /// cache already holds another (fetched by a concurrent request meanwhile).
-    pub(crate) fn forget(&self, scope: &str, rejected: Option<&HeaderValue>) {
+    pub(crate) fn forget(&self, scope: &PullScope, rejected: Option<&HeaderValue>) {
         let mut tokens = self.lock();
         if tokens
             .get(scope)
@@ -216,7 +216,10 @@ impl Upstream {
 
     /// What to send before any challenge: a cached token for the scope, or Basic when the
     /// upstream asked for Basic before. Otherwise nothing: the first request is anonymous.
-    pub(crate) fn proactive_auth(&self, scope: &str) -> Result<Option<HeaderValue>, UpstreamError> {
+    pub(crate) fn proactive_auth(
+        &self,
+        scope: &PullScope,
+    ) -> Result<Option<HeaderValue>, UpstreamError> {
         if let Some(token) = self.tokens.get(scope) {
             return Ok(Some(token));
         }
@@ -233,7 +236,7 @@ impl Upstream {
     pub(crate) async fn answer_challenge(
         &self,
         headers: &HeaderMap,
-        scope: &str,
+        scope: &PullScope,
         rejected: Option<&HeaderValue>,
     ) -> Result<HeaderValue, UpstreamError> {
         self.tokens.forget(scope, rejected);
@@ -247,7 +250,7 @@ impl Upstream {
                 // 401: they share one handshake instead of each asking the token server
                 // (which rate-limits, on Docker Hub) for the same token.
                 self.token_flights
-                    .run(scope.to_owned(), || async {
+                    .run(scope.clone(), || async {
                         // A concurrent request may have fetched a token since this one was
                         // sent. Looked at by the lead, after the last flight has landed (it
                         // caches before it lands), so one scope costs one handshake.
@@ -281,12 +284,19 @@ impl Upstream {
         }
     }
 
+    /// Whether the upstream's credentials may go to `realm`: its own origin (scheme, host
+    /// and port, so never a plain-http downgrade), or a realm configured for it.
+    pub(crate) fn realm_allowed(&self, realm: &Url) -> bool {
+        let origin = realm.origin();
+        origin == self.base.origin() || self.token_realms.iter().any(|r| r.origin() == origin)
+    }
+
     /// The token handshake: GET `realm?service=…&scope=…`, with our credentials if we have
     /// them and may send them there.
     async fn fetch_token(
         &self,
         challenge: &Challenge,
-        default_scope: &str,
+        default_scope: &PullScope,
         cred: Option<&Credential>,
     ) -> Result<(String, Option<u64>), UpstreamError> {
         let realm = challenge
@@ -307,7 +317,7 @@ impl Upstream {
             let scope = challenge
                 .param("scope")
                 .filter(|s| !s.trim().is_empty())
-                .unwrap_or(default_scope);
+                .unwrap_or(default_scope.as_str());
             // A challenge may name several scopes separated by spaces; the token spec
             // wants one `scope` parameter each.
             for s in scope.split(' ').filter(|s| !s.is_empty()) {
@@ -315,20 +325,31 @@ impl Upstream {
             }
         }
         let realm_host = host_of(&url);
-        let mut request = self
-            .client
+        let allowed = self.realm_allowed(&url);
+        // A realm the upstream names but nobody vouched for is a host of the upstream's
+        // choosing: asked anonymously (what Docker does, and enough for public images),
+        // and through the guarded client, so it cannot be an address in our own network.
+        let client = if allowed {
+            &self.client
+        } else {
+            self.guard
+                .check_url(&url)
+                .map_err(|_| UpstreamError::Redirect(RefusedRedirect::InternalAddress))?;
+            &self.guarded_client
+        };
+        let mut request = client
             .get(url.clone())
             .timeout(self.token_timeout)
             .header(ACCEPT, "application/json");
         if let Some(cred) = cred {
-            // Plain http to another host would hand our password to anyone on the path.
-            if url.scheme() == "https" || url.host_str() == self.base.host_str() {
+            if allowed {
                 request = request.header(AUTHORIZATION, basic_header(cred)?);
             } else {
                 tracing::warn!(
                     upstream = %self.name,
                     realm = %realm_host,
-                    "token realm is plain http on another host; asking for a token anonymously"
+                    "token realm is neither the upstream's origin nor listed in its token_realms; \
+                     asking for a token anonymously"
                 );
             }
         }
@@ -354,9 +375,10 @@ impl Upstream {
                 })
             }
             code @ 500..=599 => {
-                return Err(UpstreamError::Unavailable(format!(
-                    "token endpoint answered {code}"
-                )))
+                return Err(UpstreamError::unavailable(
+                    Cause::TokenEndpoint(code),
+                    format!("token endpoint answered {code}"),
+                ))
             }
             code => {
                 return Err(UpstreamError::Protocol(format!(
@@ -462,27 +484,35 @@ mod tests {
 
     #[test]
     fn cache_expiry_and_bound() {
+        let scope =
+            |name: &str| PullScope::repository(&pullgate_oci::RepoName::parse(name).unwrap());
         let cache = TokenCache::new();
         let v = HeaderValue::from_static("Bearer x");
-        cache.insert("s", v.clone(), Duration::from_secs(60));
-        assert_eq!(cache.get("s"), Some(v.clone()));
-        cache.insert("gone", v.clone(), Duration::ZERO);
-        assert_eq!(cache.get("gone"), None);
-        cache.forget("s", Some(&HeaderValue::from_static("other")));
-        assert_eq!(cache.get("s"), Some(v.clone()), "another token is kept");
-        cache.forget("s", Some(&v));
-        assert_eq!(cache.get("s"), None);
+        cache.insert(&scope("s"), v.clone(), Duration::from_secs(60));
+        assert_eq!(cache.get(&scope("s")), Some(v.clone()));
+        cache.insert(&scope("gone"), v.clone(), Duration::ZERO);
+        assert_eq!(cache.get(&scope("gone")), None);
+        cache.forget(&scope("s"), Some(&HeaderValue::from_static("other")));
+        assert_eq!(
+            cache.get(&scope("s")),
+            Some(v.clone()),
+            "another token is kept"
+        );
+        cache.forget(&scope("s"), Some(&v));
+        assert_eq!(cache.get(&scope("s")), None);
 
         for i in 0..MAX_TOKENS + 10 {
             cache.insert(
-                &format!("scope{i}"),
+                &scope(&format!("scope{i}")),
                 v.clone(),
                 Duration::from_secs(60 + i as u64),
             );
         }
         assert_eq!(cache.len(), MAX_TOKENS);
         // The newest survives; the soonest-expiring were evicted.
-        assert!(cache.get(&format!("scope{}", MAX_TOKENS + 9)).is_some());
-        assert!(cache.get("scope0").is_none());
+        assert!(cache
+            .get(&scope(&format!("scope{}", MAX_TOKENS + 9)))
+            .is_some());
+        assert!(cache.get(&scope("scope0")).is_none());
     }
 }

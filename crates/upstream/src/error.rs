@@ -1,4 +1,8 @@
 //! [`UpstreamError`] and the mapping of upstream statuses and transport failures onto it.
+//!
+//! Every failure is classified where it happens (the status we read, reqwest's
+//! `is_timeout()`/`is_connect()`, our own redirect and size checks) into a [`Cause`] or a
+//! variant; nothing downstream ever looks at an error's text to decide what it was.
 
 use std::time::Duration;
 
@@ -21,16 +25,59 @@ pub enum UpstreamError {
     /// The upstream throttles us (429); `retry_after` is its `Retry-After` in seconds.
     #[error("upstream rate limit")]
     RateLimited { retry_after: Option<Duration> },
-    /// The upstream cannot be reached or answered 5xx. The text contains "timed out" for
-    /// timeouts and "connect" for connection failures; callers classify by those words.
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
+    /// The upstream cannot be reached or answered 5xx; `cause` says which, `detail` says
+    /// it in words for logs (a host at most).
+    #[error("upstream unavailable: {detail}")]
+    Unavailable { cause: Cause, detail: String },
     /// The response is larger than the caller's limit.
     #[error("upstream response exceeds the size limit")]
     TooLarge,
+    /// A blob larger than the configured maximum blob size: refused by its
+    /// `Content-Length`, or cut off once that many bytes arrived.
+    #[error("the blob is larger than the maximum blob size of {limit} bytes")]
+    BlobTooLarge { limit: u64 },
+    /// A redirect (or a token realm the config does not list) we do not follow.
+    #[error("upstream redirect refused: {0}")]
+    Redirect(RefusedRedirect),
     /// The upstream answered something we cannot use.
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+}
+
+/// Why the upstream is unavailable, decided where the failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Connecting failed: refused, reset during connect, DNS, TLS.
+    Connect,
+    /// Connecting or waiting for the answer (or the next body chunk) took too long.
+    Timeout,
+    /// The registry answered this 5xx status.
+    Status(u16),
+    /// The token endpoint answered this 5xx status.
+    TokenEndpoint(u16),
+    /// The body broke off after the answer had started.
+    Body,
+    /// Any other transport failure before the answer (a connection closed early).
+    Transport,
+}
+
+impl Cause {
+    pub fn is_timeout(self) -> bool {
+        self == Cause::Timeout
+    }
+}
+
+/// Why a redirect was not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedRedirect {
+    /// Manifests, tags and referrers are only followed within the upstream's origin: their
+    /// bodies reach clients, and a redirect elsewhere would read whatever is there.
+    #[error("a manifest, tags or referrers redirect leaves the upstream's origin")]
+    CrossOrigin,
+    /// A blob redirect (or an unlisted token realm) to a loopback, link-local, private or
+    /// unspecified address, from an upstream that may not point into the mirror's network.
+    #[error("the upstream pointed at a loopback, link-local or private address")]
+    InternalAddress,
 }
 
 /// What kind of failure an [`UpstreamError`] is, for the `upstream_errors_total` metric:
@@ -45,7 +92,8 @@ pub enum ErrorKind {
     ServerError,
     /// 401 after the handshake, or 403: our credentials are not good enough.
     Denied,
-    /// An answer we cannot use: bad headers, oversized, unexpected status.
+    /// An answer we cannot use: bad headers, oversized (a blob past the maximum blob size
+    /// too), unexpected status, a redirect we refuse.
     Invalid,
     /// The bytes did not hash to the digest they were asked for (reported by the mirror).
     DigestMismatch,
@@ -86,16 +134,28 @@ impl UpstreamError {
             UpstreamError::NotFound => return None,
             UpstreamError::Denied => ErrorKind::Denied,
             UpstreamError::RateLimited { .. } => ErrorKind::RateLimited,
-            UpstreamError::Unavailable(m) if m.contains("timed out") => ErrorKind::Timeout,
-            UpstreamError::Unavailable(m) if m.starts_with("upstream answered 5") => {
-                ErrorKind::ServerError
-            }
-            UpstreamError::Unavailable(m) if m.starts_with("reading the response") => {
-                ErrorKind::Truncated
-            }
-            UpstreamError::Unavailable(_) => ErrorKind::Unreachable,
-            UpstreamError::TooLarge | UpstreamError::Protocol(_) => ErrorKind::Invalid,
+            UpstreamError::Unavailable { cause, .. } => match cause {
+                Cause::Connect | Cause::Transport => ErrorKind::Unreachable,
+                Cause::Timeout => ErrorKind::Timeout,
+                // The token endpoint is part of the upstream: its 5xx is the upstream's
+                // server error, not a network problem.
+                Cause::Status(_) | Cause::TokenEndpoint(_) => ErrorKind::ServerError,
+                Cause::Body => ErrorKind::Truncated,
+            },
+            UpstreamError::TooLarge
+            | UpstreamError::BlobTooLarge { .. }
+            | UpstreamError::Redirect(_)
+            | UpstreamError::Protocol(_) => ErrorKind::Invalid,
         })
+    }
+
+    /// Whether the failure is a timeout (the mirror answers 504 rather than 502).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::Unavailable { cause, .. } if cause.is_timeout())
+    }
+
+    pub(crate) fn unavailable(cause: Cause, detail: String) -> UpstreamError {
+        UpstreamError::Unavailable { cause, detail }
     }
 }
 
@@ -138,7 +198,9 @@ pub(crate) fn from_status(status: StatusCode, headers: &HeaderMap) -> UpstreamEr
         429 => UpstreamError::RateLimited {
             retry_after: retry_after(headers),
         },
-        code @ 500..=599 => UpstreamError::Unavailable(format!("upstream answered {code}")),
+        code @ 500..=599 => {
+            UpstreamError::unavailable(Cause::Status(code), format!("upstream answered {code}"))
+        }
         code => UpstreamError::Protocol(format!("upstream answered unexpected status {code}")),
     }
 }
@@ -163,23 +225,49 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// The URL is stripped first: reqwest's `Display` includes it, query string and all.
 pub(crate) fn from_reqwest(e: reqwest::Error, host: &str) -> UpstreamError {
     let e = e.without_url();
-    let message = if e.is_timeout() {
-        if e.is_connect() {
+    if refused_by_resolver(&e) {
+        return UpstreamError::Redirect(RefusedRedirect::InternalAddress);
+    }
+    let (cause, message) = if e.is_timeout() {
+        let message = if e.is_connect() {
             format!("connecting to {host} timed out")
         } else {
             format!("request to {host} timed out")
-        }
+        };
+        (Cause::Timeout, message)
     } else if e.is_connect() {
-        format!("cannot connect to {host}: {}", root_cause(&e))
+        (
+            Cause::Connect,
+            format!("cannot connect to {host}: {}", root_cause(&e)),
+        )
     } else if e.is_body() || e.is_decode() {
-        format!(
-            "reading the response from {host} failed: {}",
-            root_cause(&e)
+        (
+            Cause::Body,
+            format!(
+                "reading the response from {host} failed: {}",
+                root_cause(&e)
+            ),
         )
     } else {
-        format!("request to {host} failed: {}", root_cause(&e))
+        (
+            Cause::Transport,
+            format!("request to {host} failed: {}", root_cause(&e)),
+        )
     };
-    UpstreamError::Unavailable(message)
+    UpstreamError::unavailable(cause, message)
+}
+
+/// Whether the guarded resolver refused the name's addresses: its error, found in the
+/// source chain by type.
+pub(crate) fn refused_by_resolver(e: &reqwest::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<crate::guard::InternalAddress>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The innermost error's text: the useful part ("Connection refused") without the layers
@@ -207,11 +295,11 @@ mod tests {
             (429, UpstreamError::RateLimited { retry_after: None }),
             (
                 500,
-                UpstreamError::Unavailable("upstream answered 500".into()),
+                UpstreamError::unavailable(Cause::Status(500), "upstream answered 500".into()),
             ),
             (
                 503,
-                UpstreamError::Unavailable("upstream answered 503".into()),
+                UpstreamError::unavailable(Cause::Status(503), "upstream answered 503".into()),
             ),
             (
                 418,
@@ -241,22 +329,41 @@ mod tests {
                 from_status(StatusCode::BAD_GATEWAY, &HeaderMap::new()),
                 Some(ErrorKind::ServerError),
             ),
+            // The words no longer matter: a cause decides, and a message that merely says
+            // "timed out" is not a timeout.
             (
-                UpstreamError::Unavailable("request to h timed out".into()),
+                UpstreamError::unavailable(Cause::Timeout, "x".into()),
                 Some(ErrorKind::Timeout),
             ),
             (
-                UpstreamError::Unavailable("cannot connect to h: refused".into()),
+                UpstreamError::unavailable(Cause::Connect, "timed out".into()),
                 Some(ErrorKind::Unreachable),
             ),
             (
-                UpstreamError::Unavailable("reading the response from h failed: reset".into()),
+                UpstreamError::unavailable(Cause::Transport, "closed".into()),
+                Some(ErrorKind::Unreachable),
+            ),
+            (
+                UpstreamError::unavailable(Cause::Body, "reset".into()),
                 Some(ErrorKind::Truncated),
             ),
+            (
+                UpstreamError::unavailable(Cause::TokenEndpoint(503), "x".into()),
+                Some(ErrorKind::ServerError),
+            ),
             (UpstreamError::TooLarge, Some(ErrorKind::Invalid)),
+            (
+                UpstreamError::BlobTooLarge { limit: 1 },
+                Some(ErrorKind::Invalid),
+            ),
+            (
+                UpstreamError::Redirect(RefusedRedirect::InternalAddress),
+                Some(ErrorKind::Invalid),
+            ),
         ];
         for (e, want) in cases {
             assert_eq!(e.kind(), *want, "{e}");
+            assert_eq!(e.is_timeout(), *want == Some(ErrorKind::Timeout), "{e}");
         }
         let counts = ErrorCounts::default();
         counts.record_error(&UpstreamError::Denied);

@@ -11,20 +11,29 @@
 //!   handshake) or by Basic, with the upstream's credentials looked
 //!   up on every use from a [`SecretSource`](pullgate_credentials::SecretSource) so secret
 //!   rotation takes effect without a restart;
-//! - redirects followed by hand, so `Authorization` never leaves the upstream's origin
-//!   (blob redirects to a CDN get none);
+//! - redirects followed by hand (`transport.rs`), so `Authorization` never leaves the
+//!   upstream's origin (blob redirects to a CDN get none); manifests, tags and referrers
+//!   follow only same-origin redirects; blob redirects never reach loopback, link-local or
+//!   private addresses from an upstream that is not itself on one (`guard.rs`: checked at
+//!   resolution, so the addresses checked are the ones connected to);
+//! - the upstream's credentials go to its own origin only, or to token realms the config
+//!   lists for it; any other realm is asked for an anonymous token;
+//! - blobs bounded by the maximum blob size: refused by `Content-Length`, cut off with
+//!   [`UpstreamError::BlobTooLarge`] when a chunked body passes it;
 //! - retries of connect failures and 502/503/504 before any byte reaches the caller;
 //! - decoding of upstream answers into [`UpstreamError`], whose messages never contain
-//!   credentials, tokens or signed query strings.
+//!   credentials, tokens or signed query strings, and whose [`Cause`] and [`ErrorKind`]
+//!   are decided where the failure happens.
 //!
 //! What it is not: no caching of content, no digest verification (the store verifies as it
 //! writes), no knowledge of clients. reqwest lives here and nowhere else in the workspace.
 
 mod auth;
 mod error;
+mod guard;
 mod transport;
 
-pub use error::{ErrorCounts, ErrorKind, UpstreamError};
+pub use error::{Cause, ErrorCounts, ErrorKind, RefusedRedirect, UpstreamError};
 
 use std::fmt;
 use std::pin::Pin;
@@ -37,10 +46,11 @@ use futures_util::StreamExt as _;
 use http::header::{CONTENT_TYPE, LINK};
 use http::Method;
 use pullgate_credentials::SecretSource;
-use pullgate_oci::{media_types, Digest, Reference, RepoName, UpstreamId};
+use pullgate_oci::{media_types, Digest, PullScope, Reference, RepoName, UpstreamId};
 use reqwest::Url;
 
-use crate::transport::{content_length, header_text, host_of, read_bounded};
+use crate::guard::Guard;
+use crate::transport::{content_length, header_text, host_of, read_bounded, Follow};
 
 /// Largest tags list or referrers index passed through.
 const PASSTHROUGH_LIMIT: usize = 4 * 1024 * 1024;
@@ -57,6 +67,13 @@ const FILTERS_APPLIED: &str = "oci-filters-applied";
 
 /// Longest `OCI-Filters-Applied` passed on (the spec defines one filter, `artifactType`).
 const MAX_FILTERS_LEN: usize = 256;
+
+/// The default maximum blob size: larger than any layer seen in practice, small enough
+/// that an endless body cannot fill a cache disk.
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 32 * 1024 * 1024 * 1024;
+
+/// Docker Hub's token service, which serves the realm of `registry-1.docker.io`.
+const DOCKER_HUB_REALM: &str = "https://auth.docker.io";
 
 /// Upper bound for the token handshake as a whole. The configured timeouts bound each
 /// connect and read; this one keeps a trickling token server from holding a pull forever.
@@ -75,6 +92,17 @@ pub struct UpstreamConfig {
     /// Longest wait for any single read (response headers or the next body chunk).
     pub read_timeout: Duration,
     pub user_agent: String,
+    /// Token realms besides the upstream's own origin to which its credentials may go
+    /// (Basic, in the token handshake), as origins: `https://auth.example.com`. Docker
+    /// Hub's `https://auth.docker.io` is allowed for a Docker Hub upstream without being
+    /// listed. Any other realm a challenge names is asked for an anonymous token.
+    pub token_realms: Vec<String>,
+    /// Blob redirects (and unlisted token realms) to loopback, link-local, private or
+    /// unspecified addresses: `None` allows them only when the upstream itself is on
+    /// such an address, `Some(true)` always, `Some(false)` never.
+    pub allow_private_redirects: Option<bool>,
+    /// Largest blob fetched, in bytes ([`DEFAULT_MAX_BLOB_SIZE`] unless configured).
+    pub max_blob_size: u64,
 }
 
 /// One upstream registry. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -88,10 +116,18 @@ pub struct Upstream {
     cred_host: String,
     docker_hub: bool,
     credentials: Option<SecretSource>,
+    /// Origins besides `base` whose token realms get our credentials.
+    token_realms: Vec<Url>,
+    /// For the upstream's own origin and its allowed token realms.
     client: reqwest::Client,
+    /// For every other host the upstream points us at (blob redirects, unlisted realms):
+    /// its resolver refuses internal addresses while `guard` says so.
+    guarded_client: reqwest::Client,
+    guard: Arc<Guard>,
+    max_blob_size: u64,
     tokens: auth::TokenCache,
     /// Token handshakes in flight, by scope.
-    token_flights: pullgate_flights::Flights<String, Result<http::HeaderValue, UpstreamError>>,
+    token_flights: pullgate_flights::Flights<PullScope, Result<http::HeaderValue, UpstreamError>>,
     /// Set once the upstream answered a Basic challenge, so later requests send Basic
     /// up front instead of paying a 401 each.
     wants_basic: AtomicBool,
@@ -150,9 +186,10 @@ pub struct Passthrough {
 }
 
 impl Upstream {
-    /// Validate the URL and build the HTTP client. Fails on a URL that is not plain
-    /// `http(s)://host[:port][/path]` (credentials in the URL are refused: they belong in
-    /// the secret, and would otherwise show up wherever the URL is logged).
+    /// Validate the URL and the token realms, and build the two HTTP clients. Fails on a URL
+    /// that is not plain `http(s)://host[:port][/path]` (credentials in the URL are
+    /// refused: they belong in the secret, and would otherwise show up wherever the URL is
+    /// logged), and on a realm that is not an http(s) origin or would downgrade https.
     pub fn new(config: UpstreamConfig) -> Result<Upstream, UpstreamError> {
         let base = parse_base(&config.url)?;
         let host = base.host_str().unwrap_or("");
@@ -164,27 +201,10 @@ impl Upstream {
         } else {
             host_of(&base)
         };
-        let client = reqwest::Client::builder()
-            // Followed by hand in `transport`, to drop `Authorization` on cross-origin hops.
-            .redirect(reqwest::redirect::Policy::none())
-            // Bytes must arrive exactly as the upstream stored them: digests cover them.
-            .no_gzip()
-            .no_brotli()
-            .no_deflate()
-            .no_zstd()
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(32)
-            .tcp_keepalive(Duration::from_secs(60))
-            .user_agent(config.user_agent.clone())
-            .build()
-            .map_err(|e| {
-                UpstreamError::Protocol(format!(
-                    "cannot build the HTTP client: {}",
-                    e.without_url()
-                ))
-            })?;
+        let token_realms = allowed_realms(&base, hub_host, &config.token_realms)?;
+        let guard = Guard::new(&base, config.allow_private_redirects);
+        let client = build_client(&config, guard.recording())?;
+        let guarded_client = build_client(&config, guard.guarded())?;
         let token_timeout = (config.connect_timeout + config.read_timeout).min(MAX_TOKEN_TIMEOUT);
         let base_text = base.as_str().trim_end_matches('/').to_owned();
         Ok(Upstream {
@@ -194,7 +214,11 @@ impl Upstream {
             cred_host,
             docker_hub,
             credentials: config.credentials,
+            token_realms,
             client,
+            guarded_client,
+            guard,
+            max_blob_size: config.max_blob_size,
             tokens: auth::TokenCache::new(),
             token_flights: pullgate_flights::Flights::new(),
             wants_basic: AtomicBool::new(false),
@@ -250,7 +274,13 @@ impl Upstream {
             async {
                 let url = self.url(repo, &format!("manifests/{reference}"))?;
                 let response = self
-                    .request(Method::HEAD, url, Some(&manifest_accept()), &scope(repo))
+                    .request(
+                        Method::HEAD,
+                        url,
+                        Some(&manifest_accept()),
+                        &PullScope::repository(repo),
+                        Follow::SameOrigin,
+                    )
                     .await?;
                 let headers = response.headers();
                 Ok(ManifestHead {
@@ -274,7 +304,13 @@ impl Upstream {
             async {
                 let url = self.url(repo, &format!("manifests/{reference}"))?;
                 let response = self
-                    .request(Method::GET, url, Some(&manifest_accept()), &scope(repo))
+                    .request(
+                        Method::GET,
+                        url,
+                        Some(&manifest_accept()),
+                        &PullScope::repository(repo),
+                        Follow::SameOrigin,
+                    )
                     .await?;
                 let digest = docker_content_digest(response.headers());
                 let media_type = media_type(response.headers());
@@ -296,7 +332,15 @@ impl Upstream {
         self.counted(
             async {
                 let url = self.url(repo, &format!("blobs/{digest}"))?;
-                let response = self.request(Method::HEAD, url, None, &scope(repo)).await?;
+                let response = self
+                    .request(
+                        Method::HEAD,
+                        url,
+                        None,
+                        &PullScope::repository(repo),
+                        Follow::Blob,
+                    )
+                    .await?;
                 content_length(response.headers()).ok_or_else(|| {
                     UpstreamError::Protocol("blob HEAD answered without a Content-Length".into())
                 })
@@ -315,21 +359,53 @@ impl Upstream {
         self.counted(
             async {
                 let url = self.url(repo, &format!("blobs/{digest}"))?;
-                let response = self.request(Method::GET, url, None, &scope(repo)).await?;
+                let response = self
+                    .request(
+                        Method::GET,
+                        url,
+                        None,
+                        &PullScope::repository(repo),
+                        Follow::Blob,
+                    )
+                    .await?;
                 let size = content_length(response.headers());
+                let limit = self.max_blob_size;
+                if size.is_some_and(|s| s > limit) {
+                    return Err(UpstreamError::BlobTooLarge { limit });
+                }
                 // Name the host that serves the bytes (the CDN after a redirect), never its query.
                 let host = host_of(response.url());
                 let errors = Arc::clone(&self.errors);
-                let stream = response.bytes_stream().map(move |chunk| {
-                    chunk.map_err(|e| {
-                        let e = error::from_reqwest(e, &host);
-                        errors.record_error(&e);
-                        e
-                    })
+                // A body without `Content-Length` is counted as it arrives: past the limit,
+                // the stream fails and ends (dropping the connection), so no fill writes
+                // more than `limit` bytes.
+                let body = response.bytes_stream();
+                let stream = futures_util::stream::unfold(Some((body, 0u64)), move |state| {
+                    let host = host.clone();
+                    let errors = Arc::clone(&errors);
+                    async move {
+                        let (mut body, so_far) = state?;
+                        let (item, next) = match body.next().await? {
+                            Err(e) => (Err(error::from_reqwest(e, &host)), Some((body, so_far))),
+                            Ok(chunk) => {
+                                let total = so_far.saturating_add(chunk.len() as u64);
+                                if total > limit {
+                                    (Err(UpstreamError::BlobTooLarge { limit }), None)
+                                } else {
+                                    (Ok(chunk), Some((body, total)))
+                                }
+                            }
+                        };
+                        if let Err(e) = &item {
+                            errors.record_error(e);
+                        }
+                        Some((item, next))
+                    }
                 });
                 Ok(BlobDownload {
                     size,
-                    stream: Box::pin(stream),
+                    // Fused: callers may poll again after the end, which `unfold` forbids.
+                    stream: Box::pin(stream.fuse()),
                 })
             }
             .await,
@@ -348,7 +424,15 @@ impl Upstream {
             async {
                 check_suffix(suffix_and_query)?;
                 let url = self.url(repo, suffix_and_query)?;
-                let response = self.request(Method::GET, url, accept, &scope(repo)).await?;
+                let response = self
+                    .request(
+                        Method::GET,
+                        url,
+                        accept,
+                        &PullScope::repository(repo),
+                        Follow::SameOrigin,
+                    )
+                    .await?;
                 let status = response.status().as_u16();
                 let headers = response.headers();
                 let content_type =
@@ -408,6 +492,65 @@ impl fmt::Debug for BlobDownload {
     }
 }
 
+/// One of the upstream's two HTTP clients, alike but for the resolver.
+fn build_client(
+    config: &UpstreamConfig,
+    resolver: Arc<guard::Resolver>,
+) -> Result<reqwest::Client, UpstreamError> {
+    reqwest::Client::builder()
+        // Followed by hand in `transport`, to drop `Authorization` on cross-origin hops
+        // and to keep manifests, tags and referrers within the origin.
+        .redirect(reqwest::redirect::Policy::none())
+        // Bytes must arrive exactly as the upstream stored them: digests cover them.
+        .no_gzip()
+        .no_brotli()
+        .no_deflate()
+        .no_zstd()
+        .dns_resolver(resolver)
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.read_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(32)
+        .tcp_keepalive(Duration::from_secs(60))
+        .user_agent(config.user_agent.clone())
+        .build()
+        .map_err(|e| {
+            UpstreamError::Protocol(format!("cannot build the HTTP client: {}", e.without_url()))
+        })
+}
+
+/// The token realms, besides the upstream's own origin, that may receive its credentials:
+/// the configured ones, and Docker Hub's token service when the URL is Docker Hub's (not
+/// for a mirror standing in under the name `docker.io`: its credentials are not Hub's). A plain `http`
+/// realm for an `https` upstream is refused: it would downgrade the credentials' transport.
+fn allowed_realms(
+    base: &Url,
+    hub_host: bool,
+    configured: &[String],
+) -> Result<Vec<Url>, UpstreamError> {
+    let invalid = |why: String| UpstreamError::Protocol(format!("invalid token realm: {why}"));
+    let mut realms = Vec::with_capacity(configured.len() + 1);
+    if hub_host {
+        realms.push(Url::parse(DOCKER_HUB_REALM).map_err(|_| invalid(DOCKER_HUB_REALM.into()))?);
+    }
+    for text in configured {
+        let url = Url::parse(text).map_err(|_| invalid(format!("{text:?} is not a URL")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid(format!("{text:?} is not an http(s) origin")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(format!("{text:?} holds credentials")));
+        }
+        if base.scheme() == "https" && url.scheme() != "https" {
+            return Err(invalid(format!(
+                "{text:?} is plain http for an https upstream"
+            )));
+        }
+        realms.push(url);
+    }
+    Ok(realms)
+}
+
 /// The configured base URL, checked.
 fn parse_base(text: &str) -> Result<Url, UpstreamError> {
     let invalid = |why: &str| UpstreamError::Protocol(format!("invalid upstream url: {why}"));
@@ -449,11 +592,6 @@ fn check_suffix(suffix_and_query: &str) -> Result<(), UpstreamError> {
     Ok(())
 }
 
-/// The token scope every request of this crate needs: pull access to the repository.
-fn scope(repo: &RepoName) -> String {
-    format!("repository:{repo}:pull")
-}
-
 /// Every manifest type, so the upstream answers with what it has and one cached copy
 /// serves all clients (the mirror negotiates with clients itself).
 fn manifest_accept() -> String {
@@ -484,6 +622,9 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             user_agent: "test".into(),
+            token_realms: Vec::new(),
+            allow_private_redirects: None,
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
         }
     }
 
@@ -533,6 +674,52 @@ mod tests {
             assert_eq!(u.cred_host, *cred_host, "{name} {url}");
             assert_eq!(u.name(), *name);
         }
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_origin_or_listed_realms() {
+        let with = |name: &str, url: &str, realms: &[&str]| {
+            Upstream::new(UpstreamConfig {
+                token_realms: realms.iter().map(|r| r.to_string()).collect(),
+                ..config(name, url)
+            })
+        };
+        let u = with("ghcr.io", "https://ghcr.io", &["https://auth.example.com"]).unwrap();
+        let cases: &[(&str, bool)] = &[
+            ("https://ghcr.io/token", true),
+            ("https://ghcr.io:443/token?x=1", true),
+            ("https://GHCR.io/token", true),
+            // A scheme downgrade on the same host, another port, another host.
+            ("http://ghcr.io/token", false),
+            ("https://ghcr.io:8443/token", false),
+            ("https://evil.example/token", false),
+            ("https://auth.example.com/oauth/token", true),
+            ("http://auth.example.com/oauth/token", false),
+            ("https://auth.docker.io/token", false),
+        ];
+        for (realm, want) in cases {
+            assert_eq!(
+                u.realm_allowed(&Url::parse(realm).unwrap()),
+                *want,
+                "{realm}"
+            );
+        }
+        // Docker Hub's token service, for Docker Hub only (not a mirror under its name).
+        let hub = with("docker.io", "https://registry-1.docker.io", &[]).unwrap();
+        assert!(hub.realm_allowed(&Url::parse("https://auth.docker.io/token").unwrap()));
+        assert!(!hub.realm_allowed(&Url::parse("http://auth.docker.io/token").unwrap()));
+        let stand_in = with("docker.io", "https://mirror.example", &[]).unwrap();
+        assert!(!stand_in.realm_allowed(&Url::parse("https://auth.docker.io/token").unwrap()));
+        // A listed realm must not downgrade an https upstream, nor be anything but http(s).
+        for bad in [
+            "http://auth.example.com",
+            "ftp://x",
+            "not a url",
+            "https://u:p@x",
+        ] {
+            assert!(with("ghcr.io", "https://ghcr.io", &[bad]).is_err(), "{bad}");
+        }
+        assert!(with("l", "http://127.0.0.1:5000", &["http://127.0.0.1:5001"]).is_ok());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! One logical request to the upstream: authentication (anonymous or cached first, the
 //! challenge answered once on 401), retries of transient failures, and redirects followed
-//! by hand so credentials never leave the upstream's origin.
+//! by hand: credentials never leave the upstream's origin, manifests, tags and referrers
+//! never leave it at all, and blobs leave it only for addresses the [`Guard`] allows.
+//!
+//! [`Guard`]: crate::guard::Guard
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -8,10 +11,22 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, LOCATION};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use pullgate_oci::PullScope;
 use reqwest::{Response, Url};
 
-use crate::error::{self, UpstreamError};
+use crate::error::{self, RefusedRedirect, UpstreamError};
 use crate::Upstream;
+
+/// Where a request's redirects may lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Follow {
+    /// Only within the upstream's origin: manifests, tags lists, referrers. Their bodies
+    /// are cached as the upstream's or handed to clients, so another origin's would be
+    /// a read of whatever the upstream points at (a server-side request forgery).
+    SameOrigin,
+    /// Anywhere the guard allows (registries send blobs to a CDN), without credentials.
+    Blob,
+}
 
 /// Redirect hops followed per request (registries redirect blobs to a CDN once, maybe twice).
 const MAX_REDIRECTS: usize = 5;
@@ -82,7 +97,8 @@ impl Upstream {
         method: Method,
         url: Url,
         accept: Option<&str>,
-        scope: &str,
+        scope: &PullScope,
+        follow: Follow,
     ) -> Result<Response, UpstreamError> {
         if let Some(left) = self.backoff.remaining() {
             // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
@@ -91,7 +107,7 @@ impl Upstream {
                 retry_after: Some(Duration::from_secs(secs)),
             });
         }
-        let result = self.request_now(method, url, accept, scope).await;
+        let result = self.request_now(method, url, accept, scope, follow).await;
         if let Err(e) = &result {
             self.backoff.note(e);
         }
@@ -103,13 +119,14 @@ impl Upstream {
         method: Method,
         url: Url,
         accept: Option<&str>,
-        scope: &str,
+        scope: &PullScope,
+        follow: Follow,
     ) -> Result<Response, UpstreamError> {
         let mut auth = self.proactive_auth(scope)?;
         let mut answered = false;
         loop {
             let response = self
-                .send_retrying(&method, &url, accept, auth.as_ref())
+                .send_retrying(&method, &url, accept, auth.as_ref(), follow)
                 .await?;
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !answered {
@@ -139,10 +156,11 @@ impl Upstream {
         url: &Url,
         accept: Option<&str>,
         auth: Option<&HeaderValue>,
+        follow: Follow,
     ) -> Result<Response, UpstreamError> {
         let mut attempt = 0;
         loop {
-            let outcome = self.send_following(method, url, accept, auth).await;
+            let outcome = self.send_following(method, url, accept, auth, follow).await;
             let retry = match &outcome {
                 Ok(r) => matches!(r.status().as_u16(), 502..=504),
                 Err(f) => f.retryable,
@@ -161,30 +179,49 @@ impl Upstream {
         }
     }
 
-    /// One attempt, following redirects. `Authorization` goes only to the upstream's own
-    /// origin: a blob redirect to a CDN (or anywhere else) gets no credentials.
+    /// One attempt, following redirects as `follow` allows. `Authorization` goes only to
+    /// the upstream's own origin: a blob redirect to a CDN (or anywhere else) gets none,
+    /// and goes through the guarded client, whose resolver refuses internal addresses.
     async fn send_following(
         &self,
         method: &Method,
         start: &Url,
         accept: Option<&str>,
         auth: Option<&HeaderValue>,
+        follow: Follow,
     ) -> Result<Response, Failure> {
         let mut url = start.clone();
         for hop in 0..=MAX_REDIRECTS {
             let host = host_of(&url);
-            let mut request = self.client.request(method.clone(), url.clone());
+            let own_origin = url.origin() == self.base.origin();
+            let client = if own_origin {
+                &self.client
+            } else {
+                if self.guard.check_url(&url).is_err() {
+                    tracing::warn!(upstream = %self.name, to = %host, "{}", RefusedRedirect::InternalAddress);
+                    return Err(UpstreamError::Redirect(RefusedRedirect::InternalAddress).into());
+                }
+                &self.guarded_client
+            };
+            let mut request = client.request(method.clone(), url.clone());
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
             }
-            if let Some(auth) = auth {
-                if url.origin() == self.base.origin() {
-                    request = request.header(AUTHORIZATION, auth.clone());
-                }
+            if let Some(auth) = auth.filter(|_| own_origin) {
+                request = request.header(AUTHORIZATION, auth.clone());
             }
-            let response = request.send().await.map_err(|e| Failure {
-                retryable: e.is_connect() || !e.is_timeout(),
-                error: error::from_reqwest(e, &host),
+            let response = request.send().await.map_err(|e| {
+                // Connect failures, and anything before the answer but a timeout; never an
+                // address the guard refused (it would refuse it again).
+                let refused = error::refused_by_resolver(&e);
+                if refused {
+                    tracing::warn!(upstream = %self.name, to = %host, "{}", RefusedRedirect::InternalAddress);
+                }
+                let retryable = (e.is_connect() || !e.is_timeout()) && !refused;
+                Failure {
+                    retryable,
+                    error: error::from_reqwest(e, &host),
+                }
             })?;
             let status = response.status();
             // The query is left out: on CDN redirects it holds signatures.
@@ -202,7 +239,16 @@ impl Upstream {
             if hop == MAX_REDIRECTS {
                 break;
             }
-            url = redirect_target(&url, response.headers())?;
+            let target = redirect_target(&url, response.headers())?;
+            if follow == Follow::SameOrigin && target.origin() != self.base.origin() {
+                tracing::warn!(
+                    upstream = %self.name,
+                    to = %host_of(&target),
+                    "refused a manifest, tags or referrers redirect to another origin"
+                );
+                return Err(UpstreamError::Redirect(RefusedRedirect::CrossOrigin).into());
+            }
+            url = target;
         }
         Err(UpstreamError::Protocol("upstream redirected too many times".into()).into())
     }
@@ -305,7 +351,10 @@ mod tests {
         assert_eq!(b.remaining(), None);
         // Only a 429 that says how long sets it.
         b.note(&UpstreamError::RateLimited { retry_after: None });
-        b.note(&UpstreamError::Unavailable("upstream answered 503".into()));
+        b.note(&UpstreamError::unavailable(
+            crate::error::Cause::Status(503),
+            "upstream answered 503".into(),
+        ));
         assert_eq!(b.remaining(), None);
         b.note(&UpstreamError::RateLimited {
             retry_after: Some(Duration::from_secs(30)),

@@ -19,7 +19,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use pullgate_credentials::SecretSource;
 use pullgate_oci::{media_types, Digest, Reference, RepoName};
-use pullgate_upstream::{Upstream, UpstreamConfig, UpstreamError};
+use pullgate_upstream::{Cause, RefusedRedirect, Upstream, UpstreamConfig, UpstreamError};
 use tokio::net::TcpListener;
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -247,6 +247,9 @@ fn config(addr: SocketAddr, credentials: Option<SecretSource>) -> UpstreamConfig
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(5),
         user_agent: "pullgate-test".into(),
+        token_realms: Vec::new(),
+        allow_private_redirects: None,
+        max_blob_size: pullgate_upstream::DEFAULT_MAX_BLOB_SIZE,
     }
 }
 
@@ -680,7 +683,10 @@ async fn transient_5xx_is_retried() {
         .await;
     assert_eq!(
         err.unwrap_err(),
-        UpstreamError::Unavailable("upstream answered 503".into())
+        UpstreamError::Unavailable {
+            cause: Cause::Status(503),
+            detail: "upstream answered 503".into()
+        }
     );
     assert_eq!(log.lock().unwrap().len(), 3, "three attempts in all");
 }
@@ -694,11 +700,11 @@ async fn closed_port_is_unavailable() {
         .await
         .unwrap_err();
     match err {
-        UpstreamError::Unavailable(message) => {
-            assert!(message.contains("connect"), "{message}");
-            assert!(!message.contains("http://"), "{message}");
-        }
-        other => panic!("expected Unavailable, got {other:?}"),
+        UpstreamError::Unavailable {
+            cause: Cause::Connect,
+            detail,
+        } => assert!(!detail.contains("http://"), "{detail}"),
+        other => panic!("expected a connect failure, got {other:?}"),
     }
 }
 
@@ -803,8 +809,362 @@ async fn stalled_blob_body_times_out() {
         }
     };
     assert_eq!(received, 10);
-    match err {
-        UpstreamError::Unavailable(message) => assert!(message.contains("timed out"), "{message}"),
-        other => panic!("expected Unavailable, got {other:?}"),
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(err.kind(), Some(pullgate_upstream::ErrorKind::Timeout));
+}
+
+#[tokio::test]
+async fn a_token_endpoint_5xx_is_a_server_error_not_unreachable() {
+    let (listener, addr) = bind().await;
+    serve(listener, move |seen| {
+        if seen.path == "/token" {
+            return response(503, &[], "down");
+        }
+        let challenge = format!(r#"Bearer realm="http://{addr}/token",service="s""#);
+        response(401, &[("www-authenticate", &challenge)], "")
+    });
+    let up = upstream(addr, None);
+    let err = up
+        .head_manifest(&repo("library/alpine"), &latest())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UpstreamError::Unavailable {
+                cause: Cause::TokenEndpoint(503),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_timeout());
+    let counted: Vec<_> = up.errors().snapshot().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(counted, [(pullgate_upstream::ErrorKind::ServerError, 1)]);
+}
+
+/// A registry at `addr` whose challenges name a token realm on another origin (`realm`,
+/// another port), which hands out `Bearer authed` for `user:pass` and `Bearer anon` to
+/// anyone. The registry takes either.
+fn registry_with_foreign_realm(listener: TcpListener, realm: SocketAddr, fx: Arc<Fixture>) -> Log {
+    serve(listener, move |seen| {
+        let token = seen
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "));
+        if !matches!(token, Some("authed" | "anon")) {
+            let challenge = format!(r#"Bearer realm="http://{realm}/token",service="s""#);
+            return response(401, &[("www-authenticate", &challenge)], "");
+        }
+        content(seen, &fx)
+    })
+}
+
+fn foreign_realm(listener: TcpListener) -> Log {
+    serve(listener, |seen| {
+        let token = if seen.authorization.as_deref() == Some(basic("user", "pass").as_str()) {
+            "authed"
+        } else {
+            "anon"
+        };
+        response(
+            200,
+            &[("content-type", "application/json")],
+            format!(r#"{{"token":"{token}","expires_in":300}}"#),
+        )
+    })
+}
+
+#[tokio::test]
+async fn a_realm_on_another_origin_never_sees_the_credentials() {
+    let fx = Arc::new(fixture());
+    let (realm_listener, realm_addr) = bind().await;
+    let realm_log = foreign_realm(realm_listener);
+    let (listener, addr) = bind().await;
+    registry_with_foreign_realm(listener, realm_addr, fx.clone());
+    let (_dir, creds) = credentials(&addr.to_string(), "user", "pass");
+
+    // Not listed: an anonymous token, which is all a public image needs.
+    let up = upstream(addr, Some(creds.clone()));
+    let got = up
+        .get_manifest(&repo("library/alpine"), &latest(), 4096)
+        .await
+        .unwrap();
+    assert_eq!(got.bytes, fx.manifest);
+    {
+        let log = realm_log.lock().unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(
+            log[0].authorization, None,
+            "credentials sent to a foreign realm"
+        );
     }
+
+    // Listed for this upstream: the credentials go there.
+    let listed = Upstream::new(UpstreamConfig {
+        token_realms: vec![format!("http://{realm_addr}")],
+        ..config(addr, Some(creds))
+    })
+    .unwrap();
+    listed
+        .head_manifest(&repo("team/app"), &latest())
+        .await
+        .unwrap();
+    let log = realm_log.lock().unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        log[1].authorization.as_deref(),
+        Some(basic("user", "pass").as_str())
+    );
+}
+
+/// A registry that redirects manifests, tags lists and referrers to `elsewhere`, and
+/// blobs to `blob_target` (a URL prefix), and serves its own content under `/own/`.
+fn redirecting_registry(
+    listener: TcpListener,
+    elsewhere: SocketAddr,
+    blob_target: String,
+    fx: Arc<Fixture>,
+) -> Log {
+    serve(listener, move |seen| {
+        if let Some(path) = seen.path.strip_prefix("/own") {
+            return content(
+                &Seen {
+                    path: path.to_owned(),
+                    ..seen.clone()
+                },
+                &fx,
+            );
+        }
+        let rest = split_path(&seen.path).map_or("", |(_, rest)| rest);
+        let to = if rest.starts_with("blobs/") {
+            format!("{blob_target}{}", seen.path)
+        } else if rest == "manifests/same" {
+            "/own/v2/library/alpine/manifests/latest".to_owned()
+        } else {
+            format!("http://{elsewhere}{}", seen.path)
+        };
+        response(307, &[("location", &to)], "")
+    })
+}
+
+/// Whatever is asked: a tags list, a manifest, a blob; it logs what reaches it.
+fn internal_service(listener: TcpListener, fx: Arc<Fixture>) -> Log {
+    serve(listener, move |seen| {
+        if seen.path.contains("/blobs/") {
+            let len = fx.blob.len().to_string();
+            return response(200, &[("content-length", &len)], fx.blob.clone());
+        }
+        response(
+            200,
+            &[("content-type", "application/json")],
+            r#"{"name":"library/alpine","tags":["internal-secret"]}"#,
+        )
+    })
+}
+
+#[tokio::test]
+async fn manifests_tags_and_referrers_follow_only_same_origin_redirects() {
+    let fx = Arc::new(fixture());
+    let (inner, inner_addr) = bind().await;
+    let inner_log = internal_service(inner, fx.clone());
+    let (listener, addr) = bind().await;
+    redirecting_registry(
+        listener,
+        inner_addr,
+        format!("http://{inner_addr}"),
+        fx.clone(),
+    );
+    // Allowed to redirect blobs anywhere: only the kind of request decides here.
+    let up = Upstream::new(UpstreamConfig {
+        allow_private_redirects: Some(true),
+        ..config(addr, None)
+    })
+    .unwrap();
+    let alpine = repo("library/alpine");
+    let refused = UpstreamError::Redirect(RefusedRedirect::CrossOrigin);
+
+    assert_eq!(
+        up.get_passthrough(&alpine, "tags/list", None)
+            .await
+            .unwrap_err(),
+        refused
+    );
+    let referrers = format!("referrers/{}", fx.manifest_digest);
+    assert_eq!(
+        up.get_passthrough(&alpine, &referrers, None)
+            .await
+            .unwrap_err(),
+        refused
+    );
+    assert_eq!(
+        up.get_manifest(&alpine, &latest(), 4096).await.unwrap_err(),
+        refused
+    );
+    assert_eq!(
+        up.head_manifest(&alpine, &latest()).await.unwrap_err(),
+        refused
+    );
+    assert!(
+        inner_log.lock().unwrap().is_empty(),
+        "{:?}",
+        inner_log.lock().unwrap()
+    );
+
+    // Within the origin, a redirect is followed; a blob may leave it.
+    let same = Reference::parse("same").unwrap();
+    assert_eq!(
+        up.get_manifest(&alpine, &same, 4096).await.unwrap().bytes,
+        fx.manifest
+    );
+    let blob = up.get_blob(&alpine, &fx.blob_digest).await.unwrap();
+    assert_eq!(collect(blob).await.unwrap(), fx.blob);
+    assert_eq!(inner_log.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn blob_redirects_into_internal_addresses_are_refused() {
+    let fx = Arc::new(fixture());
+    let (inner, inner_addr) = bind().await;
+    let inner_log = internal_service(inner, fx.clone());
+    let alpine = repo("library/alpine");
+    // Tests stay on 127.0.0.1, so the upstream is itself internal and, by default, may
+    // redirect there; `allow_private_redirects = false` makes it stand in for a public one.
+    for target in [
+        format!("http://{inner_addr}"),
+        format!("http://localhost:{}", inner_addr.port()),
+    ] {
+        let (listener, addr) = bind().await;
+        redirecting_registry(listener, inner_addr, target.clone(), fx.clone());
+        let strict = Upstream::new(UpstreamConfig {
+            allow_private_redirects: Some(false),
+            ..config(addr, None)
+        })
+        .unwrap();
+        let err = strict.get_blob(&alpine, &fx.blob_digest).await.unwrap_err();
+        assert_eq!(
+            err,
+            UpstreamError::Redirect(RefusedRedirect::InternalAddress),
+            "{target}"
+        );
+        let err = strict
+            .head_blob(&alpine, &fx.blob_digest)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            UpstreamError::Redirect(RefusedRedirect::InternalAddress),
+            "{target}"
+        );
+        assert!(inner_log.lock().unwrap().is_empty(), "{target} was reached");
+        // The upstream's own origin is still reachable, redirects within it too.
+        let same = Reference::parse("same").unwrap();
+        assert_eq!(
+            strict
+                .get_manifest(&alpine, &same, 4096)
+                .await
+                .unwrap()
+                .bytes,
+            fx.manifest
+        );
+    }
+
+    // The default: an upstream on loopback may send its blobs to loopback.
+    let (listener, addr) = bind().await;
+    redirecting_registry(
+        listener,
+        inner_addr,
+        format!("http://{inner_addr}"),
+        fx.clone(),
+    );
+    let blob = upstream(addr, None)
+        .get_blob(&alpine, &fx.blob_digest)
+        .await
+        .unwrap();
+    assert_eq!(collect(blob).await.unwrap(), fx.blob);
+    assert_eq!(inner_log.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn blobs_over_the_maximum_size_are_refused_and_cut_off() {
+    let endless = Digest::sha256_of(b"endless");
+    let endless_path = format!("/v2/library/alpine/blobs/{endless}");
+    let (listener, addr) = bind().await;
+    serve(listener, move |seen| {
+        if seen.path == endless_path {
+            // No Content-Length and no end: only the limit stops it.
+            let chunks = futures_util::stream::repeat_with(|| {
+                Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 1000])))
+            });
+            let body = http_body_util::BodyExt::boxed(StreamBody::new(chunks));
+            return Response::builder().status(200).body(body).unwrap();
+        }
+        response(200, &[("content-length", "10000")], vec![b'x'; 10_000])
+    });
+    let limited = Upstream::new(UpstreamConfig {
+        max_blob_size: 4096,
+        ..config(addr, None)
+    })
+    .unwrap();
+    let alpine = repo("library/alpine");
+    // Refused up front by its Content-Length: no stream at all.
+    let err = limited
+        .get_blob(&alpine, &Digest::sha256_of(b"any"))
+        .await
+        .unwrap_err();
+    assert_eq!(err, UpstreamError::BlobTooLarge { limit: 4096 });
+
+    // Chunked and endless: the stream fails once it passes the limit, and then ends.
+    let download = limited.get_blob(&alpine, &endless).await.unwrap();
+    assert_eq!(download.size, None);
+    let mut stream = download.stream;
+    let mut received = 0;
+    let read = async {
+        loop {
+            match stream.next().await {
+                Some(Ok(chunk)) => received += chunk.len(),
+                Some(Err(e)) => break e,
+                None => panic!("an endless body ended cleanly"),
+            }
+        }
+    };
+    let err = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("an endless body is read without bound");
+    assert_eq!(err, UpstreamError::BlobTooLarge { limit: 4096 });
+    assert!(
+        received <= 4096,
+        "{received} bytes passed a 4096-byte limit"
+    );
+    for _ in 0..3 {
+        // Polled again after its end, as a fill's batching does: still the end, no panic.
+        assert!(
+            stream.next().await.is_none(),
+            "the stream goes on after its limit"
+        );
+    }
+    let counted: Vec<_> = limited
+        .errors()
+        .snapshot()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(counted, [(pullgate_upstream::ErrorKind::Invalid, 2)]);
+
+    // Within the limit, the same answer is fine.
+    let roomy = Upstream::new(UpstreamConfig {
+        max_blob_size: 10_000,
+        ..config(addr, None)
+    })
+    .unwrap();
+    let mut blob = roomy
+        .get_blob(&alpine, &Digest::sha256_of(b"any"))
+        .await
+        .unwrap()
+        .stream;
+    let mut len = 0;
+    while let Some(chunk) = blob.next().await {
+        len += chunk.unwrap().len();
+    }
+    assert_eq!(len, 10_000);
+    assert!(blob.next().await.is_none(), "polled after its end");
 }

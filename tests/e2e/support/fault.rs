@@ -1,7 +1,7 @@
 //! A small registry of our own that serves in-memory images and misbehaves on demand:
 //! corrupt or truncated blobs, error statuses, resets, lying `Content-Length`s, redirect
-//! loops, slow answers, wrong manifest digests, and bearer-token auth with its own token
-//! endpoint (which can fail too). It runs on its own thread and runtime.
+//! loops, redirects to another origin, slow answers, wrong manifest digests, and
+//! bearer-token auth with its own token endpoint (which can fail too). It runs on its own thread and runtime.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -44,6 +44,8 @@ pub enum Fault {
     Endless,
     /// A chunked body that sends one byte every 200 ms, for ever.
     Trickle,
+    /// Redirect (307) to the same path and query on `127.0.0.1:<port>`: another origin.
+    RedirectToPort(u16),
 }
 
 #[derive(Clone)]
@@ -125,6 +127,18 @@ impl FaultUpstream {
                                         };
                                         if let Some(d) = delay {
                                             tokio::time::sleep(d).await;
+                                        }
+                                        if let Some(Fault::RedirectToPort(port)) = fault {
+                                            record(&st, &req);
+                                            let to = format!(
+                                                "http://127.0.0.1:{port}{}",
+                                                req.uri().path_and_query().map_or("", |p| p.as_str())
+                                            );
+                                            return Ok(Response::builder()
+                                                .status(307)
+                                                .header("location", to)
+                                                .body(full(Bytes::new()))
+                                                .unwrap());
                                         }
                                         if matches!(fault, Some(Fault::Reset)) {
                                             record(&st, &req);

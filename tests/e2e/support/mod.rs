@@ -10,6 +10,7 @@ pub mod images;
 pub mod netns;
 pub mod pullgate;
 pub mod secret;
+pub mod sign;
 pub mod skopeo;
 pub mod tls;
 pub mod tmpfs;
@@ -40,9 +41,20 @@ pub fn wait_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Where tests/install-trust-tools.sh (run by ./tests/run-all.sh) extracts cosign and oras.
+pub fn trust_tools_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/trust-tools/usr/bin")
+}
+
 /// The path of a tool the tests need. A missing tool fails the test: end-to-end tests
-/// must never pass by skipping (run ./tests/run-all.sh, which installs them).
+/// must never pass by skipping (run ./tests/run-all.sh, which installs them). The tools
+/// under [`trust_tools_bin`] come first, so a `cargo test` without run-all.sh's PATH
+/// finds them too.
 pub fn require(tool: &str) -> PathBuf {
+    let own = trust_tools_bin().join(tool);
+    if own.is_file() {
+        return own;
+    }
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool}"))
@@ -51,7 +63,7 @@ pub fn require(tool: &str) -> PathBuf {
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(
         out.status.success() && !path.is_empty(),
-        "{tool} is not installed: run ./tests/run-all.sh (it installs the test dependencies)"
+        "{tool} is not installed: run ./tests/run-all.sh (it installs the test dependencies; tests/install-trust-tools.sh alone installs cosign and oras)"
     );
     PathBuf::from(path)
 }
