@@ -5,19 +5,24 @@
 //! keeps tags fresh (served from the index for `tag_ttl`, then revalidated with a cheap
 //! `HEAD`, served stale when the upstream is down), makes exactly one upstream request per
 //! missing digest however many clients ask (fills), and checks that a repository may see a
-//! cached digest before serving it under that repository's name.
+//! cached digest before serving it under that repository's name. With `[trust]`, judges
+//! every manifest served by the trust policy (`policy.rs`: signatures fetched through the
+//! mirror's own cache, verdicts cached per keys generation, index lineage, blobs only of
+//! manifests that passed in enforced repositories).
 //!
 //! What it is not: no HTTP server types (that is `pullgate-server`), no HTTP client (that is
 //! `pullgate-upstream`), no file layout (that is `pullgate-store`).
 //!
 //! Main types: [`Mirror`], [`Target`], [`ManifestResponse`], [`BlobResponse`],
-//! [`MirrorError`], [`Stats`], [`CacheReport`].
+//! [`MirrorError`] (a policy denial is [`MirrorError::PolicyDenied`] with its
+//! [`PolicyDecision`]), [`Stats`], [`CacheReport`].
 
 mod access;
 mod blobs;
 mod error;
 mod manifests;
 mod negative;
+mod policy;
 mod route;
 mod stats;
 
@@ -32,6 +37,7 @@ use tokio_util::task::TaskTracker;
 pub use blobs::{BlobResponse, ClientId};
 pub use error::MirrorError;
 pub use manifests::ManifestResponse;
+pub use policy::{PolicyDecision, VERDICT_MAX_AGE};
 pub use pullgate_store::BlobStream;
 pub use route::Target;
 pub use stats::{Histogram, HistogramSnapshot, Stats};
@@ -122,6 +128,8 @@ pub struct Mirror {
     tag_flights: Flights<TagKey, Result<(manifests::Stored, Source), MirrorError>>,
     fills: blobs::Fills,
     negative: negative::Negative,
+    /// The trust policy, when `[trust]` is configured.
+    trust: Option<policy::Trust>,
     /// Owns fills and manifest fetches (they outlive the request that started them).
     tasks: TaskTracker,
 }
@@ -140,8 +148,20 @@ impl Mirror {
             manifest_flights: Flights::owned_by(tasks.clone()),
             tag_flights: Flights::owned_by(tasks.clone()),
             fills: blobs::Fills::default(),
+            trust: None,
             tasks,
         }
+    }
+
+    /// Judge every manifest served by `policy`, with the keys and CAs of `keys`, and serve
+    /// blobs of enforced repositories only for manifests that passed.
+    pub fn with_trust(
+        mut self,
+        policy: pullgate_trust::Policy,
+        keys: pullgate_trust::KeySet,
+    ) -> Self {
+        self.trust = Some(policy::Trust::new(policy, keys));
+        self
     }
 
     /// Resolve the upstream for a request: containerd's `ns` query, a host-like first path

@@ -12,6 +12,7 @@ use pullgate_store::{Origin, Store, TagKey, TagRecord};
 use pullgate_upstream::{ErrorKind, Upstream};
 
 use crate::error::{MirrorError, Wanted};
+use crate::policy::PolicyDecision;
 use crate::stats::Stats;
 use crate::{Mirror, Source, Target};
 
@@ -22,6 +23,8 @@ pub struct ManifestResponse {
     pub media_type: String,
     pub digest: Digest,
     pub source: Source,
+    /// What the trust policy decided (`None` without `[trust]`).
+    pub policy: Option<PolicyDecision>,
 }
 
 /// A manifest in the store, with its bytes as read or fetched: the answer is built from
@@ -40,34 +43,39 @@ impl Stored {
             media_type: self.media_type,
             digest: self.digest,
             source,
+            policy: None,
         }
     }
 }
 
 impl Mirror {
-    /// `GET|HEAD /v2/<name>/manifests/<reference>`.
+    /// `GET|HEAD /v2/<name>/manifests/<reference>`: the manifest, judged by the trust
+    /// policy after the access check (a denial is `PolicyDenied`).
     pub async fn manifest(
         &self,
         target: &Target,
         reference: &Reference,
         accept: &AcceptList,
     ) -> Result<ManifestResponse, MirrorError> {
-        let found = match reference {
+        let mut found = match reference {
             Reference::Digest(d) => self.manifest_by_digest(target, d).await?,
             Reference::Tag(t) => self.manifest_by_tag(target, t).await?,
         };
+        found.policy = self.judge(target, &found).await?;
         if accept.accepts(&found.media_type) {
             return Ok(found);
         }
         // A client that cannot read an index gets the linux/amd64 image, as Distribution
-        // does for manifest lists; anything else it cannot read is unknown to it.
+        // does for manifest lists; anything else it cannot read is unknown to it. The
+        // child is fetched through the index, which has passed: its lineage is recorded.
         if media_types::is_index(&found.media_type) {
             let info = ManifestInfo::parse(&found.bytes, Some(&found.media_type))
                 .map_err(|e| MirrorError::UpstreamBadContent(e.to_string()))?;
             if let Some(child) = info.platform_manifest("linux", "amd64") {
                 if accept.accepts(&child.media_type) {
-                    let child = self.manifest_by_digest(target, &child.digest).await?;
+                    let mut child = self.manifest_by_digest(target, &child.digest).await?;
                     if accept.accepts(&child.media_type) {
+                        child.policy = self.judge(target, &child).await?;
                         return Ok(child);
                     }
                 }
@@ -79,7 +87,9 @@ impl Mirror {
         )))
     }
 
-    async fn manifest_by_digest(
+    /// A manifest by digest, access-checked but not judged: the trust policy's own
+    /// fetches of signature artifacts come here.
+    pub(crate) async fn manifest_by_digest(
         &self,
         target: &Target,
         digest: &Digest,
@@ -119,7 +129,8 @@ impl Mirror {
         Ok(stored.respond(Source::Miss))
     }
 
-    async fn manifest_by_tag(
+    /// A manifest by tag, not judged (see [`Mirror::manifest_by_digest`]).
+    pub(crate) async fn manifest_by_tag(
         &self,
         target: &Target,
         tag: &Tag,
@@ -208,6 +219,7 @@ impl Mirror {
             media_type,
             digest: digest.clone(),
             source,
+            policy: None,
         }))
     }
 }

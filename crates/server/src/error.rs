@@ -196,6 +196,11 @@ impl From<MirrorError> for ApiError {
                 format!("this client already has {limit} blob downloads under way; retry when they finish"),
             )
             .retry_after(Some(std::time::Duration::from_secs(1))),
+            // The rule and the reason are the policy's own words: no secrets, and what the
+            // operator of the client needs to know.
+            MirrorError::PolicyDenied(decision) => {
+                ApiError::new(ErrorCode::Denied, decision.to_string())
+            }
             MirrorError::Internal(detail) => ApiError::new(ErrorCode::Unknown, None).log(detail),
         }
     }
