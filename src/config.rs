@@ -36,6 +36,9 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub audit: AuditSection,
+    /// `[trust]`: signature and scan policy (`pullgate-trust`'s own structs).
+    #[serde(default)]
+    pub trust: pullgate_trust::TrustConfig,
 }
 
 /// Who may pull. With no `client_secrets` the mirror is anonymous, which is allowed only on
@@ -254,6 +257,24 @@ pub struct Settings {
     pub upstreams: Vec<UpstreamSettings>,
     pub auth: AuthSettings,
     pub audit: AuditSettings,
+    pub trust: TrustSettings,
+}
+
+/// `[trust]`: the file's section as written (check-config prints it back) and the policy
+/// validated from it. The keys and CAs load at start (`KeySet::open`), not here: a config
+/// is often checked where they are not mounted.
+#[derive(Debug, Clone)]
+pub struct TrustSettings {
+    pub config: pullgate_trust::TrustConfig,
+    pub policy: pullgate_trust::Policy,
+}
+
+impl TrustSettings {
+    /// Whether anything is configured: no rules and `unmatched = "allow"` judges nothing,
+    /// so the mirror skips the policy entirely.
+    pub fn is_active(&self) -> bool {
+        !self.config.rule.is_empty() || self.config.unmatched != pullgate_trust::Unmatched::Allow
+    }
 }
 
 /// `[auth]`, validated, in `pullgate-auth`'s own types where it has them.
@@ -358,7 +379,28 @@ impl FileConfig {
         }
         let auth = auth_settings(self.auth, listen, &upstreams)?;
         let cache_limits = cache_limits(&self.cache)?;
+        let policy = pullgate_trust::Policy::from_config(&self.trust).context("[trust]")?;
+        for rule in policy.rules() {
+            for pattern in rule.images() {
+                let host = pattern.split('/').next().unwrap_or_default();
+                // A rule whose host is a typo would never match, leaving its images to
+                // `unmatched`: refuse it here instead.
+                if !upstreams
+                    .iter()
+                    .any(|u| pullgate_oci::host_matches(host, u.name.as_str()))
+                {
+                    bail!(
+                        "[trust] {}: {pattern:?} names no configured upstream",
+                        rule.description()
+                    );
+                }
+            }
+        }
         Ok(Settings {
+            trust: TrustSettings {
+                config: self.trust,
+                policy,
+            },
             cache_limits,
             auth,
             audit: AuditSettings {
@@ -933,14 +975,33 @@ mod tests {
             ("auth", serde_introspect::<AuthSection>()),
             ("auth.rule", serde_introspect::<RuleSection>()),
             ("audit", serde_introspect::<AuditSection>()),
+            ("trust", serde_introspect::<pullgate_trust::TrustConfig>()),
+            ("trust.key", serde_introspect::<pullgate_trust::KeyConfig>()),
+            ("trust.ca", serde_introspect::<pullgate_trust::CaConfig>()),
+            (
+                "trust.rule",
+                serde_introspect::<pullgate_trust::RuleConfig>(),
+            ),
         ]
         .iter()
         .flat_map(|(section, fields)| fields.iter().map(move |f| format!("{section}.{f}")))
         // Sub-tables are documented as sections of their own.
-        .filter(|k| k != "server.tls" && k != "auth.rule")
+        .filter(|k| {
+            ![
+                "server.tls",
+                "auth.rule",
+                "trust.key",
+                "trust.ca",
+                "trust.rule",
+            ]
+            .contains(&k.as_str())
+        })
         .collect();
         let top: Vec<&str> = serde_introspect::<FileConfig>().to_vec();
-        assert_eq!(top, ["server", "cache", "upstream", "auth", "audit"]);
+        assert_eq!(
+            top,
+            ["server", "cache", "upstream", "auth", "audit", "trust"]
+        );
 
         let documented: Vec<String> = doc
             .lines()

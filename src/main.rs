@@ -182,6 +182,23 @@ async fn serve(s: Settings) -> Result<()> {
             negative_ttl: s.negative_ttl,
         },
     );
+    // Every key and CA must load now, as client secrets must: a policy naming a key it
+    // cannot read would deny everything (or tempt someone to loosen it).
+    let mirror = if s.trust.is_active() {
+        let keys = pullgate_trust::KeySet::open(&s.trust.config.key, &s.trust.config.ca)
+            .context("[trust] keys and CAs")?;
+        let k = keys.current();
+        tracing::info!(
+            rules = s.trust.policy.rules().len(),
+            keys = k.key_summary().count(),
+            cas = k.ca_summary().count(),
+            unmatched = ?s.trust.policy.unmatched(),
+            "trust policy enforced on every manifest served"
+        );
+        mirror.with_trust(s.trust.policy.clone(), keys)
+    } else {
+        mirror
+    };
     let tls = s
         .tls
         .clone()
