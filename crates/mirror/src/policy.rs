@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -258,9 +259,10 @@ impl Mirror {
             .get(&key)
             .filter(|(_, until)| now < *until)
             .map(|(v, _)| v.clone());
+        // Lineage first: a child denied when fetched directly (and cached so) is still
+        // allowed once it is fetched through an index that passed.
         let (decision, serves, until) = match cached {
-            Some(v) => (PolicyDecision::of(&v), v.serves(), None),
-            None if lineage && trust.policy.needs_artifacts(upstream, &target.repo) => {
+            _ if lineage && trust.policy.needs_artifacts(upstream, &target.repo) => {
                 let rule = trust.policy.rule_for(upstream, &target.repo);
                 let d = PolicyDecision {
                     rule_index: rule.map(|r| r.index()),
@@ -272,9 +274,11 @@ impl Mirror {
                 };
                 (d, true, None)
             }
+            Some(v) => (PolicyDecision::of(&v), v.serves(), None),
             None => {
+                let incomplete = AtomicBool::new(false);
                 let artifacts = if trust.policy.needs_artifacts(upstream, &target.repo) {
-                    self.gather(target, &m.digest).await?
+                    self.gather(target, &m.digest, &incomplete).await?
                 } else {
                     Vec::new()
                 };
@@ -291,7 +295,10 @@ impl Mirror {
                     let left = at.duration_since(SystemTime::now()).unwrap_or_default();
                     until = until.min(now + left);
                 }
-                lock(&trust.verdicts).insert(key, (verdict.clone(), until));
+                // A denial for want of material the upstream could not give is not remembered.
+                if verdict.serves() || !incomplete.load(Ordering::Relaxed) {
+                    lock(&trust.verdicts).insert(key, (verdict.clone(), until));
+                }
                 (PolicyDecision::of(&verdict), verdict.serves(), Some(until))
             }
         };
@@ -429,11 +436,22 @@ impl Mirror {
     }
 
     /// Every signature artifact of `digest` in this repository, through the cache.
-    async fn gather(&self, target: &Target, digest: &Digest) -> Result<Vec<Artifact>, MirrorError> {
+    /// `incomplete` is set when some material could not be fetched (upstream down, not
+    /// cached).
+    async fn gather(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        incomplete: &AtomicBool,
+    ) -> Result<Vec<Artifact>, MirrorError> {
         let mut out = Vec::new();
         for suffix in [".sig", ".att"] {
             let Some(m) = self
-                .artifact_manifest(target, &format!("sha256-{}{suffix}", digest.hex()))
+                .artifact_manifest(
+                    target,
+                    &format!("sha256-{}{suffix}", digest.hex()),
+                    incomplete,
+                )
                 .await?
             else {
                 continue;
@@ -453,7 +471,7 @@ impl Mirror {
                 }
             }
         }
-        for referrer in self.bundle_referrers(target, digest).await? {
+        for referrer in self.bundle_referrers(target, digest, incomplete).await? {
             if out.len() >= pullgate_trust::MAX_ARTIFACTS {
                 break;
             }
@@ -489,6 +507,7 @@ impl Mirror {
         &self,
         target: &Target,
         tag: &str,
+        incomplete: &AtomicBool,
     ) -> Result<Option<ManifestResponse>, MirrorError> {
         let Ok(tag) = Tag::parse(tag) else {
             return Ok(None);
@@ -496,6 +515,20 @@ impl Mirror {
         match self.manifest_by_tag(target, &tag).await {
             Ok(m) => Ok(Some(m)),
             Err(MirrorError::ManifestUnknown(_) | MirrorError::NameUnknown(_)) => Ok(None),
+            // Material the upstream cannot be asked for and the cache does not hold is
+            // material we do not have: missing material can only deny, never allow. The
+            // verdict is then not cached, so it is judged again once the upstream is back.
+            Err(e) if e.allows_stale() => {
+                tracing::debug!(
+                    upstream = target.upstream_name(),
+                    repository = %target.repo,
+                    %tag,
+                    error = %e,
+                    "signature tag unavailable upstream and not cached"
+                );
+                incomplete.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -518,6 +551,7 @@ impl Mirror {
         &self,
         target: &Target,
         digest: &Digest,
+        incomplete: &AtomicBool,
     ) -> Result<Vec<Digest>, MirrorError> {
         let listed = match target
             .upstream
@@ -536,7 +570,7 @@ impl Mirror {
         let body = match listed {
             Some(b) => b,
             None => match self
-                .artifact_manifest(target, &format!("sha256-{}", digest.hex()))
+                .artifact_manifest(target, &format!("sha256-{}", digest.hex()), incomplete)
                 .await?
             {
                 Some(m) => m.bytes,
