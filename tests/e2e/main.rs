@@ -20,6 +20,7 @@ mod ops;
 mod pull;
 mod signing_tools;
 mod token_realm;
+mod trust;
 mod upstream_auth;
 mod upstream_faults;
 mod upstream_redirects;

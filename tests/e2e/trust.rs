@@ -1,0 +1,603 @@
+//! The trust policy end to end: pullgate in front of a real Distribution 2.8, images signed
+//! by cosign 2.5 and by openssl (the harness's second, independent signer, through
+//! `push_signatures`), pulled with raw HTTP and with skopeo. Every denial must be 403
+//! `DENIED` naming the rule and the reason.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::distribution::{Auth, Distribution};
+use crate::support::http::{self, request};
+use crate::support::images::{self, Flavor, Image, Pusher};
+use crate::support::pullgate::{Options, Pullgate};
+use crate::support::secret::SecretVolume;
+use crate::support::sign::{self, Algorithm, SigLayer, Sign, Tools};
+use crate::support::skopeo;
+
+const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// An upstream, and a pusher for it.
+fn upstream() -> (Distribution, Pusher) {
+    let upstream = Distribution::start(Auth::Anonymous);
+    let push = Pusher::new(&upstream.url(), None);
+    (upstream, push)
+}
+
+/// A small image pushed as `repo:v1`.
+async fn pushed(push: &Pusher, repo: &str, seed: &str) -> Image {
+    let img = images::image(seed, &[4096], Flavor::Oci, "amd64");
+    push.image(repo, "v1", &img).await;
+    img
+}
+
+/// `[[trust.key]]` tables for (name, path).
+fn keys_toml(keys: &[(&str, &Path)]) -> String {
+    keys.iter()
+        .map(|(name, path)| {
+            format!(
+                "[[trust.key]]\nname = \"{name}\"\npath = \"{}\"\n\n",
+                path.display()
+            )
+        })
+        .collect()
+}
+
+/// pullgate over `upstream` with the given `[trust]` TOML (its tag TTL short, so a tag
+/// pushed during a test is seen).
+fn mirror(upstream: &Distribution, trust: &str) -> Pullgate {
+    let mut opts = Options::new(&upstream.url());
+    opts.tag_ttl = "1s".into();
+    opts.extra = format!(
+        "[audit]\npath = \"{}\"\n\n{trust}",
+        audit_path(&opts).display()
+    );
+    Pullgate::start(opts)
+}
+
+/// Where [`mirror`] writes the audit log: beside the cache of the instance's options.
+fn audit_path(_: &Options) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pullgate-trust-audit-{}-{}",
+        std::process::id(),
+        AUDITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("audit dir");
+    dir.join("audit.jsonl")
+}
+
+static AUDITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn audit_lines(p: &Pullgate) -> Vec<Value> {
+    let config = std::fs::read_to_string(p.config_path()).expect("config");
+    let path = config
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("path = \"")?
+                .strip_suffix('"')
+                .filter(|p| p.ends_with("audit.jsonl"))
+        })
+        .expect("audit path");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+async fn manifest(p: &Pullgate, method: &str, repo: &str, reference: &str) -> http::Reply {
+    request(
+        method,
+        &format!("{}/v2/{repo}/manifests/{reference}", p.url()),
+        &[("Accept", ACCEPT)],
+    )
+    .await
+}
+
+async fn blob(p: &Pullgate, repo: &str, digest: &str) -> http::Reply {
+    http::get(&format!("{}/v2/{repo}/blobs/{digest}", p.url())).await
+}
+
+/// The first error's message of an OCI error body.
+fn message(r: &http::Reply) -> String {
+    let v: Value = serde_json::from_slice(r.bytes()).expect("error body");
+    v["errors"][0]["message"].as_str().unwrap_or("").to_owned()
+}
+
+/// A 403 DENIED that names rule 1 and says `reason`.
+#[track_caller]
+fn assert_denied(r: &http::Reply, reason: &str) {
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.error_code(), "DENIED");
+    let m = message(r);
+    assert!(m.starts_with("denied by trust rule 1 ("), "{m}");
+    assert!(m.contains(reason), "{m:?} does not say {reason:?}");
+}
+
+fn verify_rule(upstream: &Distribution, signed_by: &[&str], extra: &str) -> String {
+    let names: Vec<String> = signed_by.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[[trust.rule]]\nimages = [\"{}/team/**\"]\naction = \"verify\"\nsigned_by = [{}]\n{extra}\n",
+        upstream.host(),
+        names.join(", ")
+    )
+}
+
+/// The first five of issue 17's cases, and the blob gate: signed by the configured key
+/// (by tag and by digest, GET and HEAD), unsigned, signed by another key, an unmatched
+/// repository; the decisions on the audit line and in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cosign_signed_images_pass_and_unsigned_or_foreign_ones_are_denied() {
+    let (upstream, push) = upstream();
+    let signed = pushed(&push, "team/signed", "t-signed").await;
+    let unsigned = pushed(&push, "team/unsigned", "t-unsigned").await;
+    let foreign = pushed(&push, "team/foreign", "t-foreign").await;
+    let open = pushed(&push, "library/open", "t-open").await;
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let other = tools.generate_key_pair("other");
+    let host = upstream.host();
+    tools
+        .sign(
+            &release,
+            &format!("{host}/team/signed@{}", signed.manifest.digest),
+        )
+        .expect("cosign sign");
+    tools
+        .sign(
+            &other,
+            &format!("{host}/team/foreign@{}", foreign.manifest.digest),
+        )
+        .expect("cosign sign");
+
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &release.public)]),
+            verify_rule(&upstream, &["release"], "")
+        ),
+    );
+
+    for (method, reference) in [
+        ("GET", "v1"),
+        ("HEAD", "v1"),
+        ("GET", signed.manifest.digest.as_str()),
+        ("HEAD", signed.manifest.digest.as_str()),
+    ] {
+        let r = manifest(&p, method, "team/signed", reference).await;
+        assert_eq!(r.status, 200, "{method} {reference}: {:?}", r.body);
+    }
+    for b in signed.blobs() {
+        let r = blob(&p, "team/signed", &b.digest).await;
+        assert_eq!(r.status, 200, "a blob of a signed image");
+        assert_eq!(r.bytes().as_ref(), b.bytes.as_slice());
+    }
+
+    for (method, reference) in [
+        ("GET", "v1"),
+        ("HEAD", "v1"),
+        ("GET", unsigned.manifest.digest.as_str()),
+    ] {
+        let r = manifest(&p, method, "team/unsigned", reference).await;
+        assert_eq!(r.status, 403, "{method} {reference}");
+        if method == "GET" {
+            assert_denied(&r, "no signature");
+        }
+    }
+    // Asking for the layers by digest does not side-step the policy.
+    for b in unsigned.blobs() {
+        let r = blob(&p, "team/unsigned", &b.digest).await;
+        assert_denied(&r, "no manifest that passed");
+    }
+    let r = manifest(&p, "GET", "team/foreign", "v1").await;
+    assert_denied(&r, "unknown key");
+    // Nor does asking for a signed image's blob under a denied repository.
+    let r = blob(&p, "team/unsigned", &signed.layers[0].digest).await;
+    assert_eq!(r.status, 403);
+
+    let r = manifest(&p, "GET", "library/open", "v1").await;
+    assert_eq!(r.status, 200, "unmatched images are allowed");
+    let r = blob(&p, "library/open", &open.layers[0].digest).await;
+    assert_eq!(r.status, 200);
+
+    let metrics = http::metrics_text(&p.url()).await;
+    assert!(
+        http::metric_value(
+            &metrics,
+            "pullgate_policy_decisions_total{rule=\"0\",outcome=\"allow\"}"
+        ) >= 4.0
+    );
+    assert!(
+        http::metric_value(
+            &metrics,
+            "pullgate_policy_decisions_total{rule=\"0\",outcome=\"deny\"}"
+        ) >= 4.0
+    );
+    assert!(
+        http::metric_value(
+            &metrics,
+            "pullgate_policy_decisions_total{rule=\"unmatched\",outcome=\"allow\"}"
+        ) >= 1.0
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (allowed, denied) = loop {
+        let lines = audit_lines(&p);
+        let allowed = lines
+            .iter()
+            .find(|l| l["repository"] == "team/signed" && l["policy"]["outcome"] == "allow")
+            .cloned();
+        let denied = lines
+            .iter()
+            .find(|l| l["repository"] == "team/unsigned" && l["policy"]["outcome"] == "deny")
+            .cloned();
+        if let (Some(a), Some(d)) = (&allowed, &denied) {
+            break (a.clone(), d.clone());
+        }
+        assert!(Instant::now() < deadline, "audit lines: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(allowed["policy"]["reason"], "verified");
+    let keys = allowed["policy"]["keys"].as_array().expect("keys");
+    assert!(
+        keys[0].as_str().unwrap_or("").starts_with("release ("),
+        "{keys:?}"
+    );
+    assert_eq!(denied["outcome"], "denied");
+    assert_eq!(denied["status"], 403);
+    assert_eq!(denied["policy"]["reason"], "no signature");
+    assert!(denied["policy"]["rule"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("trust rule 1 ("));
+}
+
+/// Signatures crafted with openssl: a good one passes; a tampered payload, a payload that
+/// names another digest, and a `.sig` with no valid layer are each denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_crafted_signatures_tampered_or_for_another_digest_are_denied() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let key = tools.openssl_key("release", Algorithm::EcdsaP256);
+    let host = upstream.host();
+    let cases = ["good", "tampered", "other-digest", "no-valid-layer"];
+    let mut imgs = Vec::new();
+    for case in cases {
+        let repo = format!("team/{case}");
+        let img = pushed(&push, &repo, &format!("os-{case}")).await;
+        let digest = img.manifest.digest.clone();
+        let reference = format!("{host}/{repo}");
+        let layer = match case {
+            "good" => SigLayer::signed_by(&key, &reference, &digest),
+            "tampered" => {
+                let mut l = SigLayer::signed_by(&key, &reference, &digest);
+                // One byte of the signed payload changed after signing.
+                let at = l.payload.iter().position(|b| *b == b'c').expect("a c");
+                l.payload[at] = b'C';
+                l
+            }
+            "other-digest" => SigLayer::signed_by(&key, &reference, &imgs_other_digest()),
+            _ => SigLayer {
+                media_type: "application/octet-stream".into(),
+                payload: b"not a signature".to_vec(),
+                annotations: Vec::new(),
+            },
+        };
+        sign::push_signatures(&push, &repo, &digest, &[layer]).await;
+        imgs.push(img);
+    }
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &key.public)]),
+            verify_rule(&upstream, &["release"], "")
+        ),
+    );
+    let r = manifest(&p, "GET", "team/good", "v1").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = manifest(&p, "GET", "team/tampered", "v1").await;
+    assert_denied(&r, "unknown key");
+    let r = manifest(&p, "GET", "team/other-digest", "v1").await;
+    assert_denied(&r, "names another digest");
+    let r = manifest(&p, "GET", "team/no-valid-layer", "v1").await;
+    assert_denied(&r, "no signature");
+}
+
+/// A digest no image has, for a payload that names another one.
+fn imgs_other_digest() -> String {
+    format!("sha256:{}", "ab".repeat(32))
+}
+
+/// `threshold = 2` counts distinct keys: two signatures by one key are one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_of_two_needs_two_distinct_keys() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let a = tools.openssl_key("a", Algorithm::EcdsaP256);
+    let b = tools.openssl_key("b", Algorithm::Ed25519);
+    let host = upstream.host();
+    let one = pushed(&push, "team/one-key", "th-one").await;
+    let two = pushed(&push, "team/two-keys", "th-two").await;
+    let r1 = format!("{host}/team/one-key");
+    let r2 = format!("{host}/team/two-keys");
+    // Two layers by the same key (ECDSA signatures differ each time).
+    sign::push_signatures(
+        &push,
+        "team/one-key",
+        &one.manifest.digest,
+        &[
+            SigLayer::signed_by(&a, &r1, &one.manifest.digest),
+            SigLayer::signed_by(&a, &r1, &one.manifest.digest),
+        ],
+    )
+    .await;
+    sign::push_signatures(
+        &push,
+        "team/two-keys",
+        &two.manifest.digest,
+        &[
+            SigLayer::signed_by(&a, &r2, &two.manifest.digest),
+            SigLayer::signed_by(&b, &r2, &two.manifest.digest),
+        ],
+    )
+    .await;
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("a", &a.public), ("b", &b.public)]),
+            verify_rule(&upstream, &["a", "b"], "threshold = 2")
+        ),
+    );
+    let r = manifest(&p, "GET", "team/one-key", "v1").await;
+    assert_denied(&r, "threshold not met: 1 of 2");
+    let r = manifest(&p, "GET", "team/two-keys", "v1").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+/// The key is a mounted Secret; replacing it (kubelet's `..data` swap) refuses the old
+/// key's signatures within 5 s, even though the verdict was cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_refuses_the_old_signatures_within_five_seconds() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let old = tools.generate_key_pair("old");
+    let new = tools.generate_key_pair("new");
+    let img = pushed(&push, "team/app", "rot").await;
+    tools
+        .sign(
+            &old,
+            &format!("{}/team/app@{}", upstream.host(), img.manifest.digest),
+        )
+        .expect("cosign sign");
+    let work = tempfile::tempdir().unwrap();
+    let mut volume = SecretVolume::with_files(
+        &work.path().join("keys"),
+        &[("release.pub", old.public_pem().as_bytes())],
+    );
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &volume.dir)]),
+            verify_rule(&upstream, &["release"], "")
+        ),
+    );
+    let r = manifest(&p, "GET", "team/app", "v1").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    volume.rotate_files(&[("release.pub", new.public_pem().as_bytes())]);
+    let rotated = Instant::now();
+    loop {
+        let r = manifest(&p, "GET", "team/app", img.manifest.digest.as_str()).await;
+        if r.status == 403 {
+            assert_denied(&r, "unknown key");
+            break;
+        }
+        assert_eq!(r.status, 200);
+        assert!(
+            rotated.elapsed() < Duration::from_secs(5),
+            "the old key still verifies 5 s after the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Blobs the old verdict allowed are refused too: the allowance was for the old keys.
+    let r = blob(&p, "team/app", &img.layers[0].digest).await;
+    assert_eq!(r.status, 403);
+}
+
+/// With the image and its signatures cached, a restarted mirror whose upstream is down
+/// verifies again from its cache and serves; an unsigned image stays denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_cached_verify_with_the_upstream_down() {
+    let (mut upstream, push) = upstream();
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let img = pushed(&push, "team/app", "down").await;
+    let unsigned = pushed(&push, "team/plain", "down-plain").await;
+    tools
+        .sign(
+            &release,
+            &format!("{}/team/app@{}", upstream.host(), img.manifest.digest),
+        )
+        .expect("cosign sign");
+    let mut p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &release.public)]),
+            verify_rule(&upstream, &["release"], "")
+        ),
+    );
+    assert_eq!(manifest(&p, "GET", "team/app", "v1").await.status, 200);
+    assert_eq!(manifest(&p, "GET", "team/plain", "v1").await.status, 403);
+    for b in img.blobs() {
+        assert_eq!(blob(&p, "team/app", &b.digest).await.status, 200);
+    }
+
+    upstream.stop();
+    // A restart forgets every verdict and allowance: this is a verification from the
+    // cache alone.
+    p.terminate(Duration::from_secs(10));
+    p.restart();
+    // Blobs are refused until a manifest that references them passes again.
+    assert_eq!(
+        blob(&p, "team/app", &img.layers[0].digest).await.status,
+        403
+    );
+    for reference in ["v1", img.manifest.digest.as_str()] {
+        let r = manifest(&p, "GET", "team/app", reference).await;
+        assert_eq!(r.status, 200, "{reference}: {:?}\n{}", r.body, p.log());
+    }
+    for b in img.blobs() {
+        let r = blob(&p, "team/app", &b.digest).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.bytes().as_ref(), b.bytes.as_slice());
+    }
+    let r = manifest(&p, "GET", "team/plain", "v1").await;
+    assert_denied(&r, "no signature");
+    let _ = unsigned;
+}
+
+/// skopeo pulls a signed image through the mirror, and fails on an unsigned one with the
+/// rule in its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pulls_a_signed_image_and_reports_the_rule_for_an_unsigned_one() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let img = pushed(&push, "team/app", "sk-signed").await;
+    pushed(&push, "team/plain", "sk-plain").await;
+    tools
+        .sign(
+            &release,
+            &format!("{}/team/app@{}", upstream.host(), img.manifest.digest),
+        )
+        .expect("cosign sign");
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &release.public)]),
+            verify_rule(&upstream, &["release"], "")
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    skopeo::pull(
+        format!("{}/team/app:v1", p.host()),
+        work.path().join("signed"),
+        false,
+    )
+    .await
+    .expect("skopeo pulls the signed image");
+    assert_eq!(
+        skopeo::manifest_digest(&work.path().join("signed")),
+        img.manifest.digest
+    );
+    let err = skopeo::pull(
+        format!("{}/team/plain:v1", p.host()),
+        work.path().join("plain"),
+        false,
+    )
+    .await
+    .expect_err("skopeo must fail on an unsigned image");
+    assert!(err.contains("trust rule 1"), "{err}");
+    assert!(err.contains("no signature"), "{err}");
+}
+
+/// `mode = "warn"` serves what it would deny, and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warn_mode_serves_and_counts() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let img = pushed(&push, "team/plain", "warn").await;
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &release.public)]),
+            verify_rule(&upstream, &["release"], "mode = \"warn\"")
+        ),
+    );
+    assert_eq!(manifest(&p, "GET", "team/plain", "v1").await.status, 200);
+    assert_eq!(
+        blob(&p, "team/plain", &img.layers[0].digest).await.status,
+        200
+    );
+    assert_eq!(
+        http::metric(
+            &p.url(),
+            "pullgate_policy_decisions_total{rule=\"0\",outcome=\"warn\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+/// A signed index: its children are allowed when fetched through it (lineage), refused
+/// when fetched directly and unsigned, allowed directly when signed with `--recursive`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_children_pass_through_a_verified_index_or_by_their_own_signature() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let host = upstream.host();
+    let flat = images::index("idx-flat", &[2048], Flavor::Oci);
+    let deep = images::index("idx-deep", &[2048], Flavor::Oci);
+    push.index("team/flat", "v1", &flat).await;
+    push.index("team/deep", "v1", &deep).await;
+    tools
+        .sign(
+            &release,
+            &format!("{host}/team/flat@{}", flat.manifest.digest),
+        )
+        .expect("cosign sign");
+    tools
+        .sign_with(
+            &release,
+            &format!("{host}/team/deep@{}", deep.manifest.digest),
+            &Sign {
+                recursive: true,
+                ..Sign::default()
+            },
+        )
+        .expect("cosign sign --recursive");
+    let trust = format!(
+        "{}{}",
+        keys_toml(&[("release", &release.public)]),
+        verify_rule(&upstream, &["release"], "")
+    );
+
+    // Directly, with no index pulled first: only the recursively signed child passes.
+    let p = mirror(&upstream, &trust);
+    let child = flat.images[0].manifest.digest.as_str();
+    let r = manifest(&p, "GET", "team/flat", child).await;
+    assert_denied(&r, "no signature");
+    let r = manifest(&p, "GET", "team/deep", &deep.images[0].manifest.digest).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // Through the verified index: its children, and then their blobs.
+    let r = manifest(&p, "GET", "team/flat", "v1").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for img in &flat.images {
+        let r = manifest(&p, "GET", "team/flat", &img.manifest.digest).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        for b in img.blobs() {
+            assert_eq!(blob(&p, "team/flat", &b.digest).await.status, 200);
+        }
+    }
+
+    // skopeo --all pulls the whole signed index.
+    let work = tempfile::tempdir().unwrap();
+    skopeo::pull(
+        format!("{}/team/flat:v1", p.host()),
+        work.path().join("flat"),
+        true,
+    )
+    .await
+    .expect("skopeo --all through a verified index");
+}
