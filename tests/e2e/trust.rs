@@ -601,3 +601,199 @@ async fn index_children_pass_through_a_verified_index_or_by_their_own_signature(
     .await
     .expect("skopeo --all through a verified index");
 }
+
+/// The first error message of a 403 DENIED.
+#[track_caller]
+fn denied_message(r: &http::Reply) -> String {
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.error_code(), "DENIED");
+    message(r)
+}
+
+/// Certificates from a private CA: a chain to the configured CA with the rule's identity
+/// passes; another identity, or a chain to another CA, is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_chain_passes_only_with_the_rules_identity() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let corp = tools.pki("corp");
+    let stranger = tools.pki("stranger");
+    let key = tools.generate_key_pair("ci");
+    let good = corp.issue(
+        "release",
+        &key,
+        "release@example.com",
+        Some("https://ci.example.com"),
+    );
+    let other_id = corp.issue(
+        "intern",
+        &key,
+        "intern@example.com",
+        Some("https://ci.example.com"),
+    );
+    let foreign = stranger.issue(
+        "release",
+        &key,
+        "release@example.com",
+        Some("https://ci.example.com"),
+    );
+    let host = upstream.host();
+    for (repo, cert) in [
+        ("team/good", &good),
+        ("team/intern", &other_id),
+        ("team/stranger", &foreign),
+    ] {
+        let img = pushed(&push, repo, &format!("ca-{repo}")).await;
+        tools
+            .sign_with(
+                &key,
+                &format!("{host}/{repo}@{}", img.manifest.digest),
+                &Sign {
+                    cert: Some(cert),
+                    ..Sign::default()
+                },
+            )
+            .expect("cosign sign --certificate");
+    }
+    let p = mirror(
+        &upstream,
+        &format!(
+            "[[trust.ca]]\nname = \"corp\"\npath = \"{}\"\n\n{}",
+            corp.root().display(),
+            verify_rule(
+                &upstream,
+                &["ca:corp"],
+                "identity = { san = \"release@example.com\", issuer = \"https://ci.example.com\" }"
+            )
+        ),
+    );
+    let r = manifest(&p, "GET", "team/good", "v1").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let m = denied_message(&manifest(&p, "GET", "team/intern", "v1").await);
+    assert!(
+        m.contains("intern@example.com") && m.contains("does not match"),
+        "{m}"
+    );
+    let m = denied_message(&manifest(&p, "GET", "team/stranger", "v1").await);
+    assert!(m.contains("certificate refused"), "{m}");
+}
+
+/// A scan gate with `max_severity = "HIGH"` and `max_age = "1d"`: a HIGH finding passes, a
+/// CRITICAL one is denied naming it, a scan three days old is stale, none is no scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vuln_attestations_high_passes_critical_and_stale_and_none_are_denied() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let scanner = tools.generate_key_pair("scanner");
+    let host = upstream.host();
+    let fresh = sign::rfc3339_ago(Duration::from_secs(3600));
+    let old = sign::rfc3339_ago(Duration::from_secs(3 * 24 * 3600));
+    let cases: [(&str, Option<(&str, &str)>); 4] = [
+        ("team/high", Some(("HIGH", fresh.as_str()))),
+        ("team/critical", Some(("CRITICAL", fresh.as_str()))),
+        ("team/stale", Some(("HIGH", old.as_str()))),
+        ("team/unscanned", None),
+    ];
+    for (repo, scan) in cases {
+        let img = pushed(&push, repo, &format!("scan-{repo}")).await;
+        let reference = format!("{host}/{repo}@{}", img.manifest.digest);
+        tools.sign(&release, &reference).expect("cosign sign");
+        if let Some((severity, finished)) = scan {
+            tools
+                .attest_vuln(
+                    &scanner,
+                    &reference,
+                    &[
+                        sign::finding("CVE-2024-1111", severity, "glibc"),
+                        sign::finding("CVE-2024-2222", "LOW", "zlib"),
+                    ],
+                    finished,
+                )
+                .expect("cosign attest --type vuln");
+        }
+    }
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &release.public), ("scanner", &scanner.public)]),
+            verify_rule(
+                &upstream,
+                &["release"],
+                "scan = { signed_by = [\"scanner\"], max_severity = \"HIGH\", max_age = \"1d\" }"
+            )
+        ),
+    );
+    let r = manifest(&p, "GET", "team/high", "v1").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = manifest(&p, "GET", "team/critical", "v1").await;
+    assert_denied(&r, "CRITICAL CVE-2024-1111 in glibc");
+    let r = manifest(&p, "GET", "team/stale", "v1").await;
+    assert_denied(&r, "stale scan");
+    let r = manifest(&p, "GET", "team/unscanned", "v1").await;
+    assert_denied(&r, "no verified scan attestation");
+
+    // The audit line carries the scan summary.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = audit_lines(&p);
+        if let Some(l) = lines
+            .iter()
+            .find(|l| l["repository"] == "team/high" && l["policy"]["scan"].is_string())
+        {
+            let scan = l["policy"]["scan"].as_str().unwrap_or("");
+            assert!(
+                scan.contains("worst=HIGH") && scan.contains("high=1"),
+                "{scan}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "audit lines: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A sigstore bundle (`messageSignature` over the manifest) attached as a referrer on a
+/// registry without the referrers API: found through the tag-schema fallback index, by
+/// the referrer manifest's own `artifactType`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_referrer_verifies_through_the_fallback_index() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let other = tools.generate_key_pair("other");
+    let host = upstream.host();
+    let img = pushed(&push, "team/bundled", "bundle-ok").await;
+    let bundle = tools
+        .sign_blob_bundle(&release, &img.manifest.bytes)
+        .expect("cosign sign-blob --new-bundle-format");
+    tools
+        .attach_bundle(
+            &format!("{host}/team/bundled@{}", img.manifest.digest),
+            &bundle,
+        )
+        .expect("attach the bundle");
+    let foreign = pushed(&push, "team/foreign", "bundle-foreign").await;
+    let bundle = tools
+        .sign_blob_bundle(&other, &foreign.manifest.bytes)
+        .expect("cosign sign-blob --new-bundle-format");
+    tools
+        .attach_bundle(
+            &format!("{host}/team/foreign@{}", foreign.manifest.digest),
+            &bundle,
+        )
+        .expect("attach the bundle");
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &release.public)]),
+            verify_rule(&upstream, &["release"], "")
+        ),
+    );
+    let r = manifest(&p, "GET", "team/bundled", "v1").await;
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, p.log());
+    let r = manifest(&p, "GET", "team/foreign", "v1").await;
+    assert_denied(&r, "unknown key");
+}
