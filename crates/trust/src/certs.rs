@@ -146,11 +146,15 @@ impl CaBundle {
         )
         .map_err(|e| CertError::Chain(e.to_string()))?;
         let key = PublicKey::from_spki_der(ee.subject_public_key_info().as_ref())?;
-        let (identity, code_signing) = read_leaf(leaf).ok_or(CertError::Malformed)?;
+        let (identity, code_signing, not_after) = read_leaf(leaf).ok_or(CertError::Malformed)?;
         if !code_signing {
             return Err(CertError::NotCodeSigning);
         }
-        Ok(VerifiedCert { key, identity })
+        Ok(VerifiedCert {
+            key,
+            identity,
+            not_after,
+        })
     }
 }
 
@@ -159,6 +163,8 @@ impl CaBundle {
 pub struct VerifiedCert {
     pub key: PublicKey,
     pub identity: CertIdentity,
+    /// When the leaf expires (if its validity could be read).
+    pub not_after: Option<SystemTime>,
 }
 
 /// A certificate's signer identity, as identity matchers see it.
@@ -183,19 +189,21 @@ impl CertIdentity {
 
     /// Reads the identity of a DER certificate.
     pub fn of_leaf(der: &[u8]) -> Option<CertIdentity> {
-        read_leaf(der).map(|(identity, _)| identity)
+        read_leaf(der).map(|(identity, _, _)| identity)
     }
 }
 
-/// A leaf's identity, and whether its EKU extension names code signing.
-fn read_leaf(der: &[u8]) -> Option<(CertIdentity, bool)> {
+/// A leaf's identity, whether its EKU extension names code signing, and its `notAfter`.
+fn read_leaf(der: &[u8]) -> Option<(CertIdentity, bool, Option<SystemTime>)> {
     let mut cert = Reader::new(Reader::new(der).take(tag::SEQUENCE)?);
     let mut tbs = Reader::new(cert.take(tag::SEQUENCE)?);
     tbs.optional(tag::CONTEXT_0);
     tbs.take(tag::INTEGER)?;
     tbs.take(tag::SEQUENCE)?;
     let issuer_dn = render_dn(tbs.take(tag::SEQUENCE)?)?;
-    tbs.take(tag::SEQUENCE)?; // validity
+    let mut validity = Reader::new(tbs.take(tag::SEQUENCE)?);
+    validity.next()?;
+    let not_after = validity.next().and_then(|(t, v)| asn1_time(t, v));
     tbs.take(tag::SEQUENCE)?; // subject
     tbs.take(tag::SEQUENCE)?; // spki
     let mut identity = CertIdentity::default();
@@ -233,7 +241,34 @@ fn read_leaf(der: &[u8]) -> Option<(CertIdentity, bool)> {
         }
     }
     identity.issuer = fulcio_v2.or(fulcio_v1).unwrap_or(issuer_dn);
-    Some((identity, code_signing))
+    Some((identity, code_signing, not_after))
+}
+
+/// An X.509 `Time`: UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`).
+fn asn1_time(t: u8, v: &[u8]) -> Option<SystemTime> {
+    let text = std::str::from_utf8(v).ok()?;
+    let full = match (t, text.len()) {
+        (tag::UTC_TIME, 13) => {
+            let yy: u32 = text.get(..2)?.parse().ok()?;
+            format!("{}{text}", if yy < 50 { "20" } else { "19" })
+        }
+        (tag::GENERALIZED_TIME, 15) => text.to_owned(),
+        _ => return None,
+    };
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        full.get(..4)?,
+        full.get(4..6)?,
+        full.get(6..8)?,
+        full.get(8..10)?,
+        full.get(10..12)?,
+        full.get(12..14)?
+    );
+    if !full.ends_with('Z') {
+        return None;
+    }
+    crate::policy::parse_time(&rfc3339)
 }
 
 fn read_san(value: &[u8], identity: &mut CertIdentity) -> Option<()> {
@@ -424,6 +459,12 @@ mod tests {
             "CN=Test Intermediate,O=Test, Inc.".replace(", ", "\\, ")
         );
         assert_eq!(verified.key.fingerprint(), pki.leaf_fingerprint());
+        let not_after = verified.not_after.unwrap();
+        let day = std::time::Duration::from_secs(86400);
+        assert!(
+            not_after > now + day - std::time::Duration::from_secs(120)
+                && not_after <= now + day + std::time::Duration::from_secs(1)
+        );
 
         // Past the leaf's validity: no longer verifies (the time is now, not signing time).
         let later = now + std::time::Duration::from_secs(3 * 86400);
@@ -435,6 +476,22 @@ mod tests {
             ca.verify(b"junk", &[], now),
             Err(CertError::Malformed)
         ));
+    }
+
+    #[test]
+    fn certificate_times() {
+        let at = |secs: u64| Some(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        let cases: &[(u8, &str, Option<SystemTime>)] = &[
+            (tag::UTC_TIME, "240229120000Z", at(1_709_208_000)),
+            (tag::UTC_TIME, "700101000000Z", at(0)),
+            (tag::GENERALIZED_TIME, "20240229120000Z", at(1_709_208_000)),
+            (tag::UTC_TIME, "20240229120000Z", None),
+            (tag::GENERALIZED_TIME, "20240229120000+", None),
+            (tag::INTEGER, "240229120000Z", None),
+        ];
+        for (t, text, expected) in cases {
+            assert_eq!(asn1_time(*t, text.as_bytes()), *expected, "{text}");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub(crate) mod tag {
     pub const PRINTABLE_STRING: u8 = 0x13;
     pub const T61_STRING: u8 = 0x14;
     pub const IA5_STRING: u8 = 0x16;
+    pub const UTC_TIME: u8 = 0x17;
+    pub const GENERALIZED_TIME: u8 = 0x18;
     pub const BMP_STRING: u8 = 0x1e;
     pub const SEQUENCE: u8 = 0x30;
     pub const SET: u8 = 0x31;

@@ -144,6 +144,9 @@ pub struct KeyId {
     pub signer: String,
     pub fingerprint: Fingerprint,
     pub identity: Option<String>,
+    /// For a certificate, when its leaf expires: a verdict resting on it must be rechecked
+    /// by then.
+    pub expires: Option<SystemTime>,
 }
 
 impl std::fmt::Display for KeyId {
@@ -224,6 +227,7 @@ impl Signers<'_> {
                             signer: name.clone(),
                             fingerprint: key.fingerprint(),
                             identity: None,
+                            expires: None,
                         });
                     }
                 }
@@ -251,6 +255,7 @@ impl Signers<'_> {
                             signer: format!("ca:{name}"),
                             fingerprint: verified.key.fingerprint(),
                             identity: verified.identity.san().map(str::to_owned),
+                            expires: verified.not_after,
                         });
                     }
                 }

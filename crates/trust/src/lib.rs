@@ -20,7 +20,9 @@
 //! - **Evaluation** ([`evaluate`], `verdict.rs`): a rule, a [`Subject`], the [`Artifact`]s
 //!   and a [`Keys`] snapshot in, a [`Verdict`] out: [`Outcome`], the [`RuleRef`], a
 //!   [`Reason`] (an enum; its `Display` is the 403 message), the distinct [`KeyId`]s that
-//!   verified, and a [`ScanSummary`]. No I/O and no clock: `now` is a parameter.
+//!   verified, a [`ScanSummary`], and `recheck_at` (when the clock alone may change it: a
+//!   scan aging out, an allowed CVE or a certificate expiring). No I/O and no clock: `now` is
+//!   a parameter.
 //!
 //! What it is not: it fetches nothing (the mirror finds `.sig`/`.att` tags and referrers,
 //! through its own cache, and hands over the bytes), caches no verdicts (the mirror keys its

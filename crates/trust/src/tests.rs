@@ -421,6 +421,10 @@ fn certificate_identities() {
             );
         } else {
             assert_eq!(v.keys[0].identity.as_deref(), Some("release@example.com"));
+            // The leaf lives a day: a cached verdict must be rechecked by then.
+            assert!(v
+                .recheck_at
+                .is_some_and(|t| t <= SystemTime::now() + Duration::from_secs(86400)));
         }
     }
 }

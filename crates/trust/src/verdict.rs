@@ -149,10 +149,8 @@ pub struct Verdict {
     pub keys: Vec<KeyId>,
     pub scan: Option<ScanSummary>,
     /// The earliest time this verdict may change by the clock alone: the scan reaching
-    /// `max_age`, or an allow-list entry that covered a finding expiring. A verdict cache
-    /// must not serve it past then. (Certificate expiry is not included: chains are checked
-    /// at evaluation time, so a cached verdict outliving its leaf is bounded only by the
-    /// cache's own lifetime.)
+    /// `max_age`, an allow-list entry that covered a finding expiring, or a verifying
+    /// certificate's leaf expiring. A verdict cache must not serve it past then.
     pub recheck_at: Option<SystemTime>,
 }
 
@@ -311,6 +309,9 @@ fn check(
         }
     }
     verdict.keys = verified.into_values().collect();
+    for expires in verdict.keys.iter().filter_map(|k| k.expires) {
+        recheck(&mut verdict.recheck_at, expires);
+    }
     if verdict.keys.is_empty() {
         return Some(match best {
             None | Some(ArtifactError::NoSignature) => Reason::NoSignature,
