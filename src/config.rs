@@ -606,6 +606,54 @@ mod tests {
         assert_eq!(s.upstreams[0].url, "https://registry-1.docker.io");
     }
 
+    /// `[trust]` in the issue's shape: validated into rules in file order, printed back by
+    /// check-config; a rule naming an unknown key, or a pattern naming no upstream, or an
+    /// unknown field, refused with the key that is wrong.
+    #[test]
+    fn trust_in_the_issues_shape_and_its_errors() {
+        let base = "[[trust.key]]\nname = \"release\"\npath = \"/k/release.pub\"\n\n[[trust.ca]]\nname = \"corp\"\npath = \"/ca/ca.crt\"\n\n";
+        let rule = "[[trust.rule]]\nimages = [\"docker.io/team/**\"]\naction = \"verify\"\nmode = \"enforce\"\nsigned_by = [\"release\", \"ca:corp\"]\nthreshold = 1\nidentity = { san = \"release@example.com\", issuer = \"https://ci.example.com\" }\nscan = { signed_by = [\"release\"], max_severity = \"HIGH\", max_age = \"7d\", allow_cves = [] }\n\n[[trust.rule]]\nimages = [\"docker.io/library/*\"]\naction = \"allow\"\n\n[trust]\nunmatched = \"deny\"\n";
+        let s = settings(&format!("{base}{rule}"), Overrides::default()).unwrap();
+        assert!(s.trust.is_active());
+        let rules = s.trust.policy.rules();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].description(), "trust rule 1 (docker.io/team/**)");
+        assert_eq!(rules[1].action(), pullgate_trust::Action::Allow);
+        let shown = crate::check::render(&s);
+        let again = settings(&shown, Overrides::default()).unwrap();
+        assert_eq!(again.trust.config, s.trust.config, "{shown}");
+        let first = shown.find("docker.io/team/**").unwrap();
+        assert!(
+            first < shown.find("docker.io/library/*").unwrap(),
+            "{shown}"
+        );
+
+        // Nothing configured: nothing judged.
+        assert!(!settings("", Overrides::default())
+            .unwrap()
+            .trust
+            .is_active());
+
+        for (bad, says) in [
+            (
+                rule.replace("\"release\", \"ca:corp\"", "\"nobody\""),
+                "nobody",
+            ),
+            (
+                rule.replace("docker.io/team", "dockr.io/team"),
+                "dockr.io/team/**",
+            ),
+            (
+                rule.replace("threshold = 1", "threshold = 1\ncolour = 1"),
+                "colour",
+            ),
+            (rule.replace("\"verify\"", "\"maybe\""), "maybe"),
+        ] {
+            let e = settings(&format!("{base}{bad}"), Overrides::default()).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{e:#}");
+        }
+    }
+
     #[test]
     fn flags_override_the_file() {
         let s = FileConfig::load(None)
