@@ -5,6 +5,7 @@ mod cache;
 mod check;
 mod config;
 mod fds;
+mod policy;
 mod units;
 
 use std::net::SocketAddr;
@@ -53,10 +54,13 @@ enum Command {
     /// cache's lock, and these commands then fail saying so).
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// The trust policy: explain its decision on an image.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(clap::Args)]
-struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// TOML configuration file, laid over the embedded config/pullgate.toml: it needs only
     /// what it changes (default: the embedded file alone).
     #[arg(long, value_name = "FILE")]
@@ -117,6 +121,10 @@ fn main() -> Result<()> {
             print!("{}", check::render(&settings));
             Ok(())
         }
+        Command::Policy(policy::PolicyCommand::Check { config, image }) => {
+            let code = policy::run(config.settings()?, &image);
+            std::process::exit(code)
+        }
         Command::Cache(command) => cache::run(command, |args| {
             FileConfig::load(args.config.as_deref())?.into_settings(Overrides {
                 cache_dir: args.cache_dir.clone(),
@@ -137,30 +145,7 @@ async fn serve(s: Settings) -> Result<()> {
     )
     .with_context(|| format!("opening the cache at {}", s.cache_dir.display()))?;
     let evictor_stop = tokio_util::sync::CancellationToken::new();
-    let upstreams = s
-        .upstreams
-        .iter()
-        .map(|u| {
-            let credentials = u
-                .credentials
-                .as_deref()
-                .map(SecretSource::open)
-                .transpose()
-                .with_context(|| format!("upstream {}: reading its credentials secret", u.name))?;
-            Upstream::new(UpstreamConfig {
-                name: u.name.clone(),
-                url: u.url.clone(),
-                credentials,
-                connect_timeout: u.connect_timeout,
-                read_timeout: u.read_timeout,
-                user_agent: format!("pullgate/{}", env!("CARGO_PKG_VERSION")),
-                token_realms: u.token_realms.clone(),
-                allow_private_redirects: u.allow_private_redirects,
-                max_blob_size: s.max_blob_size,
-            })
-            .with_context(|| format!("upstream {}", u.name))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let upstreams = upstreams(&s)?;
     let auth = authenticator(&s)?;
     let audit = match (&s.audit.enabled, &s.audit.path) {
         (false, _) => Audit::disabled(),
@@ -257,6 +242,33 @@ async fn serve(s: Settings) -> Result<()> {
     store.flush().context("flushing the cache index")?;
     tracing::info!("pullgate stopped");
     Ok(())
+}
+
+/// The configured upstreams, with the mirror's own credentials (`serve`, `policy check`).
+fn upstreams(s: &Settings) -> Result<Vec<Upstream>> {
+    s.upstreams
+        .iter()
+        .map(|u| {
+            let credentials = u
+                .credentials
+                .as_deref()
+                .map(SecretSource::open)
+                .transpose()
+                .with_context(|| format!("upstream {}: reading its credentials secret", u.name))?;
+            Upstream::new(UpstreamConfig {
+                name: u.name.clone(),
+                url: u.url.clone(),
+                credentials,
+                connect_timeout: u.connect_timeout,
+                read_timeout: u.read_timeout,
+                user_agent: format!("pullgate/{}", env!("CARGO_PKG_VERSION")),
+                token_realms: u.token_realms.clone(),
+                allow_private_redirects: u.allow_private_redirects,
+                max_blob_size: s.max_blob_size,
+            })
+            .with_context(|| format!("upstream {}", u.name))
+        })
+        .collect::<Result<Vec<_>>>()
 }
 
 /// Where the token flow would send passwords in clear text, say so once at start.

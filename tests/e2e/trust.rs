@@ -797,3 +797,70 @@ async fn a_bundle_referrer_verifies_through_the_fallback_index() {
     let r = manifest(&p, "GET", "team/foreign", "v1").await;
     assert_denied(&r, "unknown key");
 }
+
+/// `pullgate policy check IMAGE` with the mirror's configuration: exit 0 and why for a
+/// signed image, exit 1 naming the rule and the reason for an unsigned one, exit 2 for an
+/// image that does not exist; `check-config` lists the rules and the keys loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_check_explains_with_an_exit_code_and_check_config_lists_keys() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let img = pushed(&push, "team/app", "cli-signed").await;
+    pushed(&push, "team/plain", "cli-plain").await;
+    tools
+        .sign(
+            &release,
+            &format!("{}/team/app@{}", upstream.host(), img.manifest.digest),
+        )
+        .expect("cosign sign");
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &release.public)]),
+            verify_rule(&upstream, &["release"], "")
+        ),
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pullgate"))
+            .args(args)
+            .arg("--config")
+            .arg(p.config_path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("running pullgate")
+    };
+    let host = upstream.host();
+    let out = run(&["policy", "check", &format!("{host}/team/app:v1")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&img.manifest.digest), "{stdout}");
+    assert!(stdout.contains("allowed by trust rule 1 ("), "{stdout}");
+    assert!(stdout.contains("key       release ("), "{stdout}");
+
+    let out = run(&["policy", "check", &format!("{host}/team/plain:v1")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("denied by trust rule 1 (") && stdout.contains("no signature"),
+        "{stdout}"
+    );
+    let out = run(&["policy", "check", &format!("{host}/team/none:v1")]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = run(&["check-config"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rule     trust rule 1 ("), "{stderr}");
+    assert!(stderr.contains("ok       trust key release"), "{stderr}");
+    assert!(stderr.contains("EcdsaP256 sha256:"), "{stderr}");
+    assert!(!stderr.contains("BEGIN PUBLIC KEY"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[[trust.rule]]"), "{stdout}");
+}
