@@ -410,7 +410,8 @@ async fn a_rotated_key_refuses_the_old_signatures_within_five_seconds() {
 }
 
 /// With the image and its signatures cached, a restarted mirror whose upstream is down
-/// verifies again from its cache and serves; an unsigned image stays denied.
+/// verifies again from its cache and serves; an unsigned image stays denied, and so does a
+/// signed manifest whose cache file was tampered with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_cached_verify_with_the_upstream_down() {
     let (mut upstream, push) = upstream();
@@ -460,6 +461,16 @@ async fn signatures_cached_verify_with_the_upstream_down() {
     let r = manifest(&p, "GET", "team/plain", "v1").await;
     assert_denied(&r, "no signature");
     let _ = unsigned;
+
+    // A cache file changed behind the mirror's back: the signature vouches for the digest,
+    // and the bytes no longer are that digest's.
+    let file = p.blob_path(&img.manifest.digest);
+    let mut bytes = std::fs::read(&file).expect("the cached manifest");
+    let at = bytes.iter().position(|b| *b == b'2').expect("a 2");
+    bytes[at] = b'3';
+    std::fs::write(&file, bytes).expect("tamper");
+    let r = manifest(&p, "GET", "team/app", img.manifest.digest.as_str()).await;
+    assert_denied(&r, "do not match its digest");
 }
 
 /// skopeo pulls a signed image through the mirror, and fails on an unsigned one with the

@@ -224,6 +224,25 @@ impl Trust {
         }
     }
 
+    /// A decision the mirror makes itself, under the rule for (upstream, repo).
+    fn decision(
+        &self,
+        upstream: &UpstreamId,
+        repo: &RepoName,
+        outcome: &'static str,
+        reason: &str,
+    ) -> PolicyDecision {
+        let rule = self.policy.rule_for(upstream, repo);
+        PolicyDecision {
+            rule_index: rule.map(|r| r.index()),
+            rule: rule.map_or_else(|| "trust.unmatched".to_owned(), |r| r.description()),
+            outcome,
+            reason: reason.to_owned(),
+            keys: Vec::new(),
+            scan: None,
+        }
+    }
+
     fn count(&self, d: &PolicyDecision) {
         *lock(&self.decisions)
             .entry((d.rule_label(), d.outcome))
@@ -243,6 +262,25 @@ impl Mirror {
             return Ok(None);
         };
         let upstream = target.upstream_id();
+        // A signature vouches for a digest; the bytes served must be that digest's. The
+        // store verified them once, on the way in: a cache file changed since (a tampered
+        // disk) is caught here, where it matters, for every rule that verifies.
+        if trust.policy.needs_artifacts(upstream, &target.repo) && !m.digest.matches(&m.bytes) {
+            tracing::error!(
+                upstream = target.upstream_name(),
+                repository = %target.repo,
+                digest = %m.digest,
+                "a cached manifest does not hash to its digest; refused"
+            );
+            let d = trust.decision(
+                upstream,
+                &target.repo,
+                "deny",
+                "the manifest's bytes do not match its digest",
+            );
+            trust.count(&d);
+            return Err(MirrorError::PolicyDenied(Box::new(d)));
+        }
         let keys = trust.keys.current();
         let generation = keys.generation();
         let key = (
@@ -263,15 +301,12 @@ impl Mirror {
         // allowed once it is fetched through an index that passed.
         let (decision, serves, until) = match cached {
             _ if lineage && trust.policy.needs_artifacts(upstream, &target.repo) => {
-                let rule = trust.policy.rule_for(upstream, &target.repo);
-                let d = PolicyDecision {
-                    rule_index: rule.map(|r| r.index()),
-                    rule: rule.map_or_else(|| "trust.unmatched".to_owned(), |r| r.description()),
-                    outcome: "allow",
-                    reason: "a child of an index that passed".to_owned(),
-                    keys: Vec::new(),
-                    scan: None,
-                };
+                let d = trust.decision(
+                    upstream,
+                    &target.repo,
+                    "allow",
+                    "a child of an index that passed",
+                );
                 (d, true, None)
             }
             Some(v) => (PolicyDecision::of(&v), v.serves(), None),
@@ -396,15 +431,12 @@ impl Mirror {
         if allowed {
             return Ok(());
         }
-        let rule = trust.policy.rule_for(upstream, &target.repo);
-        Err(MirrorError::PolicyDenied(Box::new(PolicyDecision {
-            rule_index: rule.map(|r| r.index()),
-            rule: rule.map_or_else(|| "trust.unmatched".to_owned(), |r| r.description()),
-            outcome: "deny",
-            reason: "no manifest that passed the policy references this blob".to_owned(),
-            keys: Vec::new(),
-            scan: None,
-        })))
+        Err(MirrorError::PolicyDenied(Box::new(trust.decision(
+            upstream,
+            &target.repo,
+            "deny",
+            "no manifest that passed the policy references this blob",
+        ))))
     }
 
     /// Policy decisions since start by (rule label, outcome), for `/metrics`.
