@@ -875,3 +875,67 @@ async fn policy_check_explains_with_an_exit_code_and_check_config_lists_keys() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("[[trust.rule]]"), "{stdout}");
 }
+
+/// The same bundle on an upstream that has the referrers API (our fault upstream): found
+/// through `/v2/<name>/referrers/<digest>`, its manifest and layer through the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_referrer_verifies_through_the_referrers_api() {
+    use crate::support::fault::{FaultAuth, FaultUpstream};
+    use crate::support::images::Blob;
+
+    let fault = FaultUpstream::start(FaultAuth::None);
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let img = images::image("api-bundle", &[2048], Flavor::Oci, "amd64");
+    fault.add_image("team/app", "v1", &img);
+    let plain = images::image("api-plain", &[2048], Flavor::Oci, "amd64");
+    fault.add_image("team/plain", "v1", &plain);
+
+    let bundle = tools
+        .sign_blob_bundle(&release, &img.manifest.bytes)
+        .expect("cosign sign-blob --new-bundle-format");
+    let layer = Blob::new(sign::BUNDLE_V03, serde_json::to_vec(&bundle).unwrap());
+    let empty = Blob::new("application/vnd.oci.empty.v1+json", b"{}".to_vec());
+    let referrer = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": sign::OCI_MANIFEST,
+        "artifactType": sign::BUNDLE_V03,
+        "config": {"mediaType": empty.media_type, "digest": empty.digest, "size": empty.bytes.len()},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.bytes.len()}],
+        "subject": {"mediaType": sign::OCI_MANIFEST, "digest": img.manifest.digest, "size": img.manifest.bytes.len()},
+    });
+    let referrer = Blob::new(sign::OCI_MANIFEST, serde_json::to_vec(&referrer).unwrap());
+    fault.add_blob(&layer);
+    fault.add_blob(&empty);
+    fault.add_manifest("team/app", &referrer.digest, &referrer);
+    fault.add_referrer(
+        "team/app",
+        &img.manifest.digest,
+        serde_json::json!({
+            "mediaType": sign::OCI_MANIFEST,
+            "digest": referrer.digest,
+            "size": referrer.bytes.len(),
+            "artifactType": sign::BUNDLE_V03,
+        }),
+    );
+
+    let mut opts = Options::new(&fault.url());
+    opts.extra = format!(
+        "{}[[trust.rule]]\nimages = [\"{}/team/**\"]\naction = \"verify\"\nsigned_by = [\"release\"]\n",
+        keys_toml(&[("release", &release.public)]),
+        fault.host()
+    );
+    let p = Pullgate::start(opts);
+    let r = manifest(&p, "GET", "team/app", "v1").await;
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, p.log());
+    assert!(
+        fault.count(
+            "GET",
+            &format!("/v2/team/app/referrers/{}", img.manifest.digest)
+        ) >= 1,
+        "{:?}",
+        fault.requests()
+    );
+    let r = manifest(&p, "GET", "team/plain", "v1").await;
+    assert_denied(&r, "no signature");
+}
