@@ -128,7 +128,7 @@ async fn check(s: &Settings, image: &str, scratch: &std::path::Path) -> Result<i
 
 fn explain(d: &PolicyDecision) {
     println!("decision  {d}");
-    println!("outcome   {}", d.outcome);
+    println!("outcome   {}", d.outcome.as_str());
     for k in &d.keys {
         println!("key       {k}");
     }

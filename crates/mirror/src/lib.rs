@@ -39,6 +39,7 @@ pub use error::MirrorError;
 pub use manifests::ManifestResponse;
 pub use policy::{PolicyDecision, VERDICT_MAX_AGE};
 pub use pullgate_store::BlobStream;
+pub use pullgate_trust::Outcome as PolicyOutcome;
 pub use route::Target;
 pub use stats::{Histogram, HistogramSnapshot, Stats};
 

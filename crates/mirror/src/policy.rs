@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use pullgate_oci::{media_types, Digest, ManifestInfo, RepoName, Tag, UpstreamId};
-use pullgate_trust::{media, Action, Artifact, KeySet, Mode, Policy, Subject, Verdict};
+use pullgate_trust::{media, Action, Artifact, KeySet, Mode, Outcome, Policy, Subject, Verdict};
 use serde::Deserialize;
 
 use crate::blobs::ClientId;
@@ -66,8 +66,7 @@ pub struct PolicyDecision {
     pub rule_index: Option<usize>,
     /// `trust rule 1 (docker.io/team/**)`.
     pub rule: String,
-    /// allow, deny, warn.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub reason: String,
     /// `release (0123456789ab)` for each distinct key that verified.
     pub keys: Vec<String>,
@@ -80,7 +79,7 @@ impl PolicyDecision {
         PolicyDecision {
             rule_index: verdict.rule.index,
             rule: verdict.rule.description.clone(),
-            outcome: verdict.outcome.as_str(),
+            outcome: verdict.outcome,
             reason: verdict.reason.to_string(),
             keys: verdict.keys.iter().map(ToString::to_string).collect(),
             scan: verdict.scan.as_ref().map(|s| {
@@ -115,9 +114,9 @@ impl std::fmt::Display for PolicyDecision {
     /// The 403 message: `denied by trust rule 1 (docker.io/team/**): no signature`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let word = match self.outcome {
-            "allow" => "allowed",
-            "warn" => "would be denied (warn only)",
-            _ => "denied",
+            Outcome::Allow => "allowed",
+            Outcome::Warn => "would be denied (warn only)",
+            Outcome::Deny => "denied",
         };
         write!(f, "{word} by {}: {}", self.rule, self.reason)
     }
@@ -229,7 +228,7 @@ impl Trust {
         &self,
         upstream: &UpstreamId,
         repo: &RepoName,
-        outcome: &'static str,
+        outcome: Outcome,
         reason: &str,
     ) -> PolicyDecision {
         let rule = self.policy.rule_for(upstream, repo);
@@ -245,7 +244,7 @@ impl Trust {
 
     fn count(&self, d: &PolicyDecision) {
         *lock(&self.decisions)
-            .entry((d.rule_label(), d.outcome))
+            .entry((d.rule_label(), d.outcome.as_str()))
             .or_insert(0) += 1;
     }
 }
@@ -275,7 +274,7 @@ impl Mirror {
             let d = trust.decision(
                 upstream,
                 &target.repo,
-                "deny",
+                Outcome::Deny,
                 "the manifest's bytes do not match its digest",
             );
             trust.count(&d);
@@ -304,7 +303,7 @@ impl Mirror {
                 let d = trust.decision(
                     upstream,
                     &target.repo,
-                    "allow",
+                    Outcome::Allow,
                     "a child of an index that passed",
                 );
                 (d, true, None)
@@ -339,7 +338,7 @@ impl Mirror {
         };
         trust.count(&decision);
         match decision.outcome {
-            "warn" => tracing::warn!(
+            Outcome::Warn => tracing::warn!(
                 upstream = target.upstream_name(),
                 repository = %target.repo,
                 digest = %m.digest,
@@ -347,7 +346,7 @@ impl Mirror {
                 reason = %decision.reason,
                 "trust policy would deny this manifest (warn mode): served"
             ),
-            "deny" => tracing::info!(
+            Outcome::Deny => tracing::info!(
                 upstream = target.upstream_name(),
                 repository = %target.repo,
                 digest = %m.digest,
@@ -355,7 +354,7 @@ impl Mirror {
                 reason = %decision.reason,
                 "trust policy denied a manifest"
             ),
-            _ => tracing::debug!(
+            Outcome::Allow => tracing::debug!(
                 upstream = target.upstream_name(),
                 repository = %target.repo,
                 digest = %m.digest,
@@ -434,7 +433,7 @@ impl Mirror {
         Err(MirrorError::PolicyDenied(Box::new(trust.decision(
             upstream,
             &target.repo,
-            "deny",
+            Outcome::Deny,
             "no manifest that passed the policy references this blob",
         ))))
     }
@@ -693,6 +692,41 @@ struct ReferrerDescriptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decisions_read_as_the_403_message_and_label_their_rule_by_index() {
+        let d = |index, outcome, reason: &str| PolicyDecision {
+            rule_index: index,
+            rule: index.map_or("trust.unmatched".to_owned(), |i: usize| {
+                format!("trust rule {} (docker.io/team/**)", i + 1)
+            }),
+            outcome,
+            reason: reason.to_owned(),
+            keys: Vec::new(),
+            scan: None,
+        };
+        let cases = [
+            (
+                d(Some(0), Outcome::Deny, "no signature"),
+                "denied by trust rule 1 (docker.io/team/**): no signature",
+                "0",
+            ),
+            (
+                d(Some(2), Outcome::Warn, "signed by an unknown key"),
+                "would be denied (warn only) by trust rule 3 (docker.io/team/**): signed by an unknown key",
+                "2",
+            ),
+            (
+                d(None, Outcome::Allow, "no rule matched"),
+                "allowed by trust.unmatched: no rule matched",
+                "unmatched",
+            ),
+        ];
+        for (decision, text, label) in cases {
+            assert_eq!(decision.to_string(), text);
+            assert_eq!(decision.rule_label(), label);
+        }
+    }
 
     #[test]
     fn bounded_forgets_the_oldest_and_refreshes_on_reinsert() {

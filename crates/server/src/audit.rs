@@ -52,7 +52,7 @@ impl<'a> From<&'a pullgate_mirror::PolicyDecision> for PolicyAudit<'a> {
     fn from(d: &'a pullgate_mirror::PolicyDecision) -> Self {
         PolicyAudit {
             rule: &d.rule,
-            outcome: d.outcome,
+            outcome: d.outcome.as_str(),
             reason: &d.reason,
             keys: &d.keys,
             scan: d.scan.as_deref(),

@@ -236,7 +236,7 @@ mod tests {
         let decision = pullgate_mirror::PolicyDecision {
             rule_index: Some(0),
             rule: "trust rule 1 (docker.io/team/**)".into(),
-            outcome: "deny",
+            outcome: pullgate_mirror::PolicyOutcome::Deny,
             reason: "no signature".into(),
             keys: Vec::new(),
             scan: None,
