@@ -939,3 +939,62 @@ async fn a_bundle_referrer_verifies_through_the_referrers_api() {
     let r = manifest(&p, "GET", "team/plain", "v1").await;
     assert_denied(&r, "no signature");
 }
+
+/// containerd, in a loopback-only namespace: with the registry itself as `server` in
+/// `hosts.toml`, a mirror's 403 sends it there and the unsigned image is pulled anyway;
+/// with the mirror as `server` too, there is nowhere else to go and it reports the denial.
+/// A signed image pulls either way.
+#[test]
+fn containerd_reports_the_denial_when_the_mirror_is_its_only_path() {
+    use crate::support::clients::{fails, run, Containerd};
+    use crate::support::netns::run_isolated;
+
+    run_isolated(
+        "trust::containerd_reports_the_denial_when_the_mirror_is_its_only_path",
+        || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let (upstream, push) = upstream();
+            let tools = Tools::new();
+            let key = tools.openssl_key("release", Algorithm::EcdsaP256);
+            let signed = rt.block_on(async {
+                let signed = pushed(&push, "library/signed", "ctr-signed").await;
+                push.image("library/signed", "latest", &signed).await;
+                let layer =
+                    SigLayer::signed_by(&key, "docker.io/library/signed", &signed.manifest.digest);
+                sign::push_signatures(&push, "library/signed", &signed.manifest.digest, &[layer])
+                    .await;
+                for name in ["bypassed", "refused"] {
+                    let img =
+                        pushed(&push, &format!("library/{name}"), &format!("ctr-{name}")).await;
+                    push.image(&format!("library/{name}"), "latest", &img).await;
+                }
+                signed
+            });
+            let mut opts = Options::new(&upstream.url());
+            opts.upstream_name = "docker.io".into();
+            opts.extra = format!(
+                "{}[[trust.rule]]\nimages = [\"docker.io/library/**\"]\naction = \"verify\"\nsigned_by = [\"release\"]\n",
+                keys_toml(&[("release", &key.public)])
+            );
+            let p = Pullgate::start(opts);
+            let containerd = Containerd::start();
+
+            // The registry as `server`: the 403 is routed around.
+            containerd.mirror("docker.io", &upstream.url(), &p.url());
+            run(&mut containerd.pull(&[], "docker.io/library/bypassed:latest"));
+
+            // The mirror as `server` too: the denial is the answer.
+            containerd.mirror("docker.io", &p.url(), &p.url());
+            let err = fails(&mut containerd.pull(&[], "docker.io/library/refused:latest"));
+            assert!(err.contains("403"), "{err}\n{}", p.log());
+            run(&mut containerd.pull(&[], "docker.io/library/signed:latest"));
+            let list = run(containerd.ctr().args(["images", "ls"]));
+            assert!(list.contains(&signed.manifest.digest), "{list}");
+            assert!(!list.contains("library/refused"), "{list}");
+        },
+    );
+}
