@@ -998,3 +998,37 @@ fn containerd_reports_the_denial_when_the_mirror_is_its_only_path() {
         },
     );
 }
+
+/// `sbom = {}`: an SPDX or CycloneDX attestation by the rule's signers is required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sbom_requirement_needs_a_signed_sbom_attestation() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let host = upstream.host();
+    for repo in ["team/spdx", "team/cyclonedx", "team/bare"] {
+        let img = pushed(&push, repo, &format!("sbom-{repo}")).await;
+        let reference = format!("{host}/{repo}@{}", img.manifest.digest);
+        tools.sign(&release, &reference).expect("cosign sign");
+        match repo {
+            "team/spdx" => tools.attest_sbom(&release, &reference).map(|_| ()),
+            "team/cyclonedx" => tools.attest_cyclonedx(&release, &reference).map(|_| ()),
+            _ => Ok(()),
+        }
+        .expect("cosign attest");
+    }
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &release.public)]),
+            verify_rule(&upstream, &["release"], "sbom = {}")
+        ),
+    );
+    for repo in ["team/spdx", "team/cyclonedx"] {
+        let r = manifest(&p, "GET", repo, "v1").await;
+        assert_eq!(r.status, 200, "{repo}: {:?}", r.body);
+    }
+    let r = manifest(&p, "GET", "team/bare", "v1").await;
+    assert_denied(&r, "no verified SBOM attestation");
+}
