@@ -295,7 +295,7 @@ impl Mirror {
         let cached = lock(&trust.verdicts)
             .get(&key)
             .filter(|(_, until)| now < *until)
-            .map(|(v, _)| v.clone());
+            .map(|(v, until)| (v.clone(), *until));
         // Lineage first: a child denied when fetched directly (and cached so) is still
         // allowed once it is fetched through an index that passed.
         let (decision, serves, until) = match cached {
@@ -308,7 +308,7 @@ impl Mirror {
                 );
                 (d, true, None)
             }
-            Some(v) => (PolicyDecision::of(&v), v.serves(), None),
+            Some((v, until)) => (PolicyDecision::of(&v), v.serves(), Some(until)),
             None => {
                 let incomplete = AtomicBool::new(false);
                 let artifacts = if trust.policy.needs_artifacts(upstream, &target.repo) {
@@ -366,13 +366,18 @@ impl Mirror {
         if !serves {
             return Err(MirrorError::PolicyDenied(Box::new(decision)));
         }
-        self.remember_passed(
-            trust,
-            target,
-            m,
-            generation,
-            until.unwrap_or(now + VERDICT_MAX_AGE),
-        );
+        // Only what passed outright is remembered (a warn-mode pass guards nothing), and
+        // only where it is needed: allowances of unguarded repositories would push those of
+        // enforced ones out of the bounded maps.
+        if decision.outcome == Outcome::Allow {
+            self.remember_passed(
+                trust,
+                target,
+                m,
+                generation,
+                until.unwrap_or(now + VERDICT_MAX_AGE),
+            );
+        }
         Ok(Some(decision))
     }
 
@@ -391,6 +396,9 @@ impl Mirror {
         };
         let upstream = target.upstream_id();
         if media_types::is_index(&info.media_type) {
+            if !trust.policy.needs_artifacts(upstream, &target.repo) {
+                return;
+            }
             let mut lineage = lock(&trust.lineage);
             for child in &info.descriptors {
                 lineage.insert(
@@ -402,6 +410,9 @@ impl Mirror {
                 );
             }
         } else {
+            if !trust.guards_blobs(upstream, &target.repo) {
+                return;
+            }
             let until = Instant::now() + BLOB_ALLOWANCE;
             let mut blobs = lock(&trust.blobs);
             for blob in &info.descriptors {
