@@ -311,7 +311,8 @@ impl Mirror {
             Some((v, until)) => (PolicyDecision::of(&v), v.serves(), Some(until)),
             None => {
                 let incomplete = AtomicBool::new(false);
-                let artifacts = if trust.policy.needs_artifacts(upstream, &target.repo) {
+                let verifies = trust.policy.needs_artifacts(upstream, &target.repo);
+                let artifacts = if verifies {
                     self.gather(target, &m.digest, &incomplete).await?
                 } else {
                     Vec::new()
@@ -329,8 +330,10 @@ impl Mirror {
                     let left = at.duration_since(SystemTime::now()).unwrap_or_default();
                     until = until.min(now + left);
                 }
-                // A denial for want of material the upstream could not give is not remembered.
-                if verdict.serves() || !incomplete.load(Ordering::Relaxed) {
+                // Only verifications are worth remembering (allow, deny and unmatched cost
+                // nothing to decide again), and not a denial for want of material the
+                // upstream could not give.
+                if verifies && (verdict.serves() || !incomplete.load(Ordering::Relaxed)) {
                     lock(&trust.verdicts).insert(key, (verdict.clone(), until));
                 }
                 (PolicyDecision::of(&verdict), verdict.serves(), Some(until))
