@@ -1032,3 +1032,97 @@ async fn an_sbom_requirement_needs_a_signed_sbom_attestation() {
     let r = manifest(&p, "GET", "team/bare", "v1").await;
     assert_denied(&r, "no verified SBOM attestation");
 }
+
+/// pullgate standing in for Docker Hub with a verify rule on `docker.io/library/**`, over a
+/// Distribution upstream holding `library/signed:latest` (signed with openssl, by the
+/// configured key) and `library/plain:latest` (unsigned). For the client tests, which run
+/// in their own network namespace.
+fn hub_with_policy(rt: &tokio::runtime::Runtime) -> (Distribution, Pullgate, Image, Tools) {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let key = tools.openssl_key("release", Algorithm::EcdsaP256);
+    let signed = rt.block_on(async {
+        let signed = pushed(&push, "library/signed", "cl-signed").await;
+        push.image("library/signed", "latest", &signed).await;
+        let layer = SigLayer::signed_by(&key, "docker.io/library/signed", &signed.manifest.digest);
+        sign::push_signatures(&push, "library/signed", &signed.manifest.digest, &[layer]).await;
+        let plain = pushed(&push, "library/plain", "cl-plain").await;
+        push.image("library/plain", "latest", &plain).await;
+        signed
+    });
+    let mut opts = Options::new(&upstream.url());
+    opts.upstream_name = "docker.io".into();
+    opts.extra = format!(
+        "{}[[trust.rule]]\nimages = [\"docker.io/library/**\"]\naction = \"verify\"\nsigned_by = [\"release\"]\n",
+        keys_toml(&[("release", &key.public)])
+    );
+    let p = Pullgate::start(opts);
+    (upstream, p, signed, tools)
+}
+
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// podman with a registries.conf mirror: the unsigned image fails naming the rule and the
+/// reason; the signed one pulls.
+#[test]
+fn podman_reports_the_rule_for_an_unsigned_image_and_pulls_a_signed_one() {
+    use crate::support::clients::{fails, run, Podman};
+    use crate::support::netns::run_isolated;
+
+    run_isolated(
+        "trust::podman_reports_the_rule_for_an_unsigned_image_and_pulls_a_signed_one",
+        || {
+            let rt = client_runtime();
+            let (_upstream, p, _signed, _tools) = hub_with_policy(&rt);
+            let podman = Podman::mirroring_docker_io(&p.host());
+            let err = fails(
+                podman
+                    .podman()
+                    .args(["pull", "docker.io/library/plain:latest"]),
+            );
+            assert!(
+                err.contains("denied by trust rule 1 (docker.io/library/**): no signature"),
+                "{err}"
+            );
+            run(podman
+                .podman()
+                .args(["pull", "docker.io/library/signed:latest"]));
+        },
+    );
+}
+
+/// dockerd with `registry-mirrors` goes to the registry itself after a mirror's 403 (its
+/// error is the registry's, unreachable here, not the mirror's): only an egress rule, as
+/// this namespace has, keeps it from pulling the unsigned image. pullgate logs the denial
+/// with its rule. The signed image pulls.
+#[test]
+fn docker_falls_back_past_a_denial_so_only_egress_rules_stop_it() {
+    use crate::support::clients::{fails, run, Dockerd};
+    use crate::support::netns::run_isolated;
+
+    run_isolated(
+        "trust::docker_falls_back_past_a_denial_so_only_egress_rules_stop_it",
+        || {
+            let rt = client_runtime();
+            let (_upstream, p, _signed, _tools) = hub_with_policy(&rt);
+            let dockerd = Dockerd::start(&p.host());
+            let err = fails(dockerd.docker().args(["pull", "plain:latest"]));
+            assert!(err.contains("registry-1.docker.io"), "{err}");
+            let log = p.log();
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("trust policy denied a manifest")
+                        && l.contains("trust rule 1 (docker.io/library/**)")
+                        && l.contains("library/plain")),
+                "{log}"
+            );
+            run(dockerd.docker().args(["pull", "signed:latest"]));
+        },
+    );
+}
