@@ -381,6 +381,17 @@ impl FileConfig {
         let cache_limits = cache_limits(&self.cache)?;
         let policy = pullgate_trust::Policy::from_config(&self.trust).context("[trust]")?;
         for rule in policy.rules() {
+            if let Some((host, _)) = rule.signatures() {
+                if !upstreams
+                    .iter()
+                    .any(|u| u.name.as_str().eq_ignore_ascii_case(host))
+                {
+                    bail!(
+                        "[trust] {}: signatures = {host:?}/…: no upstream of that name",
+                        rule.description()
+                    );
+                }
+            }
             for pattern in rule.images() {
                 let host = pattern.split('/').next().unwrap_or_default();
                 // A rule whose host is a typo would never match, leaving its images to

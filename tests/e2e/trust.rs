@@ -1126,3 +1126,48 @@ fn docker_falls_back_past_a_denial_so_only_egress_rules_stop_it() {
         },
     );
 }
+
+/// Signatures in another repository (`COSIGN_REPOSITORY`): found there when the rule names
+/// it; without it, the image's own repository holds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_in_a_configured_signatures_repository() {
+    let (upstream, push) = upstream();
+    let host = upstream.host();
+    let tools = Tools::new().with_signature_repository(&format!("{host}/sigs/store"));
+    let release = tools.generate_key_pair("release");
+    let img = pushed(&push, "team/app", "sigrepo").await;
+    tools
+        .sign(
+            &release,
+            &format!("{host}/team/app@{}", img.manifest.digest),
+        )
+        .expect("cosign sign with COSIGN_REPOSITORY");
+    assert!(sign::tags(&upstream.url(), "sigs/store")
+        .await
+        .contains(&sign::sig_tag(&img.manifest.digest)));
+
+    let keys = keys_toml(&[("release", &release.public)]);
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{keys}{}",
+            verify_rule(
+                &upstream,
+                &["release"],
+                &format!("signatures = \"{host}/sigs/store\"")
+            )
+        ),
+    );
+    let r = manifest(&p, "GET", "team/app", "v1").await;
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, p.log());
+    for b in img.blobs() {
+        assert_eq!(blob(&p, "team/app", &b.digest).await.status, 200);
+    }
+
+    let p = mirror(
+        &upstream,
+        &format!("{keys}{}", verify_rule(&upstream, &["release"], "")),
+    );
+    let r = manifest(&p, "GET", "team/app", "v1").await;
+    assert_denied(&r, "no signature");
+}

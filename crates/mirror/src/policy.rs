@@ -313,7 +313,18 @@ impl Mirror {
                 let incomplete = AtomicBool::new(false);
                 let verifies = trust.policy.needs_artifacts(upstream, &target.repo);
                 let artifacts = if verifies {
-                    self.gather(target, &m.digest, &incomplete).await?
+                    // `.sig`/`.att` from the rule's signatures repository if it names one
+                    // (COSIGN_REPOSITORY), fetched there with that upstream's credentials.
+                    let elsewhere = match trust
+                        .policy
+                        .rule_for(upstream, &target.repo)
+                        .and_then(|r| r.signatures())
+                    {
+                        Some((host, repo)) => Some(self.route(Some(host), repo)?),
+                        None => None,
+                    };
+                    let tags_at = elsewhere.as_ref().unwrap_or(target);
+                    self.gather(target, tags_at, &m.digest, &incomplete).await?
                 } else {
                     Vec::new()
                 };
@@ -480,12 +491,15 @@ impl Mirror {
         self.trust.as_ref().map_or(0, |t| lock(&t.blobs).len())
     }
 
-    /// Every signature artifact of `digest` in this repository, through the cache.
+    /// Every signature artifact of `digest`, through the cache: the `.sig`/`.att` tags in
+    /// `tags_at` (the image's repository, or the rule's signatures repository), bundle
+    /// referrers in the image's.
     /// `incomplete` is set when some material could not be fetched (upstream down, not
     /// cached).
     async fn gather(
         &self,
         target: &Target,
+        tags_at: &Target,
         digest: &Digest,
         incomplete: &AtomicBool,
     ) -> Result<Vec<Artifact>, MirrorError> {
@@ -493,7 +507,7 @@ impl Mirror {
         for suffix in [".sig", ".att"] {
             let Some(m) = self
                 .artifact_manifest(
-                    target,
+                    tags_at,
                     &format!("sha256-{}{suffix}", digest.hex()),
                     incomplete,
                 )
@@ -508,7 +522,7 @@ impl Mirror {
                 if out.len() >= pullgate_trust::MAX_ARTIFACTS {
                     return Ok(out);
                 }
-                let Some(bytes) = self.artifact_layer(target, &layer).await? else {
+                let Some(bytes) = self.artifact_layer(tags_at, &layer).await? else {
                     continue;
                 };
                 if let Some(a) = Artifact::from_layer(&layer.media_type, bytes, layer.annotations) {
