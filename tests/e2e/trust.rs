@@ -807,6 +807,15 @@ async fn a_bundle_referrer_verifies_through_the_fallback_index() {
     assert_eq!(r.status, 200, "{:?}\n{}", r.body, p.log());
     let r = manifest(&p, "GET", "team/foreign", "v1").await;
     assert_denied(&r, "unknown key");
+    // Distribution 2.8's 404 for the referrers API is remembered: asked once, not per image.
+    let asked = upstream.count(
+        "GET",
+        &format!("/v2/team/bundled/referrers/{}", img.manifest.digest),
+    ) + upstream.count(
+        "GET",
+        &format!("/v2/team/foreign/referrers/{}", foreign.manifest.digest),
+    );
+    assert_eq!(asked, 1, "{:?}", upstream.access_log());
 }
 
 /// `pullgate policy check IMAGE` with the mirror's configuration: exit 0 and why for a

@@ -52,6 +52,9 @@ pub const BLOB_ALLOWANCE: Duration = Duration::from_secs(3600);
 pub const MAX_ARTIFACT_LAYER: u64 = 4 * 1024 * 1024;
 /// Most layers read from one signature manifest.
 pub const MAX_ARTIFACT_LAYERS: usize = 64;
+/// How long an upstream's 404 from the referrers API (it has none) is believed; the
+/// fallback tag is asked for meanwhile, and an upgraded registry is noticed after this.
+pub const NO_REFERRERS_API_FOR: Duration = Duration::from_secs(600);
 /// Most referrers (bundles) read for one digest.
 pub const MAX_REFERRERS: usize = 16;
 
@@ -196,6 +199,8 @@ pub(crate) struct Trust {
     lineage: Mutex<Bounded<RepoKey, Allowance>>,
     blobs: Mutex<Bounded<RepoKey, Allowance>>,
     decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Upstreams whose referrers API answered 404 (none), until when that is believed.
+    no_referrers_api: Mutex<HashMap<UpstreamId, Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -211,6 +216,7 @@ impl Trust {
             lineage: Mutex::new(Bounded::new(MAX_LINEAGE)),
             blobs: Mutex::new(Bounded::new(MAX_ALLOWED_BLOBS)),
             decisions: Mutex::new(BTreeMap::new()),
+            no_referrers_api: Mutex::new(HashMap::new()),
         }
     }
 
@@ -612,19 +618,38 @@ impl Mirror {
         digest: &Digest,
         incomplete: &AtomicBool,
     ) -> Result<Vec<Digest>, MirrorError> {
-        let listed = match target
-            .upstream
-            .get_passthrough(
-                &target.repo,
-                &format!("referrers/{digest}"),
-                Some(media_types::OCI_INDEX),
-            )
-            .await
-        {
-            Ok(p) if p.status == 200 => Some(p.body),
-            // No API (Distribution 2.8 says 404), or the upstream is down: the fallback
-            // tag, which the cache may hold.
-            _ => None,
+        let upstream = target.upstream_id();
+        let known_without = self.trust.as_ref().is_some_and(|t| {
+            lock(&t.no_referrers_api)
+                .get(upstream)
+                .is_some_and(|until| Instant::now() < *until)
+        });
+        let listed = if known_without {
+            None
+        } else {
+            match target
+                .upstream
+                .get_passthrough(
+                    &target.repo,
+                    &format!("referrers/{digest}"),
+                    Some(media_types::OCI_INDEX),
+                )
+                .await
+            {
+                Ok(p) if p.status == 200 => Some(p.body),
+                // No API (Distribution 2.8 says 404): remembered for a while, so each
+                // verification costs one round trip less.
+                Ok(p) if p.status == 404 => {
+                    self.note_no_referrers_api(upstream);
+                    None
+                }
+                Err(pullgate_upstream::UpstreamError::NotFound) => {
+                    self.note_no_referrers_api(upstream);
+                    None
+                }
+                // Down, or refusing: the fallback tag, which the cache may hold.
+                _ => None,
+            }
         };
         let body = match listed {
             Some(b) => b,
@@ -645,6 +670,14 @@ impl Mirror {
             .filter_map(|d| Digest::parse(&d.digest).ok())
             .take(MAX_REFERRERS)
             .collect())
+    }
+
+    fn note_no_referrers_api(&self, upstream: &UpstreamId) {
+        if let Some(t) = &self.trust {
+            // One entry per configured upstream at most: bounded by the configuration.
+            lock(&t.no_referrers_api)
+                .insert(upstream.clone(), Instant::now() + NO_REFERRERS_API_FOR);
+        }
     }
 
     /// A signature layer's bytes through the internal blob path (cached, access-checked,
