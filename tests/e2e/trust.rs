@@ -248,6 +248,8 @@ async fn cosign_signed_images_pass_and_unsigned_or_foreign_ones_are_denied() {
     assert_eq!(denied["outcome"], "denied");
     assert_eq!(denied["status"], 403);
     assert_eq!(denied["policy"]["reason"], "no signature");
+    // Denied by tag, and the line still says which digest the tag named.
+    assert_eq!(denied["digest"], unsigned.manifest.digest.as_str());
     assert!(denied["policy"]["rule"]
         .as_str()
         .unwrap_or("")

@@ -75,6 +75,9 @@ pub struct PolicyDecision {
     pub keys: Vec<String>,
     /// `worst=HIGH critical=0 high=2 ... age=3h` when a scan was judged.
     pub scan: Option<String>,
+    /// What was judged: the manifest (or, for a blob refused, the blob), for the audit
+    /// line of a refusal, which has no response to take it from.
+    pub digest: Option<Digest>,
 }
 
 impl PolicyDecision {
@@ -103,6 +106,7 @@ impl PolicyDecision {
                 }
                 out
             }),
+            digest: None,
         }
     }
 
@@ -245,6 +249,7 @@ impl Trust {
             reason: reason.to_owned(),
             keys: Vec::new(),
             scan: None,
+            digest: None,
         }
     }
 
@@ -284,7 +289,10 @@ impl Mirror {
                 "the manifest's bytes do not match its digest",
             );
             trust.count(&d);
-            return Err(MirrorError::PolicyDenied(Box::new(d)));
+            return Err(MirrorError::PolicyDenied(Box::new(PolicyDecision {
+                digest: Some(m.digest.clone()),
+                ..d
+            })));
         }
         let keys = trust.keys.current();
         let generation = keys.generation();
@@ -383,6 +391,8 @@ impl Mirror {
                 "trust policy allowed a manifest"
             ),
         }
+        let mut decision = decision;
+        decision.digest = Some(m.digest.clone());
         if !serves {
             return Err(MirrorError::PolicyDenied(Box::new(decision)));
         }
@@ -461,12 +471,15 @@ impl Mirror {
         if allowed {
             return Ok(());
         }
-        Err(MirrorError::PolicyDenied(Box::new(trust.decision(
-            upstream,
-            &target.repo,
-            Outcome::Deny,
-            "no manifest that passed the policy references this blob",
-        ))))
+        Err(MirrorError::PolicyDenied(Box::new(PolicyDecision {
+            digest: Some(digest.clone()),
+            ..trust.decision(
+                upstream,
+                &target.repo,
+                Outcome::Deny,
+                "no manifest that passed the policy references this blob",
+            )
+        })))
     }
 
     /// Policy decisions since start by (rule label, outcome), for `/metrics`.
@@ -765,6 +778,7 @@ mod tests {
             reason: reason.to_owned(),
             keys: Vec::new(),
             scan: None,
+            digest: None,
         };
         let cases = [
             (

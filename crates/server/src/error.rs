@@ -240,6 +240,7 @@ mod tests {
             reason: "no signature".into(),
             keys: Vec::new(),
             scan: None,
+            digest: None,
         };
         let e = ApiError::from(MirrorError::PolicyDenied(Box::new(decision)));
         assert_eq!(

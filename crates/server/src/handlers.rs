@@ -326,6 +326,9 @@ async fn blob<B>(
 fn policy_refusal(ctx: &mut Ctx, e: &MirrorError) {
     if let MirrorError::PolicyDenied(d) = e {
         ctx.outcome = Some(Outcome::Denied);
+        if let Some(digest) = &d.digest {
+            ctx.digest = Some(digest.to_string());
+        }
         ctx.policy = Some((**d).clone());
     }
 }
