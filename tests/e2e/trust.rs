@@ -1182,3 +1182,42 @@ async fn signatures_in_a_configured_signatures_repository() {
     let r = manifest(&p, "GET", "team/app", "v1").await;
     assert_denied(&r, "no signature");
 }
+
+/// Sixteen clients pulling a newly signed image at once share one verification: the
+/// upstream is asked once for each piece of signature material.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_of_one_image_share_one_verification() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let release = tools.generate_key_pair("release");
+    let img = pushed(&push, "team/app", "coalesce").await;
+    let digest = img.manifest.digest.clone();
+    tools
+        .sign(&release, &format!("{}/team/app@{digest}", upstream.host()))
+        .expect("cosign sign");
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &release.public)]),
+            verify_rule(&upstream, &["release"], "")
+        ),
+    );
+    let pulls = (0..16).map(|_| manifest(&p, "GET", "team/app", &digest));
+    for r in futures_util::future::join_all(pulls).await {
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    for (method, path) in [
+        ("GET", format!("/v2/team/app/referrers/{digest}")),
+        (
+            "HEAD",
+            format!("/v2/team/app/manifests/{}", sign::sig_tag(&digest)),
+        ),
+        (
+            "HEAD",
+            format!("/v2/team/app/manifests/{}", sign::att_tag(&digest)),
+        ),
+    ] {
+        assert_eq!(upstream.count(method, &path), 1, "{method} {path}");
+    }
+}

@@ -28,8 +28,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use pullgate_flights::Flights;
 use pullgate_oci::{media_types, Digest, ManifestInfo, RepoName, Tag, UpstreamId};
-use pullgate_trust::{media, Action, Artifact, KeySet, Mode, Outcome, Policy, Subject, Verdict};
+use pullgate_trust::{
+    media, Action, Artifact, KeySet, Keys, Mode, Outcome, Policy, Subject, Verdict,
+};
 use serde::Deserialize;
 
 use crate::blobs::ClientId;
@@ -47,9 +50,12 @@ pub const MAX_ALLOWED_BLOBS: usize = 100_000;
 pub const MAX_LINEAGE: usize = 100_000;
 /// How long a blob stays allowed after the manifest that references it passed.
 pub const BLOB_ALLOWANCE: Duration = Duration::from_secs(3600);
-/// Largest signature artifact layer fetched (a `.sig` layer is a few hundred bytes; a
-/// vuln attestation of a large image a few hundred KiB).
-pub const MAX_ARTIFACT_LAYER: u64 = 4 * 1024 * 1024;
+/// Largest signature artifact layer fetched: the trust crate's largest envelope (a `.sig`
+/// layer is a few hundred bytes; a vuln or SBOM attestation of a large image some MiB).
+pub const MAX_ARTIFACT_LAYER: u64 = pullgate_trust::MAX_ENVELOPE as u64;
+/// Most bytes of signature material held for one verification (verifications of one
+/// digest are coalesced, so this bounds memory per image being verified).
+pub const MAX_ARTIFACT_BYTES: u64 = 32 * 1024 * 1024;
 /// Most layers read from one signature manifest.
 pub const MAX_ARTIFACT_LAYERS: usize = 64;
 /// How long an upstream's 404 from the referrers API (it has none) is believed; the
@@ -205,6 +211,8 @@ pub(crate) struct Trust {
     decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Upstreams whose referrers API answered 404 (none), until when that is believed.
     no_referrers_api: Mutex<HashMap<UpstreamId, Instant>>,
+    /// Verifications under way, by verdict key.
+    verifying: Flights<VerdictKey, Result<(Verdict, bool), MirrorError>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -221,6 +229,7 @@ impl Trust {
             blobs: Mutex::new(Bounded::new(MAX_ALLOWED_BLOBS)),
             decisions: Mutex::new(BTreeMap::new()),
             no_referrers_api: Mutex::new(HashMap::new()),
+            verifying: Flights::new(),
         }
     }
 
@@ -324,32 +333,15 @@ impl Mirror {
             }
             Some((v, until)) => (PolicyDecision::of(&v), v.serves(), Some(until)),
             None => {
-                let incomplete = AtomicBool::new(false);
                 let verifies = trust.policy.needs_artifacts(upstream, &target.repo);
-                let artifacts = if verifies {
-                    // `.sig`/`.att` from the rule's signatures repository if it names one
-                    // (COSIGN_REPOSITORY), fetched there with that upstream's credentials.
-                    let elsewhere = match trust
-                        .policy
-                        .rule_for(upstream, &target.repo)
-                        .and_then(|r| r.signatures())
-                    {
-                        Some((host, repo)) => Some(self.route(Some(host), repo)?),
-                        None => None,
-                    };
-                    let tags_at = elsewhere.as_ref().unwrap_or(target);
-                    self.gather(target, tags_at, &m.digest, &incomplete).await?
-                } else {
-                    Vec::new()
-                };
-                let verdict = trust.policy.evaluate(
-                    upstream,
-                    &target.repo,
-                    &Subject::new(&m.digest, &m.bytes),
-                    &artifacts,
-                    &keys,
-                    SystemTime::now(),
-                );
+                // One verification per key at a time: a hundred clients pulling the same
+                // new image share one gathering of its signatures and one evaluation.
+                let (verdict, incomplete) = trust
+                    .verifying
+                    .run(key.clone(), || {
+                        self.verify(trust, target, m, &keys, verifies)
+                    })
+                    .await?;
                 let mut until = now + VERDICT_MAX_AGE;
                 if let Some(at) = verdict.recheck_at {
                     let left = at.duration_since(SystemTime::now()).unwrap_or_default();
@@ -358,7 +350,7 @@ impl Mirror {
                 // Only verifications are worth remembering (allow, deny and unmatched cost
                 // nothing to decide again), and not a denial for want of material the
                 // upstream could not give.
-                if verifies && (verdict.serves() || !incomplete.load(Ordering::Relaxed)) {
+                if verifies && (verdict.serves() || !incomplete) {
                     lock(&trust.verdicts).insert(key, (verdict.clone(), until));
                 }
                 (PolicyDecision::of(&verdict), verdict.serves(), Some(until))
@@ -409,6 +401,45 @@ impl Mirror {
             );
         }
         Ok(Some(decision))
+    }
+
+    /// Gather `m`'s signature artifacts (when the rule verifies) and evaluate the policy;
+    /// also says whether some material could not be fetched.
+    async fn verify(
+        &self,
+        trust: &Trust,
+        target: &Target,
+        m: &ManifestResponse,
+        keys: &Keys,
+        verifies: bool,
+    ) -> Result<(Verdict, bool), MirrorError> {
+        let upstream = target.upstream_id();
+        let incomplete = AtomicBool::new(false);
+        let artifacts = if verifies {
+            // `.sig`/`.att` from the rule's signatures repository if it names one
+            // (COSIGN_REPOSITORY), fetched there with that upstream's credentials.
+            let elsewhere = match trust
+                .policy
+                .rule_for(upstream, &target.repo)
+                .and_then(|r| r.signatures())
+            {
+                Some((host, repo)) => Some(self.route(Some(host), repo)?),
+                None => None,
+            };
+            let tags_at = elsewhere.as_ref().unwrap_or(target);
+            self.gather(target, tags_at, &m.digest, &incomplete).await?
+        } else {
+            Vec::new()
+        };
+        let verdict = trust.policy.evaluate(
+            upstream,
+            &target.repo,
+            &Subject::new(&m.digest, &m.bytes),
+            &artifacts,
+            keys,
+            SystemTime::now(),
+        );
+        Ok((verdict, incomplete.load(Ordering::Relaxed)))
     }
 
     /// A manifest passed: its blobs become servable in this repository, and an index's
@@ -523,6 +554,7 @@ impl Mirror {
         incomplete: &AtomicBool,
     ) -> Result<Vec<Artifact>, MirrorError> {
         let mut out = Vec::new();
+        let mut budget = MAX_ARTIFACT_BYTES;
         for suffix in [".sig", ".att"] {
             let Some(m) = self
                 .artifact_manifest(
@@ -541,7 +573,7 @@ impl Mirror {
                 if out.len() >= pullgate_trust::MAX_ARTIFACTS {
                     return Ok(out);
                 }
-                let Some(bytes) = self.artifact_layer(tags_at, &layer).await? else {
+                let Some(bytes) = self.artifact_layer(tags_at, &layer, &mut budget).await? else {
                     continue;
                 };
                 if let Some(a) = Artifact::from_layer(&layer.media_type, bytes, layer.annotations) {
@@ -572,7 +604,7 @@ impl Mirror {
                 if !media::BUNDLES.contains(&layer.media_type.as_str()) {
                     continue;
                 }
-                if let Some(bytes) = self.artifact_layer(target, &layer).await? {
+                if let Some(bytes) = self.artifact_layer(target, &layer, &mut budget).await? {
                     out.push(Artifact::Bundle { bundle: bytes });
                 }
             }
@@ -694,13 +726,16 @@ impl Mirror {
     }
 
     /// A signature layer's bytes through the internal blob path (cached, access-checked,
-    /// never judged), if it is small enough to be signature material.
+    /// never judged), if it is small enough to be signature material and fits what is
+    /// left of this verification's `budget` (which it then uses up).
     async fn artifact_layer(
         &self,
         target: &Target,
         layer: &ArtifactLayer,
+        budget: &mut u64,
     ) -> Result<Option<Bytes>, MirrorError> {
-        if layer.size > MAX_ARTIFACT_LAYER {
+        let limit = MAX_ARTIFACT_LAYER.min(*budget);
+        if layer.size > limit {
             return Ok(None);
         }
         let Ok(digest) = Digest::parse(&layer.digest) else {
@@ -715,7 +750,7 @@ impl Mirror {
             Err(MirrorError::BlobUnknown) => return Ok(None),
             Err(e) => return Err(e),
         };
-        if resp.size > MAX_ARTIFACT_LAYER {
+        if resp.size > limit {
             return Ok(None);
         }
         let Some(mut body) = resp.body else {
@@ -724,11 +759,12 @@ impl Mirror {
         let mut buf = BytesMut::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
-            if (buf.len() + chunk.len()) as u64 > MAX_ARTIFACT_LAYER {
+            if (buf.len() + chunk.len()) as u64 > limit {
                 return Ok(None);
             }
             buf.extend_from_slice(&chunk);
         }
+        *budget -= buf.len() as u64;
         Ok(Some(buf.freeze()))
     }
 }
