@@ -198,6 +198,50 @@ impl Mirror {
         }
     }
 
+    /// A signature tag (`.sig`, `.att`, a referrers fallback index) for the trust policy:
+    /// like any tag once the index holds it; its first fetch is a single GET by tag rather
+    /// than a HEAD and then a GET, since such material is usually new or absent. Not judged.
+    pub(crate) async fn artifact_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+    ) -> Result<ManifestResponse, MirrorError> {
+        let key = TagKey {
+            upstream: target.upstream_id().clone(),
+            repo: target.repo.clone(),
+            tag: tag.clone(),
+        };
+        if self.store.tag(&key)?.is_some() {
+            return self.manifest_by_tag(target, tag).await;
+        }
+        let (upstream, store, repo, t) = (
+            Arc::clone(&target.upstream),
+            self.store.clone(),
+            target.repo.clone(),
+            tag.clone(),
+        );
+        let k = key.clone();
+        let (stored, source) = self
+            .tag_flights
+            .spawn(key, move || async move {
+                let stored =
+                    fetch_manifest(&upstream, &store, &repo, &Reference::Tag(t), None).await?;
+                crate::tolerate_disk(store.put_tag(
+                    &k,
+                    &TagRecord {
+                        digest: stored.digest.clone(),
+                        media_type: stored.media_type.clone(),
+                        size: stored.bytes.len() as u64,
+                        fetched_at: SystemTime::now(),
+                    },
+                ))?;
+                Ok((stored, Source::Miss))
+            })
+            .await??;
+        Stats::inc(&self.stats.manifest_misses);
+        Ok(stored.respond(source))
+    }
+
     async fn cached_manifest(
         &self,
         digest: &Digest,

@@ -622,7 +622,7 @@ impl Mirror {
         let Ok(tag) = Tag::parse(tag) else {
             return Ok(None);
         };
-        match self.manifest_by_tag(target, &tag).await {
+        match self.artifact_tag(target, &tag).await {
             Ok(m) => Ok(Some(m)),
             Err(MirrorError::ManifestUnknown(_) | MirrorError::NameUnknown(_)) => Ok(None),
             // Material the upstream cannot be asked for and the cache does not hold is
