@@ -12,6 +12,7 @@ use pullgate_credentials::SecretSource;
 use pullgate_mirror::TagTtl;
 use pullgate_oci::{RepoName, Tag};
 use pullgate_server::Tls;
+use pullgate_trust::KeySet;
 use toml::{Table, Value};
 
 use crate::config::Settings;
@@ -209,6 +210,16 @@ pub fn render(s: &Settings) -> String {
     if !prefetch.is_empty() {
         doc.insert("prefetch".into(), Value::Array(prefetch));
     }
+    // The trust section as written, rules in file order (first match wins): it is already
+    // plain data, and printing it back keeps this output a valid configuration.
+    match Value::try_from(&s.trust.config) {
+        Ok(Value::Table(trust)) => {
+            doc.insert("trust".into(), Value::Table(trust));
+        }
+        _ => {
+            doc.insert("trust".into(), Value::Table(Table::new()));
+        }
+    }
 
     toml::to_string(&doc).unwrap_or_else(|e| format!("# cannot render the settings: {e}\n"))
 }
@@ -252,6 +263,7 @@ pub fn files(s: &Settings) -> Vec<String> {
             Err(e) => format!("warning  signing key {}: {e}", k.display()),
         });
     }
+    trust_files(s, &mut out);
     if let Some(tls) = &s.tls {
         out.push(match Tls::load(tls.clone()) {
             Ok(_) => format!("ok       TLS certificate {}", tls.cert.display()),
@@ -391,6 +403,65 @@ fn split_reference(text: &str) -> Option<(&str, &str, &str)> {
     let colon = head.len() + 1 + last.find(':')?;
     let repo = text.get(upstream.len() + 1..colon)?;
     Some((upstream, repo, text.get(colon + 1..)?))
+}
+
+/// The trust rules in order, then each key and CA: loaded (name, algorithm, fingerprint;
+/// never the key itself) or why not.
+fn trust_files(s: &Settings, out: &mut Vec<String>) {
+    for rule in s.trust.policy.rules() {
+        out.push(format!(
+            "rule     {}: {:?}, {:?}",
+            rule.description(),
+            rule.action(),
+            rule.mode()
+        ));
+    }
+    if s.trust.is_active() {
+        out.push(format!(
+            "rule     trust.unmatched: {:?}",
+            s.trust.policy.unmatched()
+        ));
+    }
+    for k in &s.trust.config.key {
+        match KeySet::open(std::slice::from_ref(k), &[]) {
+            Ok(set) => {
+                let keys = set.current();
+                let loaded = keys.keys(&k.name);
+                if loaded.is_empty() {
+                    out.push(format!(
+                        "warning  trust key {} {}: no key",
+                        k.name,
+                        k.path.display()
+                    ));
+                }
+                for key in loaded {
+                    out.push(format!(
+                        "ok       trust key {} {}: {:?} {}",
+                        k.name,
+                        k.path.display(),
+                        key.algorithm(),
+                        key.fingerprint()
+                    ));
+                }
+            }
+            Err(e) => out.push(format!(
+                "warning  trust key {} {}: {e}",
+                k.name,
+                k.path.display()
+            )),
+        }
+    }
+    for c in &s.trust.config.ca {
+        out.push(match KeySet::open(&[], std::slice::from_ref(c)) {
+            Ok(set) => format!(
+                "ok       trust CA {} {}: {} certificates",
+                c.name,
+                c.path.display(),
+                set.current().ca(&c.name).map_or(0, |ca| ca.len())
+            ),
+            Err(e) => format!("warning  trust CA {} {}: {e}", c.name, c.path.display()),
+        });
+    }
 }
 
 fn dur(d: Duration) -> String {

@@ -37,6 +37,9 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub audit: AuditSection,
+    /// `[trust]`: signature and scan policy (`pullgate-trust`'s own structs).
+    #[serde(default)]
+    pub trust: pullgate_trust::TrustConfig,
     #[serde(default)]
     pub prefetch: Vec<PrefetchSection>,
 }
@@ -308,6 +311,24 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub audit: AuditSettings,
     pub prefetch: Vec<PrefetchRule>,
+    pub trust: TrustSettings,
+}
+
+/// `[trust]`: the file's section as written (check-config prints it back) and the policy
+/// validated from it. The keys and CAs load at start (`KeySet::open`), not here: a config
+/// is often checked where they are not mounted.
+#[derive(Debug, Clone)]
+pub struct TrustSettings {
+    pub config: pullgate_trust::TrustConfig,
+    pub policy: pullgate_trust::Policy,
+}
+
+impl TrustSettings {
+    /// Whether anything is configured: no rules and `unmatched = "allow"` judges nothing,
+    /// so the mirror skips the policy entirely.
+    pub fn is_active(&self) -> bool {
+        !self.config.rule.is_empty() || self.config.unmatched != pullgate_trust::Unmatched::Allow
+    }
 }
 
 /// `[auth]`, validated, in `pullgate-auth`'s own types where it has them.
@@ -425,7 +446,39 @@ impl FileConfig {
             .collect::<Result<Vec<_>>>()?;
         let cache_limits = cache_limits(&self.cache)?;
         let tag_policy = tag_policy(self.cache.tag_ttl, self.cache.tag_rule, &upstreams)?;
+        let policy = pullgate_trust::Policy::from_config(&self.trust).context("[trust]")?;
+        for rule in policy.rules() {
+            if let Some((host, _)) = rule.signatures() {
+                if !upstreams
+                    .iter()
+                    .any(|u| u.name.as_str().eq_ignore_ascii_case(host))
+                {
+                    bail!(
+                        "[trust] {}: signatures = {host:?}/…: no upstream of that name",
+                        rule.description()
+                    );
+                }
+            }
+            for pattern in rule.images() {
+                let host = pattern.split('/').next().unwrap_or_default();
+                // A rule whose host is a typo would never match, leaving its images to
+                // `unmatched`: refuse it here instead.
+                if !upstreams
+                    .iter()
+                    .any(|u| pullgate_oci::host_matches(host, u.name.as_str()))
+                {
+                    bail!(
+                        "[trust] {}: {pattern:?} names no configured upstream",
+                        rule.description()
+                    );
+                }
+            }
+        }
         Ok(Settings {
+            trust: TrustSettings {
+                config: self.trust,
+                policy,
+            },
             cache_limits,
             auth,
             audit: AuditSettings {
@@ -728,6 +781,54 @@ mod tests {
         assert_eq!(s.upstreams.len(), 1);
         assert_eq!(s.upstreams[0].name.as_str(), "docker.io");
         assert_eq!(s.upstreams[0].url, "https://registry-1.docker.io");
+    }
+
+    /// `[trust]` in the issue's shape: validated into rules in file order, printed back by
+    /// check-config; a rule naming an unknown key, or a pattern naming no upstream, or an
+    /// unknown field, refused with the key that is wrong.
+    #[test]
+    fn trust_in_the_issues_shape_and_its_errors() {
+        let base = "[[trust.key]]\nname = \"release\"\npath = \"/k/release.pub\"\n\n[[trust.ca]]\nname = \"corp\"\npath = \"/ca/ca.crt\"\n\n";
+        let rule = "[[trust.rule]]\nimages = [\"docker.io/team/**\"]\naction = \"verify\"\nmode = \"enforce\"\nsigned_by = [\"release\", \"ca:corp\"]\nthreshold = 1\nidentity = { san = \"release@example.com\", issuer = \"https://ci.example.com\" }\nscan = { signed_by = [\"release\"], max_severity = \"HIGH\", max_age = \"7d\", allow_cves = [] }\n\n[[trust.rule]]\nimages = [\"docker.io/library/*\"]\naction = \"allow\"\n\n[trust]\nunmatched = \"deny\"\n";
+        let s = settings(&format!("{base}{rule}"), Overrides::default()).unwrap();
+        assert!(s.trust.is_active());
+        let rules = s.trust.policy.rules();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].description(), "trust rule 1 (docker.io/team/**)");
+        assert_eq!(rules[1].action(), pullgate_trust::Action::Allow);
+        let shown = crate::check::render(&s);
+        let again = settings(&shown, Overrides::default()).unwrap();
+        assert_eq!(again.trust.config, s.trust.config, "{shown}");
+        let first = shown.find("docker.io/team/**").unwrap();
+        assert!(
+            first < shown.find("docker.io/library/*").unwrap(),
+            "{shown}"
+        );
+
+        // Nothing configured: nothing judged.
+        assert!(!settings("", Overrides::default())
+            .unwrap()
+            .trust
+            .is_active());
+
+        for (bad, says) in [
+            (
+                rule.replace("\"release\", \"ca:corp\"", "\"nobody\""),
+                "nobody",
+            ),
+            (
+                rule.replace("docker.io/team", "dockr.io/team"),
+                "dockr.io/team/**",
+            ),
+            (
+                rule.replace("threshold = 1", "threshold = 1\ncolour = 1"),
+                "colour",
+            ),
+            (rule.replace("\"verify\"", "\"maybe\""), "maybe"),
+        ] {
+            let e = settings(&format!("{base}{bad}"), Overrides::default()).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{e:#}");
+        }
     }
 
     #[test]
@@ -1210,16 +1311,33 @@ mod tests {
             ("cache.tag_rule", serde_introspect::<TagRuleSection>()),
             ("audit", serde_introspect::<AuditSection>()),
             ("prefetch", serde_introspect::<PrefetchSection>()),
+            ("trust", serde_introspect::<pullgate_trust::TrustConfig>()),
+            ("trust.key", serde_introspect::<pullgate_trust::KeyConfig>()),
+            ("trust.ca", serde_introspect::<pullgate_trust::CaConfig>()),
+            (
+                "trust.rule",
+                serde_introspect::<pullgate_trust::RuleConfig>(),
+            ),
         ]
         .iter()
         .flat_map(|(section, fields)| fields.iter().map(move |f| format!("{section}.{f}")))
         // Sub-tables are documented as sections of their own.
-        .filter(|k| k != "server.tls" && k != "auth.rule" && k != "cache.tag_rule")
+        .filter(|k| {
+            ![
+                "server.tls",
+                "auth.rule",
+                "cache.tag_rule",
+                "trust.key",
+                "trust.ca",
+                "trust.rule",
+            ]
+            .contains(&k.as_str())
+        })
         .collect();
         let top: Vec<&str> = serde_introspect::<FileConfig>().to_vec();
         assert_eq!(
             top,
-            ["server", "cache", "upstream", "auth", "audit", "prefetch"]
+            ["server", "cache", "upstream", "auth", "audit", "trust", "prefetch"]
         );
 
         let documented: Vec<String> = doc

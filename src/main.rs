@@ -5,6 +5,7 @@ mod cache;
 mod check;
 mod config;
 mod fds;
+mod policy;
 mod progress;
 mod table;
 mod units;
@@ -60,10 +61,13 @@ enum Command {
     /// platforms, configs and layers, every blob verified), so they are cached before a
     /// rollout needs them. Exits non-zero naming each image that failed.
     Warm(warm::WarmArgs),
+    /// The trust policy: explain its decision on an image.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(clap::Args)]
-struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// TOML configuration file, laid over the embedded config/pullgate.toml: it needs only
     /// what it changes (default: the embedded file alone).
     #[arg(long, value_name = "FILE")]
@@ -137,6 +141,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Warm(args) => warm::run(args),
+        Command::Policy(policy::PolicyCommand::Check { config, image }) => {
+            let code = policy::run(config.settings()?, &image);
+            std::process::exit(code)
+        }
         Command::Cache(command) => cache::run(command, |args| {
             FileConfig::load(args.config.as_deref())?.into_settings(Overrides {
                 cache_dir: args.cache_dir.clone(),
@@ -162,33 +170,7 @@ async fn serve(s: Settings) -> Result<()> {
     repair.finish();
     // Stops the evictor and the prefetch loops at shutdown.
     let evictor_stop = tokio_util::sync::CancellationToken::new();
-    let upstreams = s
-        .upstreams
-        .iter()
-        .map(|u| {
-            let credentials = u
-                .credentials
-                .as_deref()
-                .map(SecretSource::open)
-                .transpose()
-                .with_context(|| format!("upstream {}: reading its credentials secret", u.name))?;
-            Upstream::new(UpstreamConfig {
-                name: u.name.clone(),
-                url: u.url.clone(),
-                credentials,
-                connect_timeout: u.connect_timeout,
-                read_timeout: u.read_timeout,
-                user_agent: format!("pullgate/{}", env!("CARGO_PKG_VERSION")),
-                token_realms: u.token_realms.clone(),
-                allow_private_redirects: u.allow_private_redirects,
-                max_blob_size: s.max_blob_size,
-                max_concurrent_requests: u.max_concurrent_requests,
-                max_bandwidth: u.max_bandwidth,
-                ratelimit_warn_below: u.ratelimit_warn_below,
-            })
-            .with_context(|| format!("upstream {}", u.name))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let upstreams = upstreams(&s)?;
     let auth = authenticator(&s)?;
     let audit = match (&s.audit.enabled, &s.audit.path) {
         (false, _) => Audit::disabled(),
@@ -218,6 +200,23 @@ async fn serve(s: Settings) -> Result<()> {
                 .with_context(|| format!("[[prefetch]] {}", image.written))?;
         }
     }
+    // Every key and CA must load now, as client secrets must: a policy naming a key it
+    // cannot read would deny everything (or tempt someone to loosen it).
+    let mirror = if s.trust.is_active() {
+        let keys = pullgate_trust::KeySet::open(&s.trust.config.key, &s.trust.config.ca)
+            .context("[trust] keys and CAs")?;
+        let k = keys.current();
+        tracing::info!(
+            rules = s.trust.policy.rules().len(),
+            keys = k.key_summary().count(),
+            cas = k.ca_summary().count(),
+            unmatched = ?s.trust.policy.unmatched(),
+            "trust policy enforced on every manifest served"
+        );
+        mirror.with_trust(s.trust.policy.clone(), keys)
+    } else {
+        mirror
+    };
     let tls = s
         .tls
         .clone()
@@ -282,6 +281,36 @@ async fn serve(s: Settings) -> Result<()> {
     store.flush().context("flushing the cache index")?;
     tracing::info!("pullgate stopped");
     Ok(())
+}
+
+/// The configured upstreams, with the mirror's own credentials (`serve`, `policy check`).
+fn upstreams(s: &Settings) -> Result<Vec<Upstream>> {
+    s.upstreams
+        .iter()
+        .map(|u| {
+            let credentials = u
+                .credentials
+                .as_deref()
+                .map(SecretSource::open)
+                .transpose()
+                .with_context(|| format!("upstream {}: reading its credentials secret", u.name))?;
+            Upstream::new(UpstreamConfig {
+                name: u.name.clone(),
+                url: u.url.clone(),
+                credentials,
+                connect_timeout: u.connect_timeout,
+                read_timeout: u.read_timeout,
+                user_agent: format!("pullgate/{}", env!("CARGO_PKG_VERSION")),
+                token_realms: u.token_realms.clone(),
+                allow_private_redirects: u.allow_private_redirects,
+                max_blob_size: s.max_blob_size,
+                max_concurrent_requests: u.max_concurrent_requests,
+                max_bandwidth: u.max_bandwidth,
+                ratelimit_warn_below: u.ratelimit_warn_below,
+            })
+            .with_context(|| format!("upstream {}", u.name))
+        })
+        .collect::<Result<Vec<_>>>()
 }
 
 /// Where the token flow would send passwords in clear text, say so once at start.

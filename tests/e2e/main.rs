@@ -22,6 +22,7 @@ mod referrers;
 mod signing_tools;
 mod tag_rules;
 mod token_realm;
+mod trust;
 mod upstream_auth;
 mod upstream_faults;
 mod upstream_limits;

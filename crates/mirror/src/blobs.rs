@@ -169,8 +169,24 @@ impl Drop for FillGuard {
 }
 
 impl Mirror {
-    /// `GET|HEAD /v2/<name>/blobs/<digest>`, with an optional single range.
+    /// `GET|HEAD /v2/<name>/blobs/<digest>`, with an optional single range. In a
+    /// repository the trust policy enforces, only blobs of manifests that passed there.
     pub async fn blob(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        head: bool,
+        client: &ClientId,
+    ) -> Result<BlobResponse, MirrorError> {
+        self.check_blob(target, digest)?;
+        self.blob_unjudged(target, digest, range, head, client)
+            .await
+    }
+
+    /// A blob, access-checked but not judged: the trust policy's own fetches of
+    /// signature layers come here.
+    pub(crate) async fn blob_unjudged(
         &self,
         target: &Target,
         digest: &Digest,

@@ -36,6 +36,9 @@ pub enum MirrorError {
     /// This client already has as many fills under way as it may start.
     #[error("too many blob downloads under way for this client (at most {limit})")]
     TooManyFills { limit: usize },
+    /// The trust policy refused the content; the decision names the rule and the reason.
+    #[error("{0}")]
+    PolicyDenied(Box<crate::policy::PolicyDecision>),
     #[error("internal error: {0}")]
     Internal(String),
 }

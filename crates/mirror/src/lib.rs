@@ -7,24 +7,29 @@
 //! upstream is down), caches referrers answers the same way (synthesized from the
 //! `sha256-<hex>` tag where the upstream has no referrers API), makes exactly one upstream request per
 //! missing digest however many clients ask (fills), and checks that a repository may see a
-//! cached digest before serving it under that repository's name.
+//! cached digest before serving it under that repository's name. With `[trust]`, judges
+//! every manifest served by the trust policy (`policy.rs`: signatures fetched through the
+//! mirror's own cache, verdicts cached per keys generation, index lineage, blobs only of
+//! manifests that passed in enforced repositories).
 //!
 //! What it is not: no HTTP server types (that is `pullgate-server`), no HTTP client (that is
 //! `pullgate-upstream`), no file layout (that is `pullgate-store`).
 //!
 //! Main types: [`Mirror`], [`Target`], [`ManifestResponse`], [`BlobResponse`],
-//! [`MirrorError`], [`Stats`], [`CacheReport`].
+//! [`MirrorError`] (a policy denial is [`MirrorError::PolicyDenied`] with its
+//! [`PolicyDecision`]), [`Stats`], [`CacheReport`].
 
 mod access;
 mod blobs;
 mod error;
 mod manifests;
 mod negative;
-mod tag_policy;
+mod policy;
 mod prefetch;
 mod referrers;
 mod route;
 mod stats;
+mod tag_policy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,15 +42,17 @@ use tokio_util::task::TaskTracker;
 pub use blobs::{BlobResponse, ClientId};
 pub use error::MirrorError;
 pub use manifests::ManifestResponse;
-pub use tag_policy::{Decision, TagPolicy, TagRule, TagTtl};
+pub use policy::{PolicyDecision, VERDICT_MAX_AGE};
 pub use prefetch::{
     glob_match, ImagePattern, PatternError, Platforms, PrefetchRule, TagPattern,
     MAX_TAGS_PER_PATTERN,
 };
 pub use pullgate_store::BlobStream;
+pub use pullgate_trust::Outcome as PolicyOutcome;
 pub use pullgate_upstream::QuotaSnapshot;
 pub use route::Target;
 pub use stats::{Histogram, HistogramSnapshot, Stats};
+pub use tag_policy::{Decision, TagPolicy, TagRule, TagTtl};
 
 /// What `/metrics` shows of one upstream's load: the requests it was sent, by kind, those
 /// in flight and queued under its `max_concurrent_requests`, and its announced quota.
@@ -147,6 +154,8 @@ pub struct Mirror {
     referrers_flights: Flights<ReferrersKey, Result<referrers::Fetched, MirrorError>>,
     fills: blobs::Fills,
     negative: negative::Negative,
+    /// The trust policy, when `[trust]` is configured.
+    trust: Option<policy::Trust>,
     /// Owns fills and manifest fetches (they outlive the request that started them).
     tasks: TaskTracker,
 }
@@ -166,8 +175,20 @@ impl Mirror {
             tag_flights: Flights::owned_by(tasks.clone()),
             referrers_flights: Flights::new(),
             fills: blobs::Fills::default(),
+            trust: None,
             tasks,
         }
+    }
+
+    /// Judge every manifest served by `policy`, with the keys and CAs of `keys`, and serve
+    /// blobs of enforced repositories only for manifests that passed.
+    pub fn with_trust(
+        mut self,
+        policy: pullgate_trust::Policy,
+        keys: pullgate_trust::KeySet,
+    ) -> Self {
+        self.trust = Some(policy::Trust::new(policy, keys));
+        self
     }
 
     /// Resolve the upstream for a request: containerd's `ns` query, a host-like first path

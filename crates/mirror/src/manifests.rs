@@ -12,6 +12,7 @@ use pullgate_store::{Origin, Store, TagKey, TagRecord};
 use pullgate_upstream::{ErrorKind, Upstream};
 
 use crate::error::{MirrorError, Wanted};
+use crate::policy::PolicyDecision;
 use crate::stats::Stats;
 use crate::{Mirror, Source, Target};
 
@@ -22,6 +23,8 @@ pub struct ManifestResponse {
     pub media_type: String,
     pub digest: Digest,
     pub source: Source,
+    /// What the trust policy decided (`None` without `[trust]`).
+    pub policy: Option<PolicyDecision>,
 }
 
 /// A manifest in the store, with its bytes as read or fetched: the answer is built from
@@ -40,22 +43,25 @@ impl Stored {
             media_type: self.media_type,
             digest: self.digest,
             source,
+            policy: None,
         }
     }
 }
 
 impl Mirror {
-    /// `GET|HEAD /v2/<name>/manifests/<reference>`.
+    /// `GET|HEAD /v2/<name>/manifests/<reference>`: the manifest, judged by the trust
+    /// policy after the access check (a denial is `PolicyDenied`).
     pub async fn manifest(
         &self,
         target: &Target,
         reference: &Reference,
         accept: &AcceptList,
     ) -> Result<ManifestResponse, MirrorError> {
-        let found = match reference {
+        let mut found = match reference {
             Reference::Digest(d) => self.manifest_by_digest(target, d).await?,
             Reference::Tag(t) => self.manifest_by_tag(target, t).await?,
         };
+        found.policy = self.judge(target, &found).await?;
         // A manifest served counts as a pull of what the client named (`pullgate cache
         // top`): in memory, written in batches by the store.
         let served = || {
@@ -67,14 +73,16 @@ impl Mirror {
             return Ok(found);
         }
         // A client that cannot read an index gets the linux/amd64 image, as Distribution
-        // does for manifest lists; anything else it cannot read is unknown to it.
+        // does for manifest lists; anything else it cannot read is unknown to it. The
+        // child is fetched through the index, which has passed: its lineage is recorded.
         if media_types::is_index(&found.media_type) {
             let info = ManifestInfo::parse(&found.bytes, Some(&found.media_type))
                 .map_err(|e| MirrorError::UpstreamBadContent(e.to_string()))?;
             if let Some(child) = info.platform_manifest("linux", "amd64") {
                 if accept.accepts(&child.media_type) {
-                    let child = self.manifest_by_digest(target, &child.digest).await?;
+                    let mut child = self.manifest_by_digest(target, &child.digest).await?;
                     if accept.accepts(&child.media_type) {
+                        child.policy = self.judge(target, &child).await?;
                         served();
                         return Ok(child);
                     }
@@ -87,6 +95,8 @@ impl Mirror {
         )))
     }
 
+    /// A manifest by digest, access-checked but not judged: the trust policy's own
+    /// fetches of signature artifacts come here.
     pub(crate) async fn manifest_by_digest(
         &self,
         target: &Target,
@@ -127,6 +137,7 @@ impl Mirror {
         Ok(stored.respond(Source::Miss))
     }
 
+    /// A manifest by tag, not judged (see [`Mirror::manifest_by_digest`]).
     pub(crate) async fn manifest_by_tag(
         &self,
         target: &Target,
@@ -202,6 +213,50 @@ impl Mirror {
         }
     }
 
+    /// A signature tag (`.sig`, `.att`, a referrers fallback index) for the trust policy:
+    /// like any tag once the index holds it; its first fetch is a single GET by tag rather
+    /// than a HEAD and then a GET, since such material is usually new or absent. Not judged.
+    pub(crate) async fn artifact_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+    ) -> Result<ManifestResponse, MirrorError> {
+        let key = TagKey {
+            upstream: target.upstream_id().clone(),
+            repo: target.repo.clone(),
+            tag: tag.clone(),
+        };
+        if self.store.tag(&key)?.is_some() {
+            return self.manifest_by_tag(target, tag).await;
+        }
+        let (upstream, store, repo, t) = (
+            Arc::clone(&target.upstream),
+            self.store.clone(),
+            target.repo.clone(),
+            tag.clone(),
+        );
+        let k = key.clone();
+        let (stored, source) = self
+            .tag_flights
+            .spawn(key, move || async move {
+                let stored =
+                    fetch_manifest(&upstream, &store, &repo, &Reference::Tag(t), None).await?;
+                crate::tolerate_disk(store.put_tag(
+                    &k,
+                    &TagRecord {
+                        digest: stored.digest.clone(),
+                        media_type: stored.media_type.clone(),
+                        size: stored.bytes.len() as u64,
+                        fetched_at: SystemTime::now(),
+                    },
+                ))?;
+                Ok((stored, Source::Miss))
+            })
+            .await??;
+        Stats::inc(&self.stats.manifest_misses);
+        Ok(stored.respond(source))
+    }
+
     async fn cached_manifest(
         &self,
         digest: &Digest,
@@ -223,6 +278,7 @@ impl Mirror {
             media_type,
             digest: digest.clone(),
             source,
+            policy: None,
         }))
     }
 }

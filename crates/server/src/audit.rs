@@ -31,6 +31,33 @@ pub struct AuditEvent<'a> {
     pub outcome: &'a str,
     pub status: u16,
     pub bytes: u64,
+    /// The trust policy's decision, when one was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyAudit<'a>>,
+}
+
+/// The trust policy's part of an audit line: the rule, the outcome and reason, the keys
+/// that verified (names and fingerprints), a scan summary. Never key material.
+#[derive(Debug, Serialize)]
+pub struct PolicyAudit<'a> {
+    pub rule: &'a str,
+    pub outcome: &'a str,
+    pub reason: &'a str,
+    pub keys: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan: Option<&'a str>,
+}
+
+impl<'a> From<&'a pullgate_mirror::PolicyDecision> for PolicyAudit<'a> {
+    fn from(d: &'a pullgate_mirror::PolicyDecision) -> Self {
+        PolicyAudit {
+            rule: &d.rule,
+            outcome: d.outcome.as_str(),
+            reason: &d.reason,
+            keys: &d.keys,
+            scan: d.scan.as_deref(),
+        }
+    }
 }
 
 /// What became of a request, as the code that decided it says.
@@ -48,7 +75,7 @@ pub enum Outcome {
     Ok,
     /// No credentials, or ones that did not check out: 401 with a challenge.
     Unauthorized,
-    /// Authenticated, but not allowed this repository.
+    /// Authenticated, but not allowed this repository, or refused by the trust policy.
     Denied,
     /// Refused by the failed-login throttle.
     Throttled,
@@ -232,6 +259,7 @@ mod tests {
             outcome: "hit",
             status: 200,
             bytes: 0,
+            policy: None,
         };
         for _ in 0..100 {
             audit.record(&event);

@@ -19,6 +19,10 @@ pub struct ApiError {
     content_range_size: Option<u64>,
     /// `WWW-Authenticate` for a 401.
     challenge: Option<String>,
+    /// `detail` replaces the code's fixed message too: for a policy denial, whose words
+    /// are what a client must show its user (skopeo, containerd and docker print
+    /// `message`, not `detail`). A flag, not a second string: `ApiError` stays small.
+    detail_is_message: bool,
 }
 
 impl ApiError {
@@ -32,6 +36,7 @@ impl ApiError {
             retry_after: None,
             content_range_size: None,
             challenge: None,
+            detail_is_message: false,
         }
     }
 
@@ -78,7 +83,12 @@ impl ApiError {
     }
 
     pub fn into_response(self, head: bool) -> Response<Body> {
-        let json = ErrorBody::single(self.code, self.detail).to_json();
+        let message = self.detail.clone().filter(|_| self.detail_is_message);
+        let mut body = ErrorBody::single(self.code, self.detail);
+        if let (Some(m), Some(entry)) = (message, body.errors.first_mut()) {
+            entry.message = m;
+        }
+        let json = body.to_json();
         let len = json.len();
         let mut resp = Response::new(if head { Body::Empty } else { Body::full(json) });
         *resp.status_mut() = self.status;
@@ -196,6 +206,13 @@ impl From<MirrorError> for ApiError {
                 format!("this client already has {limit} blob downloads under way; retry when they finish"),
             )
             .retry_after(Some(std::time::Duration::from_secs(1))),
+            // The rule and the reason are the policy's own words: no secrets, and what the
+            // operator of the client needs to know.
+            MirrorError::PolicyDenied(decision) => {
+                let mut e = ApiError::new(ErrorCode::Denied, decision.to_string());
+                e.detail_is_message = true;
+                e
+            }
             MirrorError::Internal(detail) => ApiError::new(ErrorCode::Unknown, None).log(detail),
         }
     }
@@ -210,6 +227,32 @@ mod tests {
     async fn body_json(resp: Response<Body>) -> serde_json::Value {
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// A policy denial is 403 DENIED, and its message (what clients print) names the rule
+    /// and the reason.
+    #[tokio::test]
+    async fn a_policy_denial_is_denied_naming_the_rule_and_the_reason() {
+        let decision = pullgate_mirror::PolicyDecision {
+            rule_index: Some(0),
+            rule: "trust rule 1 (docker.io/team/**)".into(),
+            outcome: pullgate_mirror::PolicyOutcome::Deny,
+            reason: "no signature".into(),
+            keys: Vec::new(),
+            scan: None,
+            digest: None,
+        };
+        let e = ApiError::from(MirrorError::PolicyDenied(Box::new(decision)));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::FORBIDDEN, ErrorCode::Denied)
+        );
+        let v = body_json(e.into_response(false)).await;
+        assert_eq!(
+            v["errors"][0]["message"],
+            "denied by trust rule 1 (docker.io/team/**): no signature"
+        );
+        assert_eq!(v["errors"][0]["code"], "DENIED");
     }
 
     /// What Distribution answers and clients expect: a tag that cannot exist is an unknown

@@ -69,8 +69,43 @@ pub(crate) fn render(app: &App) -> Response<Body> {
     requests(&mut out, &app.metrics);
     mirror(&mut out, app);
     cache(&mut out, &app.mirror.cache_report());
+    policy(&mut out, app);
     auth_and_server(&mut out, app);
     full_ok(out.0, "text/plain; version=0.0.4; charset=utf-8")
+}
+
+/// Trust policy decisions on manifests, by rule (its index in the file, or `unmatched`: a
+/// fixed set) and outcome (allow, deny, warn). Every configured rule's series exist from
+/// the start.
+fn policy(out: &mut Out, app: &App) {
+    // Without `[trust]` the families are declared with no series: dashboards and alerts
+    // see the same names on every mirror.
+    let labels = app.mirror.policy_rule_labels();
+    let counts = app.mirror.policy_decisions();
+    out.header(
+        "pullgate_policy_decisions_total",
+        "counter",
+        "Trust policy decisions on manifests served, by rule index and outcome.",
+    );
+    for rule in &labels {
+        for outcome in ["allow", "deny", "warn"] {
+            let n = counts
+                .iter()
+                .find(|(r, o, _)| r == rule && *o == outcome)
+                .map_or(0, |(_, _, n)| *n);
+            out.value(
+                "pullgate_policy_decisions_total",
+                &[("rule", rule), ("outcome", outcome)],
+                n,
+            );
+        }
+    }
+    out.single(
+        "pullgate_policy_allowed_blobs",
+        "gauge",
+        "Blobs remembered as referenced by a manifest that passed the trust policy.",
+        app.mirror.policy_allowed_blobs() as u64,
+    );
 }
 
 /// Requests answered, by route, method and status, and how long they took.

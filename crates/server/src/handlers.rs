@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use http::{header, HeaderValue, Method, Request, Response};
 use pullgate_auth::{Access, AuthError, Principal};
-use pullgate_mirror::{ClientId, Target};
+use pullgate_mirror::{ClientId, MirrorError, Target};
 use pullgate_oci::{AcceptList, Digest, RangeSpec, Reference, RepoName};
 
 use crate::app::App;
@@ -47,6 +47,8 @@ struct Ctx {
     route: &'static str,
     /// The decision, as the code that made it says: never read back from a status code.
     outcome: Option<Outcome>,
+    /// The trust policy's decision, allowed or not.
+    policy: Option<pullgate_mirror::PolicyDecision>,
     bytes: u64,
 }
 
@@ -122,6 +124,7 @@ fn record(
             outcome: outcome.as_str(),
             status,
             bytes: if head { 0 } else { ctx.bytes },
+            policy: ctx.policy.as_ref().map(crate::audit::PolicyAudit::from),
         });
     }
     tracing::info!(
@@ -277,7 +280,12 @@ async fn manifest<B>(
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
-    let m = app.mirror.manifest(&t, reference, &accept).await?;
+    let m = app
+        .mirror
+        .manifest(&t, reference, &accept)
+        .await
+        .inspect_err(|e| policy_refusal(ctx, e))?;
+    ctx.policy = m.policy.clone();
     ctx.outcome = Some(Outcome::from(m.source));
     ctx.digest = Some(m.digest.to_string());
     ctx.bytes = m.bytes.len() as u64;
@@ -301,13 +309,28 @@ async fn blob<B>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| RangeSpec::parse(v).ok());
     let client = ClientId::new(ctx.user.as_deref(), r.conn.peer.ip());
-    let b = app.mirror.blob(&t, digest, range, head, &client).await?;
+    let b = app
+        .mirror
+        .blob(&t, digest, range, head, &client)
+        .await
+        .inspect_err(|e| policy_refusal(ctx, e))?;
     ctx.outcome = Some(Outcome::from(b.source));
     Ok(blob_response(
         b,
         &digest.to_string(),
         &app.metrics.blob_bytes(),
     ))
+}
+
+/// A trust policy denial is a refusal, audited with its decision.
+fn policy_refusal(ctx: &mut Ctx, e: &MirrorError) {
+    if let MirrorError::PolicyDenied(d) = e {
+        ctx.outcome = Some(Outcome::Denied);
+        if let Some(digest) = &d.digest {
+            ctx.digest = Some(digest.to_string());
+        }
+        ctx.policy = Some((**d).clone());
+    }
 }
 
 /// `/readyz`: 200 when a pull could succeed here, else 503 with the reason (no secrets,

@@ -7,7 +7,10 @@
 //!
 //! Main items: [`serve`], [`ServerConfig`], [`App`], [`Route`], [`ApiError`], [`Body`];
 //! the token realm is chosen in `realm.rs` ([`RealmUrl`] is a configured one), and
-//! connections are counted per client address in `net.rs` ([`IpNet`]).
+//! connections are counted per client address in `net.rs` ([`IpNet`]). A trust policy
+//! denial (`MirrorError::PolicyDenied`) becomes 403 `DENIED` whose message names the rule
+//! and the reason; the decision goes to the audit line as a value and to
+//! `pullgate_policy_decisions_total`.
 
 mod app;
 mod audit;

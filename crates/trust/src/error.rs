@@ -105,4 +105,6 @@ pub enum RuleProblem {
     Duration(String),
     #[error("bad expiry {0:?} for an allowed CVE (YYYY-MM-DD or RFC 3339)")]
     Expiry(String),
+    #[error("bad signatures repository {0:?}: <upstream>/<repository>")]
+    BadSignatures(String),
 }

@@ -97,6 +97,10 @@ pub struct RuleConfig {
     pub scan: Option<ScanConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sbom: Option<SbomConfig>,
+    /// Where the `.sig`/`.att` tags live, `<upstream>/<repository>` (cosign's
+    /// `COSIGN_REPOSITORY`), instead of the image's own repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<String>,
 }
 
 /// Who a certificate must name: `san` or `san_regex` (any email or URI SAN), and optionally
@@ -216,6 +220,7 @@ pub struct Rule {
     pub(crate) identity: Option<IdentityMatcher>,
     pub(crate) scan: Option<ScanGate>,
     pub(crate) sbom: Option<SbomGate>,
+    pub(crate) signatures: Option<(String, RepoName)>,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +260,11 @@ impl Rule {
     /// `trust rule 1 (docker.io/team/**)`, counting from 1 as people do.
     pub fn description(&self) -> String {
         format!("trust rule {} ({})", self.index + 1, self.images.join(", "))
+    }
+
+    /// The configured signatures repository, as (upstream name, repository), if any.
+    pub fn signatures(&self) -> Option<(&str, &RepoName)> {
+        self.signatures.as_ref().map(|(u, r)| (u.as_str(), r))
     }
 
     pub fn matches(&self, upstream: &UpstreamId, repo: &RepoName) -> bool {
@@ -352,6 +362,7 @@ fn validate_rule(
             (rule.identity.is_some(), "identity"),
             (rule.scan.is_some(), "scan"),
             (rule.sbom.is_some(), "sbom"),
+            (rule.signatures.is_some(), "signatures"),
         ] {
             if set {
                 return Err(RuleProblem::NotVerify(what));
@@ -423,6 +434,15 @@ fn validate_rule(
             })
         }
     };
+    let signatures = match &rule.signatures {
+        None => None,
+        Some(at) => match at.split_once('/') {
+            Some((host, repo)) if !host.is_empty() => RepoName::parse(repo)
+                .map(|r| Some((host.to_owned(), r)))
+                .map_err(|_| RuleProblem::BadSignatures(at.clone()))?,
+            _ => return Err(RuleProblem::BadSignatures(at.clone())),
+        },
+    };
     Ok(Rule {
         index,
         images: rule.images.clone(),
@@ -433,6 +453,7 @@ fn validate_rule(
         identity,
         scan,
         sbom,
+        signatures,
     })
 }
 
@@ -736,5 +757,31 @@ unmatched = "deny"
         assert!(Severity::Critical > Severity::High && Severity::Low > Severity::Unknown);
         assert_eq!(Severity::parse("critical"), Severity::Critical);
         assert_eq!(Severity::parse("NEGLIGIBLE"), Severity::Unknown);
+    }
+}
+
+#[cfg(test)]
+mod signatures_tests {
+    use super::*;
+
+    fn rule(signatures: &str, action: &str) -> Result<Policy, PolicyError> {
+        let config: TrustConfig = toml::from_str(&format!(
+            "[[key]]\nname = \"k\"\npath = \"/k\"\n[[rule]]\nimages = [\"docker.io/team/**\"]\naction = \"{action}\"\n{}signatures = \"{signatures}\"\n",
+            if action == "verify" { "signed_by = [\"k\"]\n" } else { "" }
+        ))
+        .unwrap();
+        Policy::from_config(&config)
+    }
+
+    #[test]
+    fn a_signatures_repository_is_an_upstream_and_a_repository_of_a_verify_rule() {
+        let p = rule("docker.io/team/signatures", "verify").unwrap();
+        let (host, repo) = p.rules()[0].signatures().unwrap();
+        assert_eq!((host, repo.as_str()), ("docker.io", "team/signatures"));
+        for bad in ["team", "/team/sigs", "docker.io/Team Sigs"] {
+            let e = rule(bad, "verify").unwrap_err();
+            assert!(e.to_string().contains("signatures"), "{bad}: {e}");
+        }
+        assert!(rule("docker.io/team/signatures", "allow").is_err());
     }
 }

@@ -74,6 +74,8 @@ struct Content {
     ratelimit: Option<(u64, u64)>,
     /// Wait this long before answering any blob request.
     blob_delay: Option<Duration>,
+    /// (repo, subject digest) → the descriptors the referrers API lists.
+    referrers: HashMap<(String, String), Vec<serde_json::Value>>,
 }
 
 struct State {
@@ -232,6 +234,16 @@ impl FaultUpstream {
         }
         self.add_manifest(repo, &img.manifest.digest, &img.manifest);
         self.add_manifest(repo, tag, &img.manifest);
+    }
+
+    /// List `descriptor` (JSON) in the referrers API's answer for `subject` in `repo`: this
+    /// upstream has the API that Distribution 2.8 lacks.
+    pub fn add_referrer(&self, repo: &str, subject: &str, descriptor: serde_json::Value) {
+        let mut c = self.state.content.lock().unwrap();
+        c.referrers
+            .entry((repo.to_owned(), subject.to_owned()))
+            .or_default()
+            .push(descriptor);
     }
 
     /// Misbehave when serving `key`: a blob digest, or a manifest reference (tag or digest).
@@ -434,7 +446,7 @@ fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) ->
             .unwrap();
     }
 
-    if let Some((_repo, _digest)) = rest.rsplit_once("/referrers/") {
+    if let Some((repo, digest)) = rest.rsplit_once("/referrers/") {
         // `set_fault("referrers", Fault::Status(503))` makes every referrers answer fail.
         let fault = st.content.lock().unwrap().faults.get("referrers").copied();
         if let Some(Fault::Status(s)) = fault {
@@ -449,11 +461,20 @@ fn handle(st: &State, req: Request<hyper::body::Incoming>, _peer: SocketAddr) ->
         if filtered {
             r = r.header("oci-filters-applied", "artifactType");
         }
-        return r
-            .body(full(
-                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
-            ))
-            .unwrap();
+        let listed = st
+            .content
+            .lock()
+            .unwrap()
+            .referrers
+            .get(&(repo.to_owned(), digest.to_owned()))
+            .cloned()
+            .unwrap_or_default();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": listed,
+        });
+        return r.body(full(index.to_string())).unwrap();
     }
 
     if let Some(repo) = rest.strip_suffix("/tags/list") {
