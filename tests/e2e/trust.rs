@@ -45,44 +45,21 @@ fn keys_toml(keys: &[(&str, &Path)]) -> String {
 }
 
 /// pullgate over `upstream` with the given `[trust]` TOML (its tag TTL short, so a tag
-/// pushed during a test is seen).
+/// pushed during a test is seen). Its audit lines go to standard output, which the harness
+/// writes to the instance's log.
 fn mirror(upstream: &Distribution, trust: &str) -> Pullgate {
     let mut opts = Options::new(&upstream.url());
     opts.tag_ttl = "1s".into();
-    opts.extra = format!(
-        "[audit]\npath = \"{}\"\n\n{trust}",
-        audit_path(&opts).display()
-    );
+    opts.extra = trust.to_owned();
     Pullgate::start(opts)
 }
 
-/// Where [`mirror`] writes the audit log: beside the cache of the instance's options.
-fn audit_path(_: &Options) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "pullgate-trust-audit-{}-{}",
-        std::process::id(),
-        AUDITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("audit dir");
-    dir.join("audit.jsonl")
-}
-
-static AUDITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
+/// The audit lines so far: the JSON lines of the log (the rest is text).
 fn audit_lines(p: &Pullgate) -> Vec<Value> {
-    let config = std::fs::read_to_string(p.config_path()).expect("config");
-    let path = config
+    p.log()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("path = \"")?
-                .strip_suffix('"')
-                .filter(|p| p.ends_with("audit.jsonl"))
-        })
-        .expect("audit path");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("outcome").is_some())
         .collect()
 }
 
