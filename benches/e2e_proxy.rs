@@ -8,7 +8,7 @@
 //! `htpasswd` (`./tests/run-all.sh` installs them) and about 8 GiB of free disk.
 //!
 //! `PULLGATE_BENCH_QUICK=1` shrinks sizes and durations for a smoke run, and
-//! `PULLGATE_BENCH_PHASES=cold,warm,herd,manifest,head` runs only the phases named (while
+//! `PULLGATE_BENCH_PHASES=cold,warm,herd,manifest,trust,head` runs only the phases named (while
 //! tuning one); neither kind of run is recorded.
 
 #[allow(dead_code)]
@@ -397,6 +397,50 @@ async fn run(sizes: &Sizes, phases: Option<&str>) -> String {
                 ),
             });
         }
+    }
+
+    // The trust policy's cost on a hit: manifest GETs by digest at 64 connections through
+    // a pullgate with a `verify` rule (the image signed by an openssl key, the verdict
+    // cached after the first request) against the plain pullgate above, in the same run.
+    if phase("trust") {
+        let tools = support::sign::Tools::new();
+        let key = tools.openssl_key("bench", support::sign::Algorithm::EcdsaP256);
+        let up = upstream.host();
+        let layer = support::sign::SigLayer::signed_by(
+            &key,
+            &format!("{up}/{repo}"),
+            &image.manifest.digest,
+        );
+        support::sign::push_signatures(&push, repo, &image.manifest.digest, &[layer]).await;
+        let mut o = pullgate_opts(false);
+        o.extra = format!(
+            "[[trust.key]]\nname = \"bench\"\npath = \"{}\"\n\n[[trust.rule]]\nimages = [\"{up}/**\"]\naction = \"verify\"\nsigned_by = [\"bench\"]\n",
+            key.public.display()
+        );
+        let trusted = Pullgate::start(o);
+        let mut rate = [0.0; 2];
+        for (i, base) in [trusted.url(), pullgate.url()].iter().enumerate() {
+            let url = format!("{base}{by_digest}");
+            let first = timed_get(&client, &url, None).await;
+            let _ = first;
+            let n = load(
+                &client,
+                &url,
+                None,
+                64,
+                Duration::from_secs(sizes.load_secs),
+                true,
+            )
+            .await
+            .0;
+            rate[i] = n as f64 / sizes.load_secs as f64;
+        }
+        direct_rows.push(format!(
+            "trust policy, manifest GET by digest at 64 conns: with a cached verdict {:.0} req/s, without a policy {:.0} req/s: {:.3}× (the issue's floor: 0.95×)",
+            rate[0],
+            rate[1],
+            rate[0] / rate[1]
+        ));
     }
 
     // HEAD latency on a cached blob, one request at a time.

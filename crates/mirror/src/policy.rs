@@ -321,6 +321,10 @@ impl Mirror {
             .map(|(v, until)| (v.clone(), *until));
         // Lineage first: a child denied when fetched directly (and cached so) is still
         // allowed once it is fetched through an index that passed.
+        // A verdict served from the cache already recorded what its manifest allows when it
+        // was reached (the allowances outlive the verdict): a hit does not parse the
+        // manifest again.
+        let from_cache = cached.is_some() && !lineage;
         let (decision, serves, until) = match cached {
             _ if lineage && trust.policy.needs_artifacts(upstream, &target.repo) => {
                 let d = trust.decision(
@@ -391,7 +395,7 @@ impl Mirror {
         // Only what passed outright is remembered (a warn-mode pass guards nothing), and
         // only where it is needed: allowances of unguarded repositories would push those of
         // enforced ones out of the bounded maps.
-        if decision.outcome == Outcome::Allow {
+        if decision.outcome == Outcome::Allow && !from_cache {
             self.remember_passed(
                 trust,
                 target,
