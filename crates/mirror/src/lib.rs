@@ -329,11 +329,6 @@ impl Mirror {
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
     }
-
-    /// Digests remembered as unknown to their upstream, now.
-    pub fn negative_entries(&self) -> usize {
-        self.negative.len()
-    }
 }
 
 /// A write the cache disk refused is no reason to fail a pull: the store has logged and

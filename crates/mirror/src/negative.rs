@@ -23,7 +23,7 @@ type Key = (UpstreamId, RepoName, Digest);
 pub(crate) struct Negative {
     ttl: Duration,
     map: Mutex<HashMap<Key, Instant>>,
-    hits: std::sync::Arc<crate::Stats>,
+    stats: std::sync::Arc<crate::Stats>,
 }
 
 impl Negative {
@@ -31,7 +31,7 @@ impl Negative {
         Negative {
             ttl,
             map: Mutex::new(HashMap::new()),
-            hits: stats,
+            stats,
         }
     }
 
@@ -57,7 +57,7 @@ impl Negative {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         match map.get(&key) {
             Some(until) if *until > Instant::now() => {
-                crate::Stats::inc(&self.hits.negative_hits);
+                crate::Stats::inc(&self.stats.negative_hits);
                 Err(match wanted {
                     Wanted::Blob => MirrorError::BlobUnknown,
                     _ => MirrorError::ManifestUnknown("unknown to the upstream".into()),
@@ -90,12 +90,5 @@ impl Negative {
             }
         }
         map.insert(Self::key(target, digest), now + self.ttl);
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
     }
 }
