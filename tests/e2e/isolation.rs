@@ -258,6 +258,37 @@ async fn an_upstream_that_says_yes_to_every_head_unlocks_nothing_it_did_not_serv
     assert_eq!(r.status, 200);
     assert_eq!(images::sha256(r.bytes()), layer);
     assert!(metric(&base, "pullgate_possession_proofs_total").await >= 3.0);
+
+    // A crowd asking at once for a cached digest this upstream has not proved yet costs it
+    // one download: the proofs are shared, not one per request.
+    let config = secret_img.config.clone();
+    let r = request(
+        "GET",
+        &format!("{base}/v2/e2e/private/blobs/{}", config.digest),
+        &[("authorization", &admin)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    http::fills_settled(&base).await;
+    liar.add_blob(&config);
+    liar.set_delay(&config.digest, Duration::from_millis(500));
+    let crowd: Vec<_> = (0..8)
+        .map(|_| {
+            let url = format!("{base}/v2/any/repo/blobs/{}?ns={liar_host}", config.digest);
+            let auth = mallory.clone();
+            tokio::spawn(async move { request("GET", &url, &[("authorization", &auth)]).await })
+        })
+        .collect();
+    for c in crowd {
+        let r = c.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(images::sha256(r.bytes()), config.digest);
+    }
+    assert_eq!(
+        liar.count("GET", &format!("/v2/any/repo/blobs/{}", config.digest)),
+        1,
+        "each waiting request proved possession on its own"
+    );
 }
 
 /// Item 4: a client of another repository requests a digest where it does not exist,

@@ -96,6 +96,23 @@ impl Mirror {
         digest: &Digest,
         wanted: Wanted,
     ) -> Result<(), MirrorError> {
+        let key = (
+            target.upstream_id().clone(),
+            target.repo.clone(),
+            digest.clone(),
+            matches!(wanted, Wanted::Blob),
+        );
+        self.proofs
+            .run(key, || self.prove_possession_once(target, digest, wanted))
+            .await
+    }
+
+    async fn prove_possession_once(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        wanted: Wanted,
+    ) -> Result<(), MirrorError> {
         Stats::inc(&self.stats.possession_proofs);
         let mut hasher = Hasher::new(digest.algorithm());
         match wanted {

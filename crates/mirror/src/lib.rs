@@ -152,6 +152,9 @@ pub struct Mirror {
         Flights<(UpstreamId, RepoName, Digest), Result<manifests::Stored, MirrorError>>,
     tag_flights: Flights<TagKey, Result<(manifests::Stored, Source), MirrorError>>,
     referrers_flights: Flights<ReferrersKey, Result<referrers::Fetched, MirrorError>>,
+    /// Possession proofs under way, by (upstream, repository, digest, blob?): a crowd
+    /// asking for one unproven digest costs the upstream one download, not one each.
+    proofs: Flights<(UpstreamId, RepoName, Digest, bool), Result<(), MirrorError>>,
     fills: blobs::Fills,
     negative: negative::Negative,
     /// The trust policy, when `[trust]` is configured.
@@ -174,6 +177,7 @@ impl Mirror {
             manifest_flights: Flights::owned_by(tasks.clone()),
             tag_flights: Flights::owned_by(tasks.clone()),
             referrers_flights: Flights::new(),
+            proofs: Flights::new(),
             fills: blobs::Fills::default(),
             trust: None,
             tasks,
