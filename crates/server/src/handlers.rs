@@ -308,7 +308,10 @@ async fn blob<B>(
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| RangeSpec::parse(v).ok());
-    let client = ClientId::new(ctx.user.as_deref(), r.conn.peer.ip());
+    let client = ClientId::new(
+        ctx.user.as_deref(),
+        crate::net::client_address(r.conn.peer.ip()),
+    );
     let b = app
         .mirror
         .blob(&t, digest, range, head, &client)

@@ -115,6 +115,16 @@ fn masked(ip: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
+/// The address an anonymous client is known by for per-client limits (the mirror's fills
+/// per client): as [`Client`] counts connections, an IPv4 address or an IPv6 /64, so one
+/// host cannot multiply its share by using the addresses of its own prefix.
+pub(crate) fn client_address(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        v6 @ IpAddr::V6(_) => masked(v6, 64),
+        v4 => v4,
+    }
+}
+
 /// Who a connection is counted against: an IPv4 address, or an IPv6 /64, which is what
 /// one subscriber or host is usually given (counting single IPv6 addresses would let one
 /// client open 2^64 slots' worth).
@@ -246,6 +256,20 @@ mod tests {
         ] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn an_ipv6_prefix_is_one_client_for_per_client_limits() {
+        assert_eq!(
+            client_address(ip("2001:db8:1:2::1")),
+            client_address(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            client_address(ip("2001:db8:1:2::1")),
+            client_address(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(client_address(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_address(ip("192.0.2.7")), ip("192.0.2.7"));
     }
 
     #[test]
