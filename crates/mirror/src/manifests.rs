@@ -241,15 +241,7 @@ impl Mirror {
             .spawn(key, move || async move {
                 let stored =
                     fetch_manifest(&upstream, &store, &repo, &Reference::Tag(t), None).await?;
-                crate::tolerate_disk(store.put_tag(
-                    &k,
-                    &TagRecord {
-                        digest: stored.digest.clone(),
-                        media_type: stored.media_type.clone(),
-                        size: stored.bytes.len() as u64,
-                        fetched_at: SystemTime::now(),
-                    },
-                ))?;
+                record_tag(&store, &k, &stored)?;
                 Ok((stored, Source::Miss))
             })
             .await??;
@@ -334,6 +326,12 @@ async fn revalidate(
             Source::Miss,
         ),
     };
+    record_tag(store, key, &stored)?;
+    Ok((stored, source))
+}
+
+/// The tag now points at `stored`, as of now.
+fn record_tag(store: &Store, key: &TagKey, stored: &Stored) -> Result<(), MirrorError> {
     crate::tolerate_disk(store.put_tag(
         key,
         &TagRecord {
@@ -343,7 +341,7 @@ async fn revalidate(
             fetched_at: SystemTime::now(),
         },
     ))?;
-    Ok((stored, source))
+    Ok(())
 }
 
 /// The manifest if the store holds it with a known media type (else it is fetched again).
