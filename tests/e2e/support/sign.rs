@@ -603,19 +603,7 @@ impl Tools {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new(require("openssl"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use super::tls::openssl;
 
 /// A root CA and an intermediate below it, made with openssl (ECDSA P-256), that issue
 /// code-signing certificates for cosign keys.

@@ -19,7 +19,8 @@ pub struct Leaf {
     pub cn: String,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Run openssl in `dir`; its standard output (a signature, a key) on success.
+pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     let out = Command::new(require("openssl"))
         .current_dir(dir)
         .args(args)
@@ -30,6 +31,7 @@ fn openssl(dir: &Path, args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
 }
 
 impl Ca {
