@@ -101,6 +101,19 @@ fn verify_rule(upstream: &Distribution, signed_by: &[&str], extra: &str) -> Stri
     )
 }
 
+/// A mirror whose one rule verifies `team/**` against the key `release` (`extra` adds to
+/// the rule).
+fn release_mirror(upstream: &Distribution, release: &Path, extra: &str) -> Pullgate {
+    mirror(
+        upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", release)]),
+            verify_rule(upstream, &["release"], extra)
+        ),
+    )
+}
+
 /// The first five of issue 17's cases, and the blob gate: signed by the configured key
 /// (by tag and by digest, GET and HEAD), unsigned, signed by another key, an unmatched
 /// repository; the decisions on the audit line and in the metrics.
@@ -128,14 +141,7 @@ async fn cosign_signed_images_pass_and_unsigned_or_foreign_ones_are_denied() {
         )
         .expect("cosign sign");
 
-    let p = mirror(
-        &upstream,
-        &format!(
-            "{}{}",
-            keys_toml(&[("release", &release.public)]),
-            verify_rule(&upstream, &["release"], "")
-        ),
-    );
+    let p = release_mirror(&upstream, &release.public, "");
 
     for (method, reference) in [
         ("GET", "v1"),
@@ -404,14 +410,7 @@ async fn signatures_cached_verify_with_the_upstream_down() {
             &format!("{}/team/app@{}", upstream.host(), img.manifest.digest),
         )
         .expect("cosign sign");
-    let mut p = mirror(
-        &upstream,
-        &format!(
-            "{}{}",
-            keys_toml(&[("release", &release.public)]),
-            verify_rule(&upstream, &["release"], "")
-        ),
-    );
+    let mut p = release_mirror(&upstream, &release.public, "");
     assert_eq!(manifest(&p, "GET", "team/app", "v1").await.status, 200);
     assert_eq!(manifest(&p, "GET", "team/plain", "v1").await.status, 403);
     for b in img.blobs() {
@@ -467,14 +466,7 @@ async fn skopeo_pulls_a_signed_image_and_reports_the_rule_for_an_unsigned_one() 
             &format!("{}/team/app@{}", upstream.host(), img.manifest.digest),
         )
         .expect("cosign sign");
-    let p = mirror(
-        &upstream,
-        &format!(
-            "{}{}",
-            keys_toml(&[("release", &release.public)]),
-            verify_rule(&upstream, &["release"], "")
-        ),
-    );
+    let p = release_mirror(&upstream, &release.public, "");
     let work = tempfile::tempdir().unwrap();
     skopeo::pull(
         format!("{}/team/app:v1", p.host()),
@@ -505,14 +497,7 @@ async fn warn_mode_serves_and_counts() {
     let tools = Tools::new();
     let release = tools.generate_key_pair("release");
     let img = pushed(&push, "team/plain", "warn").await;
-    let p = mirror(
-        &upstream,
-        &format!(
-            "{}{}",
-            keys_toml(&[("release", &release.public)]),
-            verify_rule(&upstream, &["release"], "mode = \"warn\"")
-        ),
-    );
+    let p = release_mirror(&upstream, &release.public, "mode = \"warn\"");
     assert_eq!(manifest(&p, "GET", "team/plain", "v1").await.status, 200);
     assert_eq!(
         blob(&p, "team/plain", &img.layers[0].digest).await.status,
@@ -774,14 +759,7 @@ async fn a_bundle_referrer_verifies_through_the_fallback_index() {
             &bundle,
         )
         .expect("attach the bundle");
-    let p = mirror(
-        &upstream,
-        &format!(
-            "{}{}",
-            keys_toml(&[("release", &release.public)]),
-            verify_rule(&upstream, &["release"], "")
-        ),
-    );
+    let p = release_mirror(&upstream, &release.public, "");
     let r = manifest(&p, "GET", "team/bundled", "v1").await;
     assert_eq!(r.status, 200, "{:?}\n{}", r.body, p.log());
     let r = manifest(&p, "GET", "team/foreign", "v1").await;
@@ -813,14 +791,7 @@ async fn policy_check_explains_with_an_exit_code_and_check_config_lists_keys() {
             &format!("{}/team/app@{}", upstream.host(), img.manifest.digest),
         )
         .expect("cosign sign");
-    let p = mirror(
-        &upstream,
-        &format!(
-            "{}{}",
-            keys_toml(&[("release", &release.public)]),
-            verify_rule(&upstream, &["release"], "")
-        ),
-    );
+    let p = release_mirror(&upstream, &release.public, "");
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_pullgate"))
             .args(args)
@@ -1005,14 +976,7 @@ async fn an_sbom_requirement_needs_a_signed_sbom_attestation() {
         }
         .expect("cosign attest");
     }
-    let p = mirror(
-        &upstream,
-        &format!(
-            "{}{}",
-            keys_toml(&[("release", &release.public)]),
-            verify_rule(&upstream, &["release"], "sbom = {}")
-        ),
-    );
+    let p = release_mirror(&upstream, &release.public, "sbom = {}");
     for repo in ["team/spdx", "team/cyclonedx"] {
         let r = manifest(&p, "GET", repo, "v1").await;
         assert_eq!(r.status, 200, "{repo}: {:?}", r.body);
@@ -1172,14 +1136,7 @@ async fn concurrent_pulls_of_one_image_share_one_verification() {
     tools
         .sign(&release, &format!("{}/team/app@{digest}", upstream.host()))
         .expect("cosign sign");
-    let p = mirror(
-        &upstream,
-        &format!(
-            "{}{}",
-            keys_toml(&[("release", &release.public)]),
-            verify_rule(&upstream, &["release"], "")
-        ),
-    );
+    let p = release_mirror(&upstream, &release.public, "");
     let pulls = (0..16).map(|_| manifest(&p, "GET", "team/app", &digest));
     for r in futures_util::future::join_all(pulls).await {
         assert_eq!(r.status, 200, "{:?}", r.body);
