@@ -35,7 +35,11 @@ installed() {
   [[ $(recorded cosign) == $want_cosign && $(recorded oras) == $want_oras ]] || return 1
   # Debian's cosign build says "GitVersion: devel"; its package version is recorded above.
   "$bin/cosign" version >/dev/null 2>&1 || return 1
-  "$bin/oras" version 2>/dev/null | grep -q "^Version: *${want_oras%.\*}\." || return 1
+  # Read the whole output before matching: `oras version | grep -q` under pipefail fails
+  # whenever grep exits before oras has written its second line (oras then dies of SIGPIPE).
+  local oras_says
+  oras_says=$("$bin/oras" version 2>/dev/null) || return 1
+  [[ $oras_says =~ (^|$'\n')Version:\ *${want_oras%.\*}\. ]] || return 1
 }
 
 if installed; then
