@@ -38,7 +38,7 @@ pub enum MirrorError {
     TooManyFills { limit: usize },
     /// The trust policy refused the content; the decision names the rule and the reason.
     #[error("{0}")]
-    PolicyDenied(Box<crate::policy::PolicyDecision>),
+    PolicyDenied(std::sync::Arc<crate::policy::PolicyDecision>),
     #[error("internal error: {0}")]
     Internal(String),
 }

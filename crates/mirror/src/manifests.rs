@@ -24,7 +24,7 @@ pub struct ManifestResponse {
     pub digest: Digest,
     pub source: Source,
     /// What the trust policy decided (`None` without `[trust]`).
-    pub policy: Option<PolicyDecision>,
+    pub policy: Option<std::sync::Arc<PolicyDecision>>,
 }
 
 /// A manifest in the store, with its bytes as read or fetched: the answer is built from

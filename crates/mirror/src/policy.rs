@@ -22,8 +22,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use pullgate_flights::Flights;
 use pullgate_oci::{media_types, Digest, ManifestInfo, RepoName, Tag, UpstreamId};
 use pullgate_trust::{
-    media, Action, Artifact, KeySet, Keys, Mode, Outcome, Policy, Subject, Verdict,
+    media, Action, Artifact, KeySet, Keys, Mode, Outcome, Policy, Rule, Subject, Verdict,
 };
 use serde::Deserialize;
 
@@ -87,7 +87,7 @@ pub struct PolicyDecision {
 }
 
 impl PolicyDecision {
-    fn of(verdict: &Verdict) -> PolicyDecision {
+    fn of(verdict: &Verdict, digest: &Digest) -> PolicyDecision {
         PolicyDecision {
             rule_index: verdict.rule.index,
             rule: verdict.rule.description.clone(),
@@ -112,8 +112,13 @@ impl PolicyDecision {
                 }
                 out
             }),
-            digest: None,
+            digest: Some(digest.clone()),
         }
+    }
+
+    /// Whether the content is served (allowed, or denied in `warn` mode).
+    pub fn serves(&self) -> bool {
+        self.outcome != Outcome::Deny
     }
 
     /// The metrics label of the rule: its index, or `unmatched`.
@@ -185,6 +190,13 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
 }
 
 type RepoKey = (UpstreamId, RepoName, Digest);
+
+/// A verdict remembered: the decision as served (built once, shared by every hit), until
+/// when it may be reused.
+struct Remembered {
+    decision: Arc<PolicyDecision>,
+    until: Instant,
+}
 /// (keys generation, upstream, repository, manifest digest).
 type VerdictKey = (u64, UpstreamId, RepoName, Digest);
 
@@ -205,14 +217,27 @@ impl Allowance {
 pub(crate) struct Trust {
     policy: Policy,
     keys: KeySet,
-    verdicts: Mutex<Bounded<VerdictKey, (Verdict, Instant)>>,
+    verdicts: Mutex<Bounded<VerdictKey, Remembered>>,
     lineage: Mutex<Bounded<RepoKey, Allowance>>,
     blobs: Mutex<Bounded<RepoKey, Allowance>>,
-    decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Decisions by rule (by index, then `unmatched` last) and outcome: fixed counters, so
+    /// a hit counts without a lock or an allocation.
+    decisions: Vec<[AtomicU64; OUTCOMES.len()]>,
     /// Upstreams whose referrers API answered 404 (none), until when that is believed.
     no_referrers_api: Mutex<HashMap<UpstreamId, Instant>>,
     /// Verifications under way, by verdict key.
     verifying: Flights<VerdictKey, Result<(Verdict, bool), MirrorError>>,
+}
+
+/// Every outcome, in the order of the decision counters.
+const OUTCOMES: [Outcome; 3] = [Outcome::Allow, Outcome::Warn, Outcome::Deny];
+
+fn outcome_slot(o: Outcome) -> usize {
+    match o {
+        Outcome::Allow => 0,
+        Outcome::Warn => 1,
+        Outcome::Deny => 2,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -221,13 +246,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Trust {
     pub(crate) fn new(policy: Policy, keys: KeySet) -> Trust {
+        let decisions = (0..=policy.rules().len())
+            .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            .collect();
         Trust {
             policy,
             keys,
             verdicts: Mutex::new(Bounded::new(MAX_VERDICTS)),
             lineage: Mutex::new(Bounded::new(MAX_LINEAGE)),
             blobs: Mutex::new(Bounded::new(MAX_ALLOWED_BLOBS)),
-            decisions: Mutex::new(BTreeMap::new()),
+            decisions,
             no_referrers_api: Mutex::new(HashMap::new()),
             verifying: Flights::new(),
         }
@@ -235,22 +263,22 @@ impl Trust {
 
     /// Whether blobs of this repository need a manifest that passed: an enforced
     /// `verify` or `deny` rule (or `unmatched = "deny"`).
-    fn guards_blobs(&self, upstream: &UpstreamId, repo: &RepoName) -> bool {
-        match self.policy.rule_for(upstream, repo) {
+    fn guards_blobs(&self, rule: Option<&Rule>) -> bool {
+        match rule {
             Some(rule) => rule.mode() == Mode::Enforce && rule.action() != Action::Allow,
             None => self.policy.unmatched() == pullgate_trust::Unmatched::Deny,
         }
     }
 
-    /// A decision the mirror makes itself, under the rule for (upstream, repo).
+    /// A decision the mirror makes itself about `digest`, under `rule` (the one for the
+    /// request's upstream and repository).
     fn decision(
         &self,
-        upstream: &UpstreamId,
-        repo: &RepoName,
+        rule: Option<&Rule>,
         outcome: Outcome,
         reason: &str,
+        digest: &Digest,
     ) -> PolicyDecision {
-        let rule = self.policy.rule_for(upstream, repo);
         PolicyDecision {
             rule_index: rule.map(|r| r.index()),
             rule: rule.map_or_else(|| "trust.unmatched".to_owned(), |r| r.description()),
@@ -258,14 +286,18 @@ impl Trust {
             reason: reason.to_owned(),
             keys: Vec::new(),
             scan: None,
-            digest: None,
+            digest: Some(digest.clone()),
         }
     }
 
     fn count(&self, d: &PolicyDecision) {
-        *lock(&self.decisions)
-            .entry((d.rule_label(), d.outcome.as_str()))
-            .or_insert(0) += 1;
+        let row = d
+            .rule_index
+            .filter(|&i| i < self.policy.rules().len())
+            .unwrap_or(self.policy.rules().len());
+        if let Some(row) = self.decisions.get(row) {
+            row[outcome_slot(d.outcome)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -276,15 +308,18 @@ impl Mirror {
         &self,
         target: &Target,
         m: &ManifestResponse,
-    ) -> Result<Option<PolicyDecision>, MirrorError> {
+    ) -> Result<Option<Arc<PolicyDecision>>, MirrorError> {
         let Some(trust) = &self.trust else {
             return Ok(None);
         };
         let upstream = target.upstream_id();
+        // The rule is found once: a hit is on every manifest pull's path.
+        let rule = trust.policy.rule_for(upstream, &target.repo);
+        let verifies = rule.is_some_and(|r| r.action() == Action::Verify);
         // A signature vouches for a digest; the bytes served must be that digest's. The
         // store verified them once, on the way in: a cache file changed since (a tampered
         // disk) is caught here, where it matters, for every rule that verifies.
-        if trust.policy.needs_artifacts(upstream, &target.repo) && !m.digest.matches(&m.bytes) {
+        if verifies && !m.digest.matches(&m.bytes) {
             tracing::error!(
                 upstream = target.upstream_name(),
                 repository = %target.repo,
@@ -292,16 +327,13 @@ impl Mirror {
                 "a cached manifest does not hash to its digest; refused"
             );
             let d = trust.decision(
-                upstream,
-                &target.repo,
+                rule,
                 Outcome::Deny,
                 "the manifest's bytes do not match its digest",
+                &m.digest,
             );
             trust.count(&d);
-            return Err(MirrorError::PolicyDenied(Box::new(PolicyDecision {
-                digest: Some(m.digest.clone()),
-                ..d
-            })));
+            return Err(MirrorError::PolicyDenied(Arc::new(d)));
         }
         let keys = trust.keys.current();
         let generation = keys.generation();
@@ -312,32 +344,36 @@ impl Mirror {
             m.digest.clone(),
         );
         let now = Instant::now();
-        let lineage = lock(&trust.lineage)
-            .get(&(upstream.clone(), target.repo.clone(), m.digest.clone()))
-            .is_some_and(|a| a.valid(generation, now));
         let cached = lock(&trust.verdicts)
             .get(&key)
-            .filter(|(_, until)| now < *until)
-            .map(|(v, until)| (v.clone(), *until));
-        // Lineage first: a child denied when fetched directly (and cached so) is still
-        // allowed once it is fetched through an index that passed.
-        // A verdict served from the cache already recorded what its manifest allows when it
-        // was reached (the allowances outlive the verdict): a hit does not parse the
-        // manifest again.
+            .filter(|r| now < r.until)
+            .map(|r| (Arc::clone(&r.decision), r.until));
+        // A verdict that allowed, from the cache, is the whole answer: what its manifest
+        // allows was recorded when it was reached (the allowances outlive the verdict), and
+        // lineage could only allow too. This is the hit path; it builds nothing.
+        if let Some((d, _)) = cached.as_ref().filter(|(d, _)| d.outcome == Outcome::Allow) {
+            trust.count(d);
+            return Ok(Some(Arc::clone(d)));
+        }
+        // Lineage before a cached denial: a child denied when fetched directly (and cached
+        // so) is still allowed once it is fetched through an index that passed.
+        let lineage = verifies
+            && lock(&trust.lineage)
+                .get(&(upstream.clone(), target.repo.clone(), m.digest.clone()))
+                .is_some_and(|a| a.valid(generation, now));
         let from_cache = cached.is_some() && !lineage;
-        let (decision, serves, until) = match cached {
-            _ if lineage && trust.policy.needs_artifacts(upstream, &target.repo) => {
+        let (decision, until) = match cached {
+            _ if lineage => {
                 let d = trust.decision(
-                    upstream,
-                    &target.repo,
+                    rule,
                     Outcome::Allow,
                     "a child of an index that passed",
+                    &m.digest,
                 );
-                (d, true, None)
+                (Arc::new(d), None)
             }
-            Some((v, until)) => (PolicyDecision::of(&v), v.serves(), Some(until)),
+            Some((d, until)) => (d, Some(until)),
             None => {
-                let verifies = trust.policy.needs_artifacts(upstream, &target.repo);
                 // One verification per key at a time: a hundred clients pulling the same
                 // new image share one gathering of its signatures and one evaluation.
                 let (verdict, incomplete) = trust
@@ -351,13 +387,18 @@ impl Mirror {
                     let left = at.duration_since(SystemTime::now()).unwrap_or_default();
                     until = until.min(now + left);
                 }
+                let decision = Arc::new(PolicyDecision::of(&verdict, &m.digest));
                 // Only verifications are worth remembering (allow, deny and unmatched cost
                 // nothing to decide again), and not a denial for want of material the
                 // upstream could not give.
                 if verifies && (verdict.serves() || !incomplete) {
-                    lock(&trust.verdicts).insert(key, (verdict.clone(), until));
+                    let remembered = Remembered {
+                        decision: Arc::clone(&decision),
+                        until,
+                    };
+                    lock(&trust.verdicts).insert(key, remembered);
                 }
-                (PolicyDecision::of(&verdict), verdict.serves(), Some(until))
+                (decision, Some(until))
             }
         };
         trust.count(&decision);
@@ -387,10 +428,8 @@ impl Mirror {
                 "trust policy allowed a manifest"
             ),
         }
-        let mut decision = decision;
-        decision.digest = Some(m.digest.clone());
-        if !serves {
-            return Err(MirrorError::PolicyDenied(Box::new(decision)));
+        if !decision.serves() {
+            return Err(MirrorError::PolicyDenied(decision));
         }
         // Only what passed outright is remembered (a warn-mode pass guards nothing), and
         // only where it is needed: allowances of unguarded repositories would push those of
@@ -399,6 +438,7 @@ impl Mirror {
             self.remember_passed(
                 trust,
                 target,
+                rule,
                 m,
                 generation,
                 until.unwrap_or(now + VERDICT_MAX_AGE),
@@ -452,6 +492,7 @@ impl Mirror {
         &self,
         trust: &Trust,
         target: &Target,
+        rule: Option<&Rule>,
         m: &ManifestResponse,
         generation: u64,
         lineage_until: Instant,
@@ -461,7 +502,7 @@ impl Mirror {
         };
         let upstream = target.upstream_id();
         if media_types::is_index(&info.media_type) {
-            if !trust.policy.needs_artifacts(upstream, &target.repo) {
+            if !rule.is_some_and(|r| r.action() == Action::Verify) {
                 return;
             }
             let mut lineage = lock(&trust.lineage);
@@ -475,7 +516,7 @@ impl Mirror {
                 );
             }
         } else {
-            if !trust.guards_blobs(upstream, &target.repo) {
+            if !trust.guards_blobs(rule) {
                 return;
             }
             let until = Instant::now() + BLOB_ALLOWANCE;
@@ -496,7 +537,8 @@ impl Mirror {
             return Ok(());
         };
         let upstream = target.upstream_id();
-        if !trust.guards_blobs(upstream, &target.repo) {
+        let rule = trust.policy.rule_for(upstream, &target.repo);
+        if !trust.guards_blobs(rule) {
             return Ok(());
         }
         let generation = trust.keys.current().generation();
@@ -506,25 +548,36 @@ impl Mirror {
         if allowed {
             return Ok(());
         }
-        Err(MirrorError::PolicyDenied(Box::new(PolicyDecision {
-            digest: Some(digest.clone()),
-            ..trust.decision(
-                upstream,
-                &target.repo,
-                Outcome::Deny,
-                "no manifest that passed the policy references this blob",
-            )
-        })))
+        Err(MirrorError::PolicyDenied(Arc::new(trust.decision(
+            rule,
+            Outcome::Deny,
+            "no manifest that passed the policy references this blob",
+            digest,
+        ))))
     }
 
     /// Policy decisions since start by (rule label, outcome), for `/metrics`.
     pub fn policy_decisions(&self) -> Vec<(String, &'static str, u64)> {
         match &self.trust {
             None => Vec::new(),
-            Some(t) => lock(&t.decisions)
-                .iter()
-                .map(|((rule, outcome), n)| (rule.clone(), *outcome, *n))
-                .collect(),
+            Some(t) => {
+                let rules = t.policy.rules().len();
+                let mut out = Vec::new();
+                for (row, counts) in t.decisions.iter().enumerate() {
+                    let label = if row < rules {
+                        row.to_string()
+                    } else {
+                        "unmatched".to_owned()
+                    };
+                    for (outcome, n) in OUTCOMES.iter().zip(counts) {
+                        let n = n.load(Ordering::Relaxed);
+                        if n > 0 {
+                            out.push((label.clone(), outcome.as_str(), n));
+                        }
+                    }
+                }
+                out
+            }
         }
     }
 

@@ -242,7 +242,7 @@ mod tests {
             scan: None,
             digest: None,
         };
-        let e = ApiError::from(MirrorError::PolicyDenied(Box::new(decision)));
+        let e = ApiError::from(MirrorError::PolicyDenied(std::sync::Arc::new(decision)));
         assert_eq!(
             (e.status, e.code),
             (StatusCode::FORBIDDEN, ErrorCode::Denied)

@@ -48,7 +48,7 @@ struct Ctx {
     /// The decision, as the code that made it says: never read back from a status code.
     outcome: Option<Outcome>,
     /// The trust policy's decision, allowed or not.
-    policy: Option<pullgate_mirror::PolicyDecision>,
+    policy: Option<Arc<pullgate_mirror::PolicyDecision>>,
     bytes: u64,
 }
 
@@ -124,7 +124,7 @@ fn record(
             outcome: outcome.as_str(),
             status,
             bytes: if head { 0 } else { ctx.bytes },
-            policy: ctx.policy.as_ref().map(crate::audit::PolicyAudit::from),
+            policy: ctx.policy.as_deref().map(crate::audit::PolicyAudit::from),
         });
     }
     tracing::info!(
@@ -332,7 +332,7 @@ fn policy_refusal(ctx: &mut Ctx, e: &MirrorError) {
         if let Some(digest) = &d.digest {
             ctx.digest = Some(digest.to_string());
         }
-        ctx.policy = Some((**d).clone());
+        ctx.policy = Some(Arc::clone(d));
     }
 }
 
