@@ -1158,3 +1158,49 @@ async fn concurrent_pulls_of_one_image_share_one_verification() {
         assert_eq!(upstream.count(method, &path), n, "{method} {path}");
     }
 }
+
+/// A cache file changed after its manifest passed (a tampered disk) is refused on the next
+/// hit, though its verdict is cached: a hit compares the bytes with those the verdict was
+/// reached on, and hashes them when they differ. Put back, the file is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_file_changed_under_a_cached_verdict_is_refused() {
+    let (upstream, push) = upstream();
+    let tools = Tools::new();
+    let key = tools.openssl_key("release", Algorithm::EcdsaP256);
+    let repo = "team/app";
+    let img = pushed(&push, repo, "tamper-on-disk").await;
+    let digest = img.manifest.digest.clone();
+    let layer = SigLayer::signed_by(&key, &format!("{}/{repo}", upstream.host()), &digest);
+    sign::push_signatures(&push, repo, &digest, &[layer]).await;
+    let p = mirror(
+        &upstream,
+        &format!(
+            "{}{}",
+            keys_toml(&[("release", &key.public)]),
+            verify_rule(&upstream, &["release"], "")
+        ),
+    );
+    for _ in 0..2 {
+        let r = manifest(&p, "GET", repo, &digest).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    // One hex digit of a layer's digest changed in place: the same size, still JSON.
+    let path = p.blob_path(&digest);
+    let original = std::fs::read(&path).expect("the cached manifest");
+    let mut changed = original.clone();
+    let at = changed
+        .windows(7)
+        .position(|w| w == b"sha256:")
+        .expect("a digest in the manifest")
+        + 7;
+    changed[at] = if changed[at] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&path, &changed).expect("tamper");
+    for reference in [digest.as_str(), "v1"] {
+        let r = manifest(&p, "GET", repo, reference).await;
+        assert_denied(&r, "do not match its digest");
+    }
+    std::fs::write(&path, &original).expect("restore");
+    let r = manifest(&p, "GET", repo, &digest).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.bytes(), &original[..]);
+}

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +44,10 @@ use crate::{Mirror, Target};
 pub const VERDICT_MAX_AGE: Duration = Duration::from_secs(60);
 /// Verdicts remembered.
 pub const MAX_VERDICTS: usize = 10_000;
+/// Most bytes of verified manifests kept beside their verdicts, all verdicts together: a hit
+/// whose bytes equal the kept ones needs no second hash (see [`Verified`]). Past it, new
+/// verdicts keep none and their hits hash instead.
+pub const MAX_VERIFIED_BYTES: usize = 16 * 1024 * 1024;
 /// (upstream, repository, blob) allowances remembered; the oldest go first.
 pub const MAX_ALLOWED_BLOBS: usize = 100_000;
 /// Index children allowed by lineage, remembered.
@@ -192,10 +196,42 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
 type RepoKey = (UpstreamId, RepoName, Digest);
 
 /// A verdict remembered: the decision as served (built once, shared by every hit), until
-/// when it may be reused.
+/// when it may be reused, and the bytes it was reached on when the budget allowed.
 struct Remembered {
     decision: Arc<PolicyDecision>,
     until: Instant,
+    verified: Option<Verified>,
+}
+
+/// A manifest's bytes as they were when they hashed to their digest and were judged. A
+/// later read of the cache file that is byte-for-byte equal is the same content, so the
+/// tamper check of a hit is a comparison, not a SHA-256; a read that differs is hashed.
+/// Counted against [`MAX_VERIFIED_BYTES`] for as long as it lives.
+struct Verified {
+    bytes: Bytes,
+    budget: Arc<AtomicUsize>,
+}
+
+impl Verified {
+    /// Keeps `bytes` if the budget has room for them.
+    fn keep(bytes: &Bytes, budget: &Arc<AtomicUsize>) -> Option<Verified> {
+        let len = bytes.len();
+        let before = budget.fetch_add(len, Ordering::Relaxed);
+        if before + len > MAX_VERIFIED_BYTES {
+            budget.fetch_sub(len, Ordering::Relaxed);
+            return None;
+        }
+        Some(Verified {
+            bytes: bytes.clone(),
+            budget: Arc::clone(budget),
+        })
+    }
+}
+
+impl Drop for Verified {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
 }
 /// (keys generation, upstream, repository, manifest digest).
 type VerdictKey = (u64, UpstreamId, RepoName, Digest);
@@ -218,6 +254,8 @@ pub(crate) struct Trust {
     policy: Policy,
     keys: KeySet,
     verdicts: Mutex<Bounded<VerdictKey, Remembered>>,
+    /// Bytes held by the verdicts' [`Verified`] copies.
+    verified_bytes: Arc<AtomicUsize>,
     lineage: Mutex<Bounded<RepoKey, Allowance>>,
     blobs: Mutex<Bounded<RepoKey, Allowance>>,
     /// Decisions by rule (by index, then `unmatched` last) and outcome: fixed counters, so
@@ -253,6 +291,7 @@ impl Trust {
             policy,
             keys,
             verdicts: Mutex::new(Bounded::new(MAX_VERDICTS)),
+            verified_bytes: Arc::new(AtomicUsize::new(0)),
             lineage: Mutex::new(Bounded::new(MAX_LINEAGE)),
             blobs: Mutex::new(Bounded::new(MAX_ALLOWED_BLOBS)),
             decisions,
@@ -316,10 +355,30 @@ impl Mirror {
         // The rule is found once: a hit is on every manifest pull's path.
         let rule = trust.policy.rule_for(upstream, &target.repo);
         let verifies = rule.is_some_and(|r| r.action() == Action::Verify);
+        let keys = trust.keys.current();
+        let generation = keys.generation();
+        let key = (
+            generation,
+            upstream.clone(),
+            target.repo.clone(),
+            m.digest.clone(),
+        );
+        let now = Instant::now();
+        // (decision, until, whether `m.bytes` are the very bytes it was reached on)
+        let cached = lock(&trust.verdicts)
+            .get(&key)
+            .filter(|r| now < r.until)
+            .map(|r| {
+                let same = r.verified.as_ref().is_some_and(|v| v.bytes == m.bytes);
+                (Arc::clone(&r.decision), r.until, same)
+            });
         // A signature vouches for a digest; the bytes served must be that digest's. The
         // store verified them once, on the way in: a cache file changed since (a tampered
-        // disk) is caught here, where it matters, for every rule that verifies.
-        if verifies && !m.digest.matches(&m.bytes) {
+        // disk) is caught here, where it matters, for every rule that verifies. Bytes equal
+        // to those a cached verdict was reached on (which hashed to the digest then) need
+        // no second hash.
+        let untouched = cached.as_ref().is_some_and(|(_, _, same)| *same);
+        if verifies && !untouched && !m.digest.matches(&m.bytes) {
             tracing::error!(
                 upstream = target.upstream_name(),
                 repository = %target.repo,
@@ -335,19 +394,7 @@ impl Mirror {
             trust.count(&d);
             return Err(MirrorError::PolicyDenied(Arc::new(d)));
         }
-        let keys = trust.keys.current();
-        let generation = keys.generation();
-        let key = (
-            generation,
-            upstream.clone(),
-            target.repo.clone(),
-            m.digest.clone(),
-        );
-        let now = Instant::now();
-        let cached = lock(&trust.verdicts)
-            .get(&key)
-            .filter(|r| now < r.until)
-            .map(|r| (Arc::clone(&r.decision), r.until));
+        let cached = cached.map(|(d, until, _)| (d, until));
         // A verdict that allowed, from the cache, is the whole answer: what its manifest
         // allows was recorded when it was reached (the allowances outlive the verdict), and
         // lineage could only allow too. This is the hit path; it builds nothing.
@@ -392,9 +439,12 @@ impl Mirror {
                 // nothing to decide again), and not a denial for want of material the
                 // upstream could not give.
                 if verifies && (verdict.serves() || !incomplete) {
+                    // Only bytes that hash to the digest get here (checked above, or
+                    // fetched and verified by the store just now).
                     let remembered = Remembered {
                         decision: Arc::clone(&decision),
                         until,
+                        verified: Verified::keep(&m.bytes, &trust.verified_bytes),
                     };
                     lock(&trust.verdicts).insert(key, remembered);
                 }
