@@ -10,8 +10,8 @@
 //! - `lock`: held (flock) by the one process using the cache.
 //!
 //! Blob bytes sit behind the [`Backend`] trait (`backend/`): [`Filesystem`] is the
-//! directory above. No path to a blob crosses the crate's boundary: blobs are named by
-//! digest only.
+//! directory above, [`S3`] an S3-compatible bucket. No path to a blob crosses the crate's
+//! boundary: blobs are named by digest only.
 //!
 //! Main types: [`Store`], [`Ingest`] (writes one blob), [`Follower`] (reads a blob while it
 //! is being written), [`BlobReader`], [`BlobStream`], [`BlobPin`] (keeps a blob from being
@@ -41,7 +41,7 @@ use bytes::Bytes;
 use pullgate_oci::{Digest, RepoName, UpstreamId};
 use tokio::sync::Notify;
 
-pub use backend::{Backend, Filesystem, Opened, Put, Upload};
+pub use backend::{s3, Backend, Filesystem, Opened, Put, S3Config, Upload, S3};
 pub use blob::{BlobReader, BlobStream};
 pub use disk::{DiskHealth, PAUSE_AFTER_WRITE_FAILURE};
 pub use error::StoreError;

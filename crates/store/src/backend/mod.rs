@@ -7,8 +7,9 @@
 //! [`Backend::put`] is the small-object path (manifests), hashed in memory and written only
 //! if absent, so that of many writers racing for one key exactly one creates it.
 //!
-//! Implementations: [`Filesystem`] (the cache directory, `fs.rs`). The generic suite in
-//! `crates/store/tests/backends.rs` runs the same cases against each.
+//! Implementations: [`Filesystem`] (the cache directory, `fs.rs`) and [`S3`] (an
+//! S3-compatible bucket, `s3.rs`). The generic suite in `crates/store/tests/backends.rs`
+//! runs the same cases against both, the S3 one on a SeaweedFS it starts.
 
 use std::future::Future;
 use std::time::Duration;
@@ -20,8 +21,10 @@ use pullgate_oci::{ByteRange, Digest};
 use crate::{BlobStream, StoreError};
 
 pub mod fs;
+pub mod s3;
 
 pub use fs::Filesystem;
+pub use s3::{S3Config, S3};
 
 /// A committed blob, open for reading.
 #[derive(Debug)]
