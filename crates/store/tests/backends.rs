@@ -145,6 +145,14 @@ pub async fn suite<F: Fixture>(f: &F) {
     for c in parts {
         up.write(vec![c]).await.expect("write");
     }
+    assert!(
+        f.leftovers().await >= 1,
+        "the upload is under way somewhere"
+    );
+    assert!(
+        nothing_under(b, &d).await,
+        "an upload under way is readable"
+    );
     drop(up);
     eventually("a dropped upload aborted", || async {
         f.leftovers().await == 0
@@ -236,4 +244,28 @@ pub async fn suite<F: Fixture>(f: &F) {
 async fn filesystem_backend_suite() {
     let f = support::FsFixture::new();
     suite(&f).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_backend_suite_on_seaweedfs() {
+    let f = support::S3Fixture::new("suite/").await;
+    suite(&f).await;
+    // Neither the client's Debug nor a refusal shows the secret it signs with.
+    assert!(!format!("{:?}", f.backend()).contains(support::seaweed::SECRET_KEY));
+    let wrong = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        wrong.path().join("access_key_id"),
+        support::seaweed::ACCESS_KEY,
+    )
+    .unwrap();
+    std::fs::write(wrong.path().join("secret_access_key"), "wrong-secret-4242").unwrap();
+    let mut config = f.config.clone();
+    config.credentials = Some(wrong.path().to_path_buf());
+    let refused = pullgate_store::S3::connect(&config).expect("connect");
+    let e = refused.stat(&Digest::sha256_of(b"x")).await.unwrap_err();
+    let shown = format!("{e} {e:?}");
+    assert!(
+        !shown.contains("wrong-secret-4242") && !shown.contains(support::seaweed::SECRET_KEY),
+        "{shown}"
+    );
 }

@@ -63,3 +63,100 @@ impl Fixture for FsFixture {
         .expect("orphan");
     }
 }
+
+pub mod seaweed;
+
+pub struct S3Fixture {
+    /// Kept for its drop, which stops the server.
+    _weed: seaweed::Seaweed,
+    pub config: pullgate_store::S3Config,
+    backend: pullgate_store::S3,
+    raw: object_store::aws::AmazonS3,
+}
+
+impl S3Fixture {
+    /// A SeaweedFS, and our backend on a prefix of its own in the bucket, once the bucket
+    /// answers.
+    pub async fn new(prefix: &str) -> S3Fixture {
+        let weed = tokio::task::spawn_blocking(seaweed::Seaweed::start)
+            .await
+            .expect("start weed");
+        let mut config = pullgate_store::S3Config::new(seaweed::BUCKET, "us-east-1");
+        config.endpoint = Some(weed.endpoint());
+        config.path_style = true;
+        config.prefix = prefix.into();
+        config.credentials = Some(weed.credentials_dir());
+        config.part_size = pullgate_store::s3::MIN_PART_SIZE;
+        config.parts_in_flight = 2;
+        let backend = pullgate_store::S3::connect(&config).expect("connect");
+        let raw = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(seaweed::BUCKET)
+            .with_region("us-east-1")
+            .with_endpoint(weed.endpoint())
+            .with_allow_http(true)
+            .with_access_key_id(seaweed::ACCESS_KEY)
+            .with_secret_access_key(seaweed::SECRET_KEY)
+            .build()
+            .expect("raw client");
+        // The gateway opens its port before the bucket made at start-up is there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match backend.unfinished_uploads().await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "bucket never answered: {e}\n{}",
+                        weed.log()
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+        S3Fixture {
+            _weed: weed,
+            config,
+            backend,
+            raw,
+        }
+    }
+}
+
+impl Fixture for S3Fixture {
+    type B = pullgate_store::S3;
+
+    fn backend(&self) -> &pullgate_store::S3 {
+        &self.backend
+    }
+
+    fn big_size(&self) -> usize {
+        // Two whole parts and a short last one.
+        2 * pullgate_store::s3::MIN_PART_SIZE + 12345
+    }
+
+    async fn leftovers(&self) -> usize {
+        self.backend
+            .unfinished_uploads()
+            .await
+            .expect("list uploads")
+    }
+
+    async fn make_orphan(&self, d: &Digest) {
+        use object_store::multipart::MultipartStore;
+        let key = object_store::path::Path::from(format!(
+            "{}blobs/{}/{}",
+            self.config.prefix,
+            d.algorithm().as_str(),
+            d.hex()
+        ));
+        let id = self
+            .raw
+            .create_multipart(&key)
+            .await
+            .expect("create multipart");
+        self.raw
+            .put_part(&key, &id, 0, bytes::Bytes::from_static(b"partial").into())
+            .await
+            .expect("put part");
+    }
+}
