@@ -56,6 +56,10 @@ pub const MAX_PARTS_IN_FLIGHT: usize = 16;
 const MAX_LIST_BODY: usize = 4 * 1024 * 1024;
 /// Pages of `ListMultipartUploads` one sweep reads at most (1,000 uploads each).
 const MAX_LIST_PAGES: usize = 1000;
+/// Unfinished uploads older than this are a crash's leftovers, swept by [`S3::open`]: no
+/// fill takes a day (32 GiB, the largest blob, at 1 MB/s takes nine hours). The bucket
+/// lifecycle rule in `docs/ARCHITECTURE.md` uses the same day.
+pub const ORPHAN_AGE: Duration = Duration::from_secs(24 * 3600);
 /// How often a credentials secret is looked at, at most.
 const CREDENTIALS_RECHECK: Duration = Duration::from_secs(1);
 
@@ -316,6 +320,21 @@ impl S3 {
                 timeout: config.timeout,
             }),
         })
+    }
+
+    /// [`S3::connect`], then abort the multipart uploads under our prefix older than
+    /// [`ORPHAN_AGE`]: at start-up, what a crashed process left. Younger ones may be other
+    /// replicas' fills under way, and are left alone.
+    pub async fn open(config: &S3Config) -> Result<S3, StoreError> {
+        let s3 = S3::connect(config)?;
+        let swept = s3.sweep(ORPHAN_AGE).await?;
+        tracing::info!(
+            bucket_url = %s3.inner.bucket_url,
+            prefix = %s3.inner.key_prefix,
+            swept,
+            "S3 store open: unfinished uploads over a day old aborted"
+        );
+        Ok(s3)
     }
 
     /// Multipart uploads under our prefix not yet completed or aborted: fills under way

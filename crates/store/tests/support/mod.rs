@@ -89,6 +89,7 @@ impl S3Fixture {
         config.part_size = pullgate_store::s3::MIN_PART_SIZE;
         config.parts_in_flight = 2;
         let backend = pullgate_store::S3::connect(&config).expect("connect");
+        // Not yet `S3::open`: the gateway may not answer yet (see below).
         let raw = object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(seaweed::BUCKET)
             .with_region("us-east-1")
@@ -101,7 +102,7 @@ impl S3Fixture {
         // The gateway opens its port before the bucket made at start-up is there.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            match backend.unfinished_uploads().await {
+            match pullgate_store::S3::open(&config).await {
                 Ok(_) => break,
                 Err(e) => {
                     assert!(
