@@ -19,6 +19,9 @@ pub struct Seaweed {
     child: Child,
     dir: tempfile::TempDir,
     pub s3_port: u16,
+    /// `weed` puts a unix socket per gRPC port in /tmp whatever `TMPDIR` says, and a
+    /// killed one leaves them: removed on drop.
+    sockets: Vec<PathBuf>,
 }
 
 fn weed_binary() -> PathBuf {
@@ -116,7 +119,7 @@ impl Seaweed {
                 dir.path().join("s3.sock").display()
             ))
             // Exactly the environment we mean: none of the machine's AWS_*, SSL_* or proxy
-            // settings, and its gRPC sockets in our directory rather than /tmp.
+            // settings.
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", dir.path())
@@ -134,10 +137,24 @@ impl Seaweed {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", weed.display()));
+        let mut sockets: Vec<PathBuf> = ports
+            .iter()
+            .filter_map(|(n, p)| {
+                let service = n.strip_suffix(".port.grpc")?;
+                Some(PathBuf::from(format!(
+                    "/tmp/seaweedfs-{service}-grpc-{p}.sock"
+                )))
+            })
+            .collect();
+        sockets.push(PathBuf::from(format!(
+            "/tmp/seaweedfs-admin-grpc-{}.sock",
+            admin + 10_000
+        )));
         let mut weed = Seaweed {
             child,
             dir,
             s3_port,
+            sockets,
         };
         weed.wait_listening();
         weed
@@ -182,5 +199,8 @@ impl Drop for Seaweed {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
     }
 }
