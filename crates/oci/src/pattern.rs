@@ -4,11 +4,27 @@
 //! whole `**` component matches any number of components, and the upstream part is a host
 //! (Docker Hub's aliases fold; `*.example.com` matches one label).
 
-use crate::canonical_host;
+use std::borrow::Cow;
+
+use crate::registry::{is_docker_hub, DOCKER_HUB};
+
+// These run on every request (auth rules, trust rules, tag rules), so they borrow and
+// split in place rather than allocate.
+
+/// [`crate::canonical_host`] without an allocation when the host already is canonical.
+fn canonical(host: &str) -> Cow<'_, str> {
+    if is_docker_hub(host) {
+        Cow::Borrowed(DOCKER_HUB)
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
 
 /// Does a pattern host (possibly `*.example.com`) name `host`?
 pub fn host_matches(pattern_host: &str, host: &str) -> bool {
-    let (key, host) = (canonical_host(pattern_host), canonical_host(host));
+    let (key, host) = (canonical(pattern_host), canonical(host));
     if key == host {
         return true;
     }
@@ -24,16 +40,43 @@ pub fn repo_pattern_matches(pattern: &str, upstream: &str, repo: &str) -> bool {
     if !host_matches(p_upstream, upstream) {
         return false;
     }
-    let pat: Vec<&str> = p_rest.split('/').filter(|s| !s.is_empty()).collect();
-    let name: Vec<&str> = repo.split('/').collect();
-    components_match(&pat, &name)
+    components_match(p_rest, Some(repo))
 }
 
-fn components_match(pat: &[&str], name: &[&str]) -> bool {
-    match pat.split_first() {
-        None => name.is_empty(),
-        Some((&"**", rest)) => (0..=name.len()).any(|skip| components_match(rest, &name[skip..])),
-        Some((p, rest)) => match name.split_first() {
+/// The pattern's next component and the rest; empty components are not components.
+fn next_pattern(pat: &str) -> Option<(&str, &str)> {
+    let pat = pat.trim_start_matches('/');
+    if pat.is_empty() {
+        return None;
+    }
+    Some(pat.split_once('/').unwrap_or((pat, "")))
+}
+
+/// The name's next component and the rest (`None`: no components left).
+fn next_name(name: Option<&str>) -> Option<(&str, Option<&str>)> {
+    let name = name?;
+    Some(match name.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (name, None),
+    })
+}
+
+fn components_match(pat: &str, name: Option<&str>) -> bool {
+    match next_pattern(pat) {
+        None => name.is_none(),
+        Some(("**", rest)) => {
+            let mut at = name;
+            loop {
+                if components_match(rest, at) {
+                    return true;
+                }
+                match next_name(at) {
+                    Some((_, after)) => at = after,
+                    None => return false,
+                }
+            }
+        }
+        Some((p, rest)) => match next_name(name) {
             Some((n, name_rest)) => glob(p, n) && components_match(rest, name_rest),
             None => false,
         },
@@ -42,16 +85,19 @@ fn components_match(pat: &[&str], name: &[&str]) -> bool {
 
 /// `*` matches any run (possibly empty) of `text`; everything else matches itself.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
+    let Some((first, tail)) = pattern.split_once('*') else {
         return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    };
+    // `first*middle*…*last`: the middles are what lies between the first and last `*`.
+    let (middles, last) = match tail.rsplit_once('*') {
+        Some((middles, last)) => (Some(middles), last),
+        None => (None, tail),
+    };
     if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
         return false;
     }
     let mut rest = &text[first.len()..text.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
+    for middle in middles.into_iter().flat_map(|m| m.split('*')) {
         match rest.find(middle) {
             Some(i) => rest = &rest[i + middle.len()..],
             None => return false,
@@ -249,6 +295,67 @@ mod tests {
             ("ab*ba", "aba", false),
         ] {
             assert_eq!(glob(p, t), want, "{p} {t}");
+        }
+    }
+
+    /// The allocating matchers these replaced, kept as the reference the borrowing ones
+    /// must agree with.
+    mod reference {
+        pub fn glob(pattern: &str, text: &str) -> bool {
+            let parts: Vec<&str> = pattern.split('*').collect();
+            if parts.len() == 1 {
+                return pattern == text;
+            }
+            let (first, last) = (parts[0], parts[parts.len() - 1]);
+            if !text.starts_with(first)
+                || text.len() < first.len() + last.len()
+                || !text.ends_with(last)
+            {
+                return false;
+            }
+            let mut rest = &text[first.len()..text.len() - last.len()];
+            for middle in &parts[1..parts.len() - 1] {
+                match rest.find(middle) {
+                    Some(i) => rest = &rest[i + middle.len()..],
+                    None => return false,
+                }
+            }
+            true
+        }
+
+        pub fn components(pattern: &str, repo: &str) -> bool {
+            let pat: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+            let name: Vec<&str> = repo.split('/').collect();
+            matches(&pat, &name)
+        }
+
+        fn matches(pat: &[&str], name: &[&str]) -> bool {
+            match pat.split_first() {
+                None => name.is_empty(),
+                Some((&"**", rest)) => (0..=name.len()).any(|skip| matches(rest, &name[skip..])),
+                Some((p, rest)) => match name.split_first() {
+                    Some((n, name_rest)) => glob(p, n) && matches(rest, name_rest),
+                    None => false,
+                },
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn globs_agree_with_the_reference(pattern in "[ab*-]{0,8}", text in "[ab-]{0,8}") {
+            proptest::prop_assert_eq!(glob(&pattern, &text), reference::glob(&pattern, &text));
+        }
+
+        #[test]
+        fn repository_patterns_agree_with_the_reference(
+            pattern in "(/|\\*\\*|a\\*|\\*|a|b){0,6}",
+            repo in "[ab]{1,2}(/[ab]{1,2}){0,4}",
+        ) {
+            proptest::prop_assert_eq!(
+                components_match(&pattern, Some(&repo)),
+                reference::components(&pattern, &repo)
+            );
         }
     }
 }
