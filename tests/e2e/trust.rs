@@ -1052,7 +1052,8 @@ fn podman_reports_the_rule_for_an_unsigned_image_and_pulls_a_signed_one() {
 /// dockerd with `registry-mirrors` goes to the registry itself after a mirror's 403 (its
 /// error is the registry's, unreachable here, not the mirror's): only an egress rule, as
 /// this namespace has, keeps it from pulling the unsigned image. pullgate logs the denial
-/// with its rule. The signed image pulls.
+/// with its rule. The signed image pulls. Pulled by the mirror's own name, the denial is
+/// what docker reports.
 #[test]
 fn docker_falls_back_past_a_denial_so_only_egress_rules_stop_it() {
     use crate::support::clients::{fails, run, Dockerd};
@@ -1075,6 +1076,20 @@ fn docker_falls_back_past_a_denial_so_only_egress_rules_stop_it() {
                 "{log}"
             );
             run(dockerd.docker().args(["pull", "signed:latest"]));
+            // Named through the mirror itself (the mirror as the only path, as egress rules
+            // make it), docker has nowhere else to go and reports the denial with its rule.
+            let err = fails(
+                dockerd
+                    .docker()
+                    .args(["pull", &format!("{}/library/plain:latest", p.host())]),
+            );
+            assert!(
+                err.contains("denied by trust rule 1 (docker.io/library/**)"),
+                "{err}"
+            );
+            run(dockerd
+                .docker()
+                .args(["pull", &format!("{}/library/signed:latest", p.host())]));
         },
     );
 }
