@@ -42,8 +42,11 @@ use crate::{Mirror, Target};
 
 /// How long a verdict is reused: a signature pushed after a denial is seen this soon.
 pub const VERDICT_MAX_AGE: Duration = Duration::from_secs(60);
-/// Verdicts remembered.
+/// Manifest digests whose verdicts are remembered, each for at most
+/// [`MAX_VERDICTS_PER_DIGEST`] (upstream, repository) pairs.
 pub const MAX_VERDICTS: usize = 10_000;
+/// (upstream, repository) pairs remembered per manifest digest; the oldest goes first.
+pub const MAX_VERDICTS_PER_DIGEST: usize = 8;
 /// Most bytes of verified manifests kept beside their verdicts, all verdicts together: a hit
 /// whose bytes equal the kept ones needs no second hash (see [`Verified`]). Past it, new
 /// verdicts keep none and their hits hash instead.
@@ -188,6 +191,11 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         }
     }
 
+    fn take(&mut self, k: &K) -> Option<V> {
+        // Its `order` entry goes stale, as a re-insert's does.
+        self.map.remove(k).map(|(v, _)| v)
+    }
+
     fn len(&self) -> usize {
         self.map.len()
     }
@@ -236,6 +244,52 @@ impl Drop for Verified {
 /// (keys generation, upstream, repository, manifest digest).
 type VerdictKey = (u64, UpstreamId, RepoName, Digest);
 
+/// Remembered verdicts, by manifest digest: a hit looks its digest up by reference (no key
+/// built, one string hashed), then finds its (keys generation, upstream, repository) among
+/// the few entries of that digest.
+struct Verdicts {
+    by_digest: Bounded<Digest, Vec<(Whose, Remembered)>>,
+}
+
+/// Whose verdict: (keys generation, upstream, repository).
+type Whose = (u64, UpstreamId, RepoName);
+
+impl Verdicts {
+    fn new() -> Verdicts {
+        Verdicts {
+            by_digest: Bounded::new(MAX_VERDICTS),
+        }
+    }
+
+    fn get(
+        &self,
+        generation: u64,
+        upstream: &UpstreamId,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Option<&Remembered> {
+        self.by_digest
+            .get(digest)?
+            .iter()
+            .find(|((g, u, r), _)| *g == generation && u == upstream && r == repo)
+            .map(|(_, remembered)| remembered)
+    }
+
+    fn insert(&mut self, key: VerdictKey, remembered: Remembered, now: Instant) {
+        let (generation, upstream, repo, digest) = key;
+        let mut entries = self.by_digest.take(&digest).unwrap_or_default();
+        // What another keys generation decided is dead, and so is what has expired.
+        entries.retain(|((g, u, r), old)| {
+            *g == generation && now < old.until && !(*u == upstream && *r == repo)
+        });
+        if entries.len() >= MAX_VERDICTS_PER_DIGEST {
+            entries.remove(0);
+        }
+        entries.push(((generation, upstream, repo), remembered));
+        self.by_digest.insert(digest, entries);
+    }
+}
+
 /// A remembered allowance: valid for one keys generation, until `until`.
 #[derive(Clone, Copy)]
 struct Allowance {
@@ -253,7 +307,7 @@ impl Allowance {
 pub(crate) struct Trust {
     policy: Policy,
     keys: KeySet,
-    verdicts: Mutex<Bounded<VerdictKey, Remembered>>,
+    verdicts: Mutex<Verdicts>,
     /// Bytes held by the verdicts' [`Verified`] copies.
     verified_bytes: Arc<AtomicUsize>,
     lineage: Mutex<Bounded<RepoKey, Allowance>>,
@@ -290,7 +344,7 @@ impl Trust {
         Trust {
             policy,
             keys,
-            verdicts: Mutex::new(Bounded::new(MAX_VERDICTS)),
+            verdicts: Mutex::new(Verdicts::new()),
             verified_bytes: Arc::new(AtomicUsize::new(0)),
             lineage: Mutex::new(Bounded::new(MAX_LINEAGE)),
             blobs: Mutex::new(Bounded::new(MAX_ALLOWED_BLOBS)),
@@ -357,16 +411,10 @@ impl Mirror {
         let verifies = rule.is_some_and(|r| r.action() == Action::Verify);
         let keys = trust.keys.current();
         let generation = keys.generation();
-        let key = (
-            generation,
-            upstream.clone(),
-            target.repo.clone(),
-            m.digest.clone(),
-        );
         let now = Instant::now();
         // (decision, until, whether `m.bytes` are the very bytes it was reached on)
         let cached = lock(&trust.verdicts)
-            .get(&key)
+            .get(generation, upstream, &target.repo, &m.digest)
             .filter(|r| now < r.until)
             .map(|r| {
                 let same = r.verified.as_ref().is_some_and(|v| v.bytes == m.bytes);
@@ -421,6 +469,12 @@ impl Mirror {
             }
             Some((d, until)) => (d, Some(until)),
             None => {
+                let key = (
+                    generation,
+                    upstream.clone(),
+                    target.repo.clone(),
+                    m.digest.clone(),
+                );
                 // One verification per key at a time: a hundred clients pulling the same
                 // new image share one gathering of its signatures and one evaluation.
                 let (verdict, incomplete) = trust
@@ -446,7 +500,7 @@ impl Mirror {
                         until,
                         verified: Verified::keep(&m.bytes, &trust.verified_bytes),
                     };
-                    lock(&trust.verdicts).insert(key, remembered);
+                    lock(&trust.verdicts).insert(key, remembered, now);
                 }
                 (decision, Some(until))
             }
@@ -909,6 +963,99 @@ struct ReferrerDescriptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn remembered(
+        reason: &str,
+        until: Instant,
+        bytes: &[u8],
+        budget: &Arc<AtomicUsize>,
+    ) -> Remembered {
+        Remembered {
+            decision: Arc::new(PolicyDecision {
+                rule_index: Some(0),
+                rule: "trust rule 1 (docker.io/team/**)".to_owned(),
+                outcome: Outcome::Allow,
+                reason: reason.to_owned(),
+                keys: Vec::new(),
+                scan: None,
+                digest: None,
+            }),
+            until,
+            verified: Verified::keep(&Bytes::copy_from_slice(bytes), budget),
+        }
+    }
+
+    #[test]
+    fn verdicts_are_found_by_generation_upstream_and_repository_and_bounded_per_digest() {
+        let budget = Arc::new(AtomicUsize::new(0));
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let up = UpstreamId::parse("docker.io").expect("upstream");
+        let other_up = UpstreamId::parse("ghcr.io").expect("upstream");
+        let repo = |i: usize| RepoName::parse(&format!("team/app{i}")).expect("repo");
+        let digest = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).expect("digest");
+        let mut v = Verdicts::new();
+        v.insert(
+            (1, up.clone(), repo(0), digest.clone()),
+            remembered("a", later, b"xy", &budget),
+            now,
+        );
+        let found = |v: &Verdicts, g, u: &UpstreamId, r: &RepoName| {
+            v.get(g, u, r, &digest).map(|r| r.decision.reason.clone())
+        };
+        assert_eq!(found(&v, 1, &up, &repo(0)).as_deref(), Some("a"));
+        assert_eq!(found(&v, 2, &up, &repo(0)), None, "another keys generation");
+        assert_eq!(found(&v, 1, &other_up, &repo(0)), None, "another upstream");
+        assert_eq!(found(&v, 1, &up, &repo(1)), None, "another repository");
+        // The same (upstream, repository) again replaces its entry.
+        v.insert(
+            (1, up.clone(), repo(0), digest.clone()),
+            remembered("b", later, b"xy", &budget),
+            now,
+        );
+        assert_eq!(found(&v, 1, &up, &repo(0)).as_deref(), Some("b"));
+        assert_eq!(
+            budget.load(Ordering::Relaxed),
+            2,
+            "the replaced copy gave its bytes back"
+        );
+        // Past the per-digest bound, the oldest repository goes first.
+        for i in 1..=MAX_VERDICTS_PER_DIGEST {
+            v.insert(
+                (1, up.clone(), repo(i), digest.clone()),
+                remembered("c", later, b"xy", &budget),
+                now,
+            );
+        }
+        assert_eq!(found(&v, 1, &up, &repo(0)), None);
+        assert_eq!(
+            found(&v, 1, &up, &repo(MAX_VERDICTS_PER_DIGEST)).as_deref(),
+            Some("c")
+        );
+        assert_eq!(budget.load(Ordering::Relaxed), 2 * MAX_VERDICTS_PER_DIGEST);
+        // A new keys generation drops the old generation's entries of that digest.
+        v.insert(
+            (2, up.clone(), repo(0), digest.clone()),
+            remembered("d", later, b"xy", &budget),
+            now,
+        );
+        assert_eq!(found(&v, 1, &up, &repo(1)), None);
+        assert_eq!(found(&v, 2, &up, &repo(0)).as_deref(), Some("d"));
+        assert_eq!(budget.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn verified_copies_stay_within_their_budget() {
+        let budget = Arc::new(AtomicUsize::new(MAX_VERIFIED_BYTES - 3));
+        let big = Bytes::from_static(b"four");
+        assert!(Verified::keep(&big, &budget).is_none());
+        assert_eq!(budget.load(Ordering::Relaxed), MAX_VERIFIED_BYTES - 3);
+        let kept = Verified::keep(&Bytes::from_static(b"abc"), &budget);
+        assert!(kept.is_some());
+        assert_eq!(budget.load(Ordering::Relaxed), MAX_VERIFIED_BYTES);
+        drop(kept);
+        assert_eq!(budget.load(Ordering::Relaxed), MAX_VERIFIED_BYTES - 3);
+    }
 
     #[test]
     fn decisions_read_as_the_403_message_and_label_their_rule_by_index() {
