@@ -273,14 +273,7 @@ async fn openssl_crafted_signatures_tampered_or_for_another_digest_are_denied() 
         sign::push_signatures(&push, &repo, &digest, &[layer]).await;
         imgs.push(img);
     }
-    let p = mirror(
-        &upstream,
-        &format!(
-            "{}{}",
-            keys_toml(&[("release", &key.public)]),
-            verify_rule(&upstream, &["release"], "")
-        ),
-    );
+    let p = release_mirror(&upstream, &key.public, "");
     let r = manifest(&p, "GET", "team/good", "v1").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let r = manifest(&p, "GET", "team/tampered", "v1").await;
@@ -1187,14 +1180,7 @@ async fn a_cache_file_changed_under_a_cached_verdict_is_refused() {
     let digest = img.manifest.digest.clone();
     let layer = SigLayer::signed_by(&key, &format!("{}/{repo}", upstream.host()), &digest);
     sign::push_signatures(&push, repo, &digest, &[layer]).await;
-    let p = mirror(
-        &upstream,
-        &format!(
-            "{}{}",
-            keys_toml(&[("release", &key.public)]),
-            verify_rule(&upstream, &["release"], "")
-        ),
-    );
+    let p = release_mirror(&upstream, &key.public, "");
     for _ in 0..2 {
         let r = manifest(&p, "GET", repo, &digest).await;
         assert_eq!(r.status, 200, "{:?}", r.body);
