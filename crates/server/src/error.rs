@@ -213,6 +213,12 @@ impl From<MirrorError> for ApiError {
                 e.detail_is_message = true;
                 e
             }
+            MirrorError::StorageUnavailable(detail) => ApiError::new(
+                ErrorCode::Unavailable,
+                "the mirror's storage is unavailable; retry later".to_owned(),
+            )
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .log(detail),
             MirrorError::Internal(detail) => ApiError::new(ErrorCode::Unknown, None).log(detail),
         }
     }
