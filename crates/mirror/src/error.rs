@@ -146,6 +146,12 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // The bucket failing is the storage's unavailability, not an internal error.
+        let e = MirrorError::from(StoreError::Backend {
+            op: "GET",
+            detail: "no answer".into(),
+        });
+        assert!(matches!(e, MirrorError::StorageUnavailable(_)), "{e:?}");
         let e = MirrorError::from_upstream(UpstreamError::BlobTooLarge { limit: 7 }, Wanted::Blob);
         assert!(matches!(e, MirrorError::BlobTooLarge { limit: 7 }), "{e:?}");
     }
