@@ -158,6 +158,8 @@ async fn skopeo_pulls_through_the_s3_backend_and_the_blobs_are_in_the_bucket() {
     assert_eq!(blob_gets(&upstream, &img), img.blobs().count());
 }
 
+/// Replica B serves what A filled with no blob GET (a HEAD per blob: the access check),
+/// refuses it under a repository the upstream says lacks it, and restarted starts warm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_serves_what_another_filled_and_a_restarted_one_starts_warm() {
     let weed = start_weed().await;
@@ -170,6 +172,25 @@ async fn a_replica_serves_what_another_filled_and_a_restarted_one_starts_warm() 
     let gets = blob_gets(&upstream, &img);
     assert_eq!(gets, img.blobs().count());
     let heads = blob_heads(&upstream, &img);
+
+    // Isolation holds across replicas: a repository of the same upstream that does not
+    // hold a blob A filled is refused it by B (the upstream's HEAD says 404), without a GET.
+    let other = images::image("s3-other", &[1000], Flavor::Oci, "amd64");
+    Pusher::new(&upstream.url(), None)
+        .image("e2e/other", "v1", &other)
+        .await;
+    let layer = &img.layers[1];
+    let r = request(
+        "GET",
+        &format!("{}/v2/e2e/other/blobs/{}", b.url(), layer.digest),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", b.log());
+    assert_eq!(r.error_code(), "BLOB_UNKNOWN");
+    let path = format!("/v2/e2e/other/blobs/{}", layer.digest);
+    assert_eq!(upstream.count("GET", &path), 0);
+    assert_eq!(upstream.count("HEAD", &path), 1);
 
     // B has its own (empty) index: it finds the blobs in the bucket, and the access
     // check confirms with a HEAD per blob that the repository holds them: no GET.
