@@ -133,6 +133,7 @@ fn open(
     let options = StoreOptions {
         limits: s.cache_limits,
         inspect_only,
+        bucket: None,
     };
     match reporter {
         Some(r) => Store::open_reporting(&s.cache_dir, options, &mut |p| r.update(Step::from(p))),

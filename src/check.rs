@@ -84,6 +84,39 @@ pub fn render(s: &Settings) -> String {
     }
     doc.insert("cache".into(), Value::Table(cache));
 
+    // Where the bucket is and where its credentials are read from: never their values.
+    let mut storage = Table::new();
+    match &s.storage {
+        None => {
+            storage.insert("backend".into(), "filesystem".into());
+        }
+        Some(st) => {
+            let c = &st.config;
+            storage.insert("backend".into(), "s3".into());
+            let mut t = Table::new();
+            t.insert("bucket".into(), c.bucket.clone().into());
+            t.insert("prefix".into(), c.prefix.clone().into());
+            if let Some(e) = &c.endpoint {
+                t.insert("endpoint".into(), e.clone().into());
+            }
+            t.insert("region".into(), c.region.clone().into());
+            t.insert("path_style".into(), c.path_style.into());
+            // Unset: the standard AWS chain.
+            if let Some(p) = &c.credentials {
+                t.insert("credentials".into(), path(p));
+            }
+            if let Some(ca) = &c.ca_file {
+                t.insert("ca".into(), path(ca));
+            }
+            t.insert("part_size".into(), format_size(c.part_size as u64).into());
+            t.insert("parts_in_flight".into(), (c.parts_in_flight as i64).into());
+            t.insert("max_uploads".into(), (st.max_uploads as i64).into());
+            t.insert("timeout".into(), dur(c.timeout).into());
+            storage.insert("s3".into(), Value::Table(t));
+        }
+    }
+    doc.insert("storage".into(), Value::Table(storage));
+
     let upstreams = s
         .upstreams
         .iter()
@@ -264,6 +297,21 @@ pub fn files(s: &Settings) -> Vec<String> {
         });
     }
     trust_files(s, &mut out);
+    if let Some(st) = &s.storage {
+        // Reads the credentials secret and the CA file as serving would; sends nothing.
+        // Its errors name files and keys, never a value.
+        out.push(match pullgate_store::S3::connect(&st.config) {
+            Ok(_) => format!(
+                "ok       storage.s3 bucket {} (credentials: {})",
+                st.config.bucket,
+                st.config
+                    .credentials
+                    .as_ref()
+                    .map_or("the standard AWS chain".into(), |p| p.display().to_string())
+            ),
+            Err(e) => format!("warning  storage.s3: {e}"),
+        });
+    }
     if let Some(tls) = &s.tls {
         out.push(match Tls::load(tls.clone()) {
             Ok(_) => format!("ok       TLS certificate {}", tls.cert.display()),

@@ -42,6 +42,60 @@ pub struct FileConfig {
     pub trust: pullgate_trust::TrustConfig,
     #[serde(default)]
     pub prefetch: Vec<PrefetchSection>,
+    /// `[storage]`: where blob bytes live (the cache directory by default).
+    #[serde(default)]
+    pub storage: StorageSection,
+}
+
+/// `[storage]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    #[serde(default)]
+    pub backend: BackendKind,
+    pub s3: Option<S3Section>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Blobs under `[cache] dir` (the default).
+    #[default]
+    Filesystem,
+    /// Blobs in an S3-compatible bucket (`[storage.s3]`).
+    S3,
+}
+
+/// `[storage.s3]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    pub bucket: String,
+    /// Prepended to every key (`"cache/"`); default none.
+    #[serde(default)]
+    pub prefix: String,
+    /// `http(s)://host[:port]`; unset: AWS's endpoint for `region`.
+    pub endpoint: Option<String>,
+    /// Default `us-east-1`.
+    pub region: Option<String>,
+    /// `endpoint/bucket/key` rather than `bucket.endpoint/key` (default false).
+    #[serde(default)]
+    pub path_style: bool,
+    /// A directory (mounted Secret) with `access_key_id` and `secret_access_key`, or one
+    /// file of `name = value` lines; re-read when it changes. Unset: the standard chain.
+    pub credentials: Option<PathBuf>,
+    /// PEM file of CAs for the endpoint, added to the system's.
+    pub ca: Option<PathBuf>,
+    /// Multipart part size (default `"8MiB"`; 5MiB to 512MiB).
+    pub part_size: Option<ByteSize>,
+    /// Parts of one upload in flight at most (default 2; 1 to 16).
+    pub parts_in_flight: Option<usize>,
+    /// Fills into the bucket at once (default 8; more wait). With the two above, bounds
+    /// the memory of uploads: `max_uploads × part_size × (parts_in_flight + 1)`.
+    pub max_uploads: Option<usize>,
+    /// Deadline of one request to the bucket, and of each chunk of a body (default `"60s"`).
+    #[serde(default, with = "units::duration::option")]
+    pub timeout: Option<Duration>,
 }
 
 /// `[[prefetch]]`: images kept warm, pulled through the mirror at start-up and every
@@ -312,6 +366,59 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub prefetch: Vec<PrefetchRule>,
     pub trust: TrustSettings,
+    /// `None`: blobs in `cache_dir` (the filesystem backend).
+    pub storage: Option<S3Storage>,
+}
+
+/// `[storage] backend = "s3"`, validated.
+#[derive(Debug, Clone)]
+pub struct S3Storage {
+    pub config: pullgate_store::S3Config,
+    pub max_uploads: usize,
+}
+
+/// Most `max_uploads` accepted.
+const MAX_UPLOADS: usize = 256;
+
+fn storage_settings(s: StorageSection, cache: &CacheSection) -> Result<Option<S3Storage>> {
+    let section = match (s.backend, s.s3) {
+        (BackendKind::Filesystem, None) => return Ok(None),
+        (BackendKind::Filesystem, Some(_)) => {
+            bail!("[storage.s3] is set but storage.backend is \"filesystem\": set backend = \"s3\" or remove it")
+        }
+        (BackendKind::S3, None) => bail!("storage.backend = \"s3\" needs a [storage.s3] table"),
+        (BackendKind::S3, Some(section)) => section,
+    };
+    if cache.max_size.is_some() {
+        bail!("cache.max_size bounds the cache directory; with storage.backend = \"s3\" the bucket is not bounded yet: remove cache.max_size");
+    }
+    let mut config = pullgate_store::S3Config::new(
+        section.bucket,
+        section.region.unwrap_or_else(|| "us-east-1".into()),
+    );
+    config.prefix = section.prefix;
+    config.endpoint = section.endpoint;
+    config.path_style = section.path_style;
+    config.credentials = section.credentials;
+    config.ca_file = section.ca;
+    if let Some(p) = section.part_size {
+        config.part_size = usize::try_from(p.bytes()).context("storage.s3.part_size")?;
+    }
+    if let Some(n) = section.parts_in_flight {
+        config.parts_in_flight = n;
+    }
+    if let Some(t) = section.timeout {
+        config.timeout = t;
+    }
+    config.validate().context("[storage.s3]")?;
+    let max_uploads = section.max_uploads.unwrap_or(8);
+    if !(1..=MAX_UPLOADS).contains(&max_uploads) {
+        bail!("storage.s3.max_uploads: {max_uploads} is not from 1 to {MAX_UPLOADS}");
+    }
+    Ok(Some(S3Storage {
+        config,
+        max_uploads,
+    }))
 }
 
 /// `[trust]`: the file's section as written (check-config prints it back) and the policy
@@ -445,6 +552,7 @@ impl FileConfig {
             })
             .collect::<Result<Vec<_>>>()?;
         let cache_limits = cache_limits(&self.cache)?;
+        let storage = storage_settings(self.storage, &self.cache)?;
         let tag_policy = tag_policy(self.cache.tag_ttl, self.cache.tag_rule, &upstreams)?;
         let policy = pullgate_trust::Policy::from_config(&self.trust).context("[trust]")?;
         for rule in policy.rules() {
@@ -480,6 +588,7 @@ impl FileConfig {
                 policy,
             },
             cache_limits,
+            storage,
             auth,
             audit: AuditSettings {
                 enabled: self.audit.enabled.unwrap_or(true),
@@ -869,6 +978,89 @@ mod tests {
 
     fn settings(text: &str, o: Overrides) -> Result<Settings> {
         FileConfig::parse(text).and_then(|c| c.into_settings(o))
+    }
+
+    #[test]
+    fn storage_is_the_filesystem_by_default_and_s3_is_checked() {
+        let s = settings("", Overrides::default()).unwrap();
+        assert!(s.storage.is_none());
+        let render = crate::check::render(&s);
+        assert!(
+            render.contains("[storage]\nbackend = \"filesystem\""),
+            "{render}"
+        );
+
+        let s3 = "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"pullgate\"\nprefix = \"cache/\"\n\
+                  endpoint = \"http://127.0.0.1:8333\"\nregion = \"eu-west-1\"\npath_style = true\n\
+                  credentials = \"/var/run/secrets/pullgate/s3\"\nca = \"/etc/ca.pem\"\n\
+                  part_size = \"16MiB\"\nparts_in_flight = 4\nmax_uploads = 3\ntimeout = \"30s\"\n";
+        let s = settings(s3, Overrides::default()).unwrap();
+        let st = s.storage.clone().unwrap();
+        let c = &st.config;
+        assert_eq!(
+            (c.bucket.as_str(), c.prefix.as_str(), c.region.as_str()),
+            ("pullgate", "cache/", "eu-west-1")
+        );
+        assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+        assert!(c.path_style);
+        assert_eq!(
+            c.credentials.as_deref(),
+            Some(Path::new("/var/run/secrets/pullgate/s3"))
+        );
+        assert_eq!(c.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!((c.part_size, c.parts_in_flight), (16 << 20, 4));
+        assert_eq!((st.max_uploads, c.timeout), (3, Duration::from_secs(30)));
+        let render = crate::check::render(&s);
+        for want in [
+            "backend = \"s3\"",
+            "bucket = \"pullgate\"",
+            "credentials = \"/var/run/secrets/pullgate/s3\"",
+            "part_size = \"16MiB\"",
+        ] {
+            assert!(render.contains(want), "{want} in\n{render}");
+        }
+        // What check-config prints is a configuration that parses to the same.
+        assert!(FileConfig::parse(&render).is_ok(), "{render}");
+
+        // Defaults: region us-east-1, no prefix, virtual-hosted style, the standard chain.
+        let s = settings(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"pullgate\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        let st = s.storage.unwrap();
+        assert_eq!(st.config.region, "us-east-1");
+        assert!(!st.config.path_style && st.config.credentials.is_none());
+        assert_eq!(st.max_uploads, 8);
+
+        for (bad, why) in [
+            ("[storage]\nbackend = \"s3\"\n", "needs a [storage.s3]"),
+            ("[storage]\nbackend = \"gcs\"\n", "unknown variant"),
+            ("[storage.s3]\nbucket = \"pullgate\"\n", "backend is \"filesystem\""),
+            (
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"pullgate\"\nsecret = \"x\"\n",
+                "unknown field",
+            ),
+            (
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"Bad_Bucket\"\n",
+                "bucket",
+            ),
+            (
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"pullgate\"\npart_size = \"1MiB\"\n",
+                "part size",
+            ),
+            (
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"pullgate\"\nmax_uploads = 0\n",
+                "max_uploads",
+            ),
+            (
+                "[cache]\nmax_size = \"1GiB\"\n[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"pullgate\"\n",
+                "cache.max_size",
+            ),
+        ] {
+            let e = format!("{:#}", settings(bad, Overrides::default()).unwrap_err());
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -1318,6 +1510,8 @@ mod tests {
                 "trust.rule",
                 serde_introspect::<pullgate_trust::RuleConfig>(),
             ),
+            ("storage", serde_introspect::<StorageSection>()),
+            ("storage.s3", serde_introspect::<S3Section>()),
         ]
         .iter()
         .flat_map(|(section, fields)| fields.iter().map(move |f| format!("{section}.{f}")))
@@ -1330,6 +1524,7 @@ mod tests {
                 "trust.key",
                 "trust.ca",
                 "trust.rule",
+                "storage.s3",
             ]
             .contains(&k.as_str())
         })
@@ -1337,7 +1532,7 @@ mod tests {
         let top: Vec<&str> = serde_introspect::<FileConfig>().to_vec();
         assert_eq!(
             top,
-            ["server", "cache", "upstream", "auth", "audit", "trust", "prefetch"]
+            ["server", "cache", "upstream", "auth", "audit", "trust", "prefetch", "storage"]
         );
 
         let documented: Vec<String> = doc
@@ -1396,8 +1591,36 @@ mod tests {
                 }
             }
         }
-        for key in &accepted {
+        // `[storage.s3]` cannot share the complete example (a bucket is not bounded by
+        // `cache.max_size` yet): the S3 example after it sets every storage key.
+        for key in accepted.iter().filter(|k| !k.starts_with("storage.")) {
             assert!(set.contains(key), "the complete example lacks {key}");
+        }
+        let example = doc
+            .split("```toml\n")
+            .nth(2)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the S3 example");
+        let s = FileConfig::parse(example)
+            .and_then(|c| c.into_settings(Overrides::default()))
+            .unwrap();
+        assert!(s.storage.is_some());
+        let file: toml::Table = toml::from_str(example).unwrap();
+        let storage = file["storage"].as_table().unwrap();
+        let mut set: Vec<String> = storage
+            .iter()
+            .filter(|(_, v)| !v.is_table())
+            .map(|(k, _)| format!("storage.{k}"))
+            .collect();
+        set.extend(
+            storage["s3"]
+                .as_table()
+                .unwrap()
+                .keys()
+                .map(|k| format!("storage.s3.{k}")),
+        );
+        for key in accepted.iter().filter(|k| k.starts_with("storage.")) {
+            assert!(set.contains(key), "the S3 example lacks {key}");
         }
     }
 
@@ -1410,6 +1633,13 @@ mod tests {
         // max_size has no default; set, it makes the watermarks' defaults show.
         let s = settings("[cache]\nmax_size = \"1GiB\"\n", Overrides::default()).unwrap();
         let shown: Table = crate::check::render(&s).parse().unwrap();
+        // `[storage.s3]` shows only with the S3 backend: its defaults from a bucket alone.
+        let s3 = settings(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"pullgate\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        let shown_s3: Table = crate::check::render(&s3).parse().unwrap();
         // Durations are compared as durations: the doc says "60s", check-config "1m".
         let same = |a: &Value, b: &Value| match (a.as_str(), b.as_str()) {
             (Some(x), Some(y)) => {
@@ -1436,7 +1666,12 @@ mod tests {
                 .remove("v")
                 .unwrap();
             let mut parts = key.split('.');
-            let mut at = &shown[parts.next().unwrap()];
+            let table = if key.starts_with("storage.s3.") {
+                &shown_s3
+            } else {
+                &shown
+            };
+            let mut at = &table[parts.next().unwrap()];
             for part in parts {
                 // [[upstream]]: the embedded default's one.
                 if let Value::Array(list) = at {

@@ -157,12 +157,24 @@ fn main() -> Result<()> {
 async fn serve(s: Settings) -> Result<()> {
     // Repairs what a crash left before anything is served; see pullgate_store::Repair. A
     // long one (many files the index does not know, to hash) logs how far it is.
+    // The bucket first: a wrong endpoint, CA or credentials fail the start, and a crash's
+    // unfinished uploads are swept before anything is served.
+    let bucket = match &s.storage {
+        None => None,
+        Some(st) => Some(pullgate_store::BucketOptions {
+            s3: pullgate_store::S3::open(&st.config)
+                .await
+                .context("opening the [storage.s3] bucket")?,
+            max_uploads: st.max_uploads,
+        }),
+    };
     let mut repair = progress::Reporter::for_log("start-up repair");
     let store = Store::open_reporting(
         &s.cache_dir,
         StoreOptions {
             limits: s.cache_limits,
             inspect_only: false,
+            bucket,
         },
         &mut |p| repair.update(p.into()),
     )
@@ -231,10 +243,14 @@ async fn serve(s: Settings) -> Result<()> {
         tls = tls.is_some(),
         cache = %s.cache_dir.display(),
         cache_max_size = s.cache_limits.map(|l| l.max_bytes()),
+        storage = ?store.bucket(),
         upstreams = ?s.upstreams.iter().map(|u| format!("{}={}", u.name, u.url)).collect::<Vec<_>>(),
         "pullgate serving"
     );
-    mirror.tasks().spawn(store.evictor(evictor_stop.clone()));
+    // Eviction manages the blob files of the cache directory; a bucket is not bounded yet.
+    if store.bucket().is_none() {
+        mirror.tasks().spawn(store.evictor(evictor_stop.clone()));
+    }
     warn_about_the_realm(&s, tls.is_some());
     let mirror = Arc::new(mirror);
     // [[prefetch]]: a task per rule, owned by the mirror's tracker, stopped before its drain.

@@ -92,6 +92,7 @@ async fn check(s: &Settings, image: &str, scratch: &std::path::Path) -> Result<i
         StoreOptions {
             limits: None,
             inspect_only: false,
+            bucket: None,
         },
     )
     .context("opening a scratch cache")?;

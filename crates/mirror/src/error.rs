@@ -39,6 +39,10 @@ pub enum MirrorError {
     /// The trust policy refused the content; the decision names the rule and the reason.
     #[error("{0}")]
     PolicyDenied(std::sync::Arc<crate::policy::PolicyDecision>),
+    /// The store holding blob bytes (the S3 bucket) failed or did not answer. The detail
+    /// is for the log.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -94,6 +98,8 @@ impl From<StoreError> for MirrorError {
         // ours (500).
         if e.is_bad_content() {
             MirrorError::UpstreamBadContent(format!("upstream content rejected: {e}"))
+        } else if matches!(e, StoreError::Backend { .. }) {
+            MirrorError::StorageUnavailable(e.to_string())
         } else {
             MirrorError::Internal(format!("store: {e}"))
         }
@@ -140,6 +146,12 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // The bucket failing is the storage's unavailability, not an internal error.
+        let e = MirrorError::from(StoreError::Backend {
+            op: "GET",
+            detail: "no answer".into(),
+        });
+        assert!(matches!(e, MirrorError::StorageUnavailable(_)), "{e:?}");
         let e = MirrorError::from_upstream(UpstreamError::BlobTooLarge { limit: 7 }, Wanted::Blob);
         assert!(matches!(e, MirrorError::BlobTooLarge { limit: 7 }), "{e:?}");
     }

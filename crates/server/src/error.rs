@@ -213,6 +213,12 @@ impl From<MirrorError> for ApiError {
                 e.detail_is_message = true;
                 e
             }
+            MirrorError::StorageUnavailable(detail) => ApiError::new(
+                ErrorCode::Unavailable,
+                "the mirror's storage is unavailable; retry later".to_owned(),
+            )
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .log(detail),
             MirrorError::Internal(detail) => ApiError::new(ErrorCode::Unknown, None).log(detail),
         }
     }
@@ -253,6 +259,22 @@ mod tests {
             "denied by trust rule 1 (docker.io/team/**): no signature"
         );
         assert_eq!(v["errors"][0]["code"], "DENIED");
+    }
+
+    /// The bucket failing is 503 UNAVAILABLE with a generic message; what failed goes to
+    /// the log only.
+    #[tokio::test]
+    async fn a_storage_failure_is_unavailable_without_its_detail() {
+        let e = ApiError::from(MirrorError::StorageUnavailable(
+            "object store: HEAD: connection refused to 127.0.0.1:8333".into(),
+        ));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+        );
+        let v = body_json(e.into_response(false)).await;
+        assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+        assert!(!v.to_string().contains("8333"), "{v}");
     }
 
     /// What Distribution answers and clients expect: a tag that cannot exist is an unknown

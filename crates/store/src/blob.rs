@@ -43,11 +43,19 @@ impl std::fmt::Debug for BlobStream {
 }
 
 /// A committed blob, open for reading. The file stays readable even if the blob is
-/// removed meanwhile (eviction unlinks; open descriptors keep the data).
+/// removed meanwhile (eviction unlinks; open descriptors keep the data). With the S3
+/// backend it is the object's size and where to read it: each [`BlobReader::stream`] is
+/// one `GET` (of its range), sent when the stream is first polled.
 #[derive(Clone)]
 pub struct BlobReader {
-    file: Arc<File>,
+    at: At,
     size: u64,
+}
+
+#[derive(Clone)]
+enum At {
+    File(Arc<File>),
+    Bucket(crate::S3, pullgate_oci::Digest),
 }
 
 impl BlobReader {
@@ -67,21 +75,35 @@ impl BlobReader {
             .map_err(StoreError::io("stat open blob"))?
             .len();
         Ok(Some(BlobReader {
-            file: Arc::new(file),
+            at: At::File(Arc::new(file)),
             size,
         }))
+    }
+
+    /// A committed object of `size` bytes in the bucket.
+    pub(crate) fn in_bucket(s3: crate::S3, digest: pullgate_oci::Digest, size: u64) -> Self {
+        BlobReader {
+            at: At::Bucket(s3, digest),
+            size,
+        }
     }
 
     pub fn size(&self) -> u64 {
         self.size
     }
 
+    /// The whole blob of a reader over a file (the filesystem backend's `read_small`).
     pub(crate) fn read_all(&self) -> Result<Bytes, StoreError> {
+        let At::File(file) = &self.at else {
+            return Err(StoreError::IngestFailed(
+                "read_all of a blob in the bucket".into(),
+            ));
+        };
         let len = usize::try_from(self.size).map_err(|_| StoreError::TooLarge {
             size: self.size,
             limit: usize::MAX as u64,
         })?;
-        read_at(&self.file, 0, len)
+        read_at(file, 0, len)
     }
 
     /// The whole blob, or the inclusive `range` of it.
@@ -90,7 +112,10 @@ impl BlobReader {
             Some(r) => (r.start, r.end.saturating_add(1).min(self.size)),
             None => (0, self.size),
         };
-        let file = Arc::clone(&self.file);
+        let file = match &self.at {
+            At::File(file) => Arc::clone(file),
+            At::Bucket(s3, digest) => return bucket_stream(s3.clone(), digest.clone(), range),
+        };
         BlobStream::new(futures_util::stream::unfold(
             (file, start),
             move |(file, pos)| async move {
@@ -115,6 +140,30 @@ impl BlobReader {
             },
         ))
     }
+}
+
+/// One `GET` of `digest` (or its `range`), sent at the first poll; a blob gone from the
+/// bucket meanwhile ends the stream in an error, never cleanly.
+pub(crate) fn bucket_stream(
+    s3: crate::S3,
+    digest: pullgate_oci::Digest,
+    range: Option<ByteRange>,
+) -> BlobStream {
+    use crate::Backend;
+    use futures_util::StreamExt;
+    let opened = async move { s3.read(&digest, range).await };
+    BlobStream::new(
+        futures_util::stream::once(opened).flat_map(|result| match result {
+            Ok(Some(opened)) => opened.body,
+            Ok(None) => BlobStream::new(futures_util::stream::once(async {
+                Err(StoreError::Backend {
+                    op: "GET",
+                    detail: "the blob is no longer in the bucket".into(),
+                })
+            })),
+            Err(e) => BlobStream::new(futures_util::stream::once(async { Err(e) })),
+        }),
+    )
 }
 
 pub(crate) fn chunk_len(pos: u64, end: u64) -> usize {

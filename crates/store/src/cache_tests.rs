@@ -22,6 +22,7 @@ fn bounded(dir: &Path, max: u64, high: f64, low: f64) -> Store {
         StoreOptions {
             limits: Some(Limits::new(max, high, low).unwrap()),
             inspect_only: false,
+            bucket: None,
         },
     )
     .unwrap()
@@ -400,6 +401,7 @@ async fn one_process_per_cache_and_inspection_changes_nothing() {
     let inspect = StoreOptions {
         limits: None,
         inspect_only: true,
+        bucket: None,
     };
     let store = Store::open_with(dir.path(), inspect.clone()).unwrap();
     assert!(dir.path().join("tmp/partial").exists());
@@ -450,6 +452,7 @@ async fn an_index_sled_cannot_read_is_set_aside_and_rebuilt_from_the_files() {
         let inspect = StoreOptions {
             limits: None,
             inspect_only: true,
+            bucket: None,
         };
         assert!(matches!(
             Store::open_with(dir.path(), inspect),

@@ -72,14 +72,14 @@ pub struct Ingest {
     hasher: Option<JoinHandle<Digest>>,
     state: Arc<watch::Sender<State>>,
     cancelled: Arc<AtomicBool>,
-    follower: Follower,
+    follower: FileFollower,
     /// What this ingest added to the store's in-flight bytes; given back when it ends.
     inflight: u64,
 }
 
-/// Reads a blob while it is being ingested. Cheap to clone.
+/// Reads a blob while it is being ingested into the cache directory. Cheap to clone.
 #[derive(Clone)]
-pub struct Follower {
+pub(crate) struct FileFollower {
     file: Arc<File>,
     state: watch::Receiver<State>,
     expected_size: Option<u64>,
@@ -127,7 +127,7 @@ impl Ingest {
             hasher: Some(hasher),
             state,
             cancelled,
-            follower: Follower {
+            follower: FileFollower {
                 file,
                 state: state_rx,
                 expected_size,
@@ -137,8 +137,8 @@ impl Ingest {
     }
 
     /// A reader of this blob as it is written.
-    pub fn follower(&self) -> Follower {
-        self.follower.clone()
+    pub fn follower(&self) -> crate::Follower {
+        crate::Follower::file(self.follower.clone())
     }
 
     /// Queue one chunk. See [`Ingest::write_batch`].
@@ -484,18 +484,10 @@ fn preallocate(_: &File, _: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-impl Follower {
+impl FileFollower {
     /// The size announced when the ingest began, if any.
     pub fn size(&self) -> Option<u64> {
         self.expected_size
-    }
-
-    /// The final size: known at once if announced, else when the ingest is verified.
-    pub async fn wait_size(&self) -> Result<u64, StoreError> {
-        match self.expected_size {
-            Some(s) => Ok(s),
-            None => self.finished().await,
-        }
     }
 
     /// Wait for the ingest to end: the verified size, or why it failed.

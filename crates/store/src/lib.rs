@@ -13,7 +13,12 @@
 //! directory above, [`S3`] an S3-compatible bucket. No path to a blob crosses the crate's
 //! boundary: blobs are named by digest only.
 //!
-//! Main types: [`Store`], [`Ingest`] (writes one blob), [`Follower`] (reads a blob while it
+//! With a bucket ([`StoreOptions::bucket`]), blob bytes are there instead: stat, reads
+//! (ranges too), fills and manifests go to [`S3`]; the index, the lock and `tmp/` stay in
+//! the directory, per replica (see `remote.rs`).
+//!
+//! Main types: [`Store`], [`Ingest`] (writes one blob to the directory), [`Fill`] (writes
+//! one blob to whichever backend the store uses), [`Follower`] (reads a blob while it
 //! is being written), [`BlobReader`], [`BlobStream`], [`BlobPin`] (keeps a blob from being
 //! evicted), [`Limits`], [`Repair`], [`StoreError`], [`Backend`] and [`Upload`].
 
@@ -28,6 +33,7 @@ mod passthrough;
 mod pins;
 mod progress;
 mod pulls;
+mod remote;
 mod repair;
 mod room;
 
@@ -56,7 +62,8 @@ pub use progress::{Job, OnProgress, Progress};
 pub use pulls::PullRecord;
 pub use repair::{Prune, Repair, REPORT_LIMIT};
 
-pub use ingest::{Follower, Ingest, BATCH_BYTES, BATCH_CHUNKS};
+pub use ingest::{Ingest, BATCH_BYTES, BATCH_CHUNKS};
+pub use remote::{BucketFill, Fill, Follower};
 
 use index::Index;
 use pins::Pins;
@@ -97,8 +104,25 @@ pub(crate) struct Inner {
     room: room::Room,
     /// Manifest pulls counted in memory, written in batches (`pulls.rs`).
     pulls: pulls::PullCounter,
+    /// Where blob bytes are, when not in `blobs/`.
+    bucket: Option<Bucket>,
     /// Held for the store's life: one process per cache directory.
     _lock: fs::File,
+}
+
+struct Bucket {
+    s3: S3,
+    /// Fills into the bucket at once, at most: each holds up to
+    /// `part_size × (parts_in_flight + 1)` bytes of parts.
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Keep blob bytes in an S3 bucket rather than the cache directory.
+#[derive(Debug, Clone)]
+pub struct BucketOptions {
+    pub s3: S3,
+    /// Fills into the bucket at once, at most (more wait for a slot). At least 1.
+    pub max_uploads: usize,
 }
 
 /// How to open a cache.
@@ -109,6 +133,10 @@ pub struct StoreOptions {
     /// Leave the directory as found: `tmp/` is not emptied and nothing is repaired. For
     /// looking at a cache without changing it.
     pub inspect_only: bool,
+    /// Blob bytes in this bucket; `None`: in the directory's `blobs/`. With a bucket the
+    /// start-up repair of `blobs/` is skipped (the records describe the bucket's
+    /// objects, which a read finds present or absent), and `limits` must be `None`.
+    pub bucket: Option<BucketOptions>,
 }
 
 /// What the cache holds.
@@ -190,9 +218,21 @@ impl Store {
             disk: DiskHealth::default(),
             room: room::Room::default(),
             pulls: pulls::PullCounter::default(),
+            bucket: None,
             _lock: lock,
         };
-        if !options.inspect_only {
+        if let Some(b) = options.bucket {
+            if inner.limits.is_some() {
+                return Err(StoreError::InvalidLimits(
+                    "a bucket is not bounded yet: no max_size with the S3 backend".into(),
+                ));
+            }
+            inner.bucket = Some(Bucket {
+                s3: b.s3,
+                slots: Arc::new(tokio::sync::Semaphore::new(b.max_uploads.max(1))),
+            });
+        }
+        if !options.inspect_only && inner.bucket.is_none() {
             let mut r = inner.repair(false, false, progress)?;
             r.tmp_removed = tmp_removed;
             r.index_set_aside = index_set_aside;
@@ -297,14 +337,33 @@ impl Store {
         self.inner.blob_path(digest)
     }
 
+    /// The bucket blob bytes are in, if not the directory.
+    pub fn bucket(&self) -> Option<&S3> {
+        self.inner.bucket.as_ref().map(|b| &b.s3)
+    }
+
     /// The size of a committed blob, if present.
     pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
-        self.filesystem().stat(digest).await
+        match &self.inner.bucket {
+            None => self.filesystem().stat(digest).await,
+            Some(b) => b.s3.stat(digest).await,
+        }
     }
 
     /// Open a committed blob for reading.
     pub async fn open_blob(&self, digest: &Digest) -> Result<Option<BlobReader>, StoreError> {
-        self.filesystem().open(digest).await
+        let Some(b) = &self.inner.bucket else {
+            return self.filesystem().open(digest).await;
+        };
+        let Some(size) = b.s3.stat(digest).await? else {
+            return Ok(None);
+        };
+        remote::learn(&self.inner, &b.s3, digest, size).await;
+        Ok(Some(BlobReader::in_bucket(
+            b.s3.clone(),
+            digest.clone(),
+            size,
+        )))
     }
 
     /// Read a small committed blob (a manifest) whole. Larger than `limit` is an error.
@@ -313,7 +372,36 @@ impl Store {
         digest: &Digest,
         limit: usize,
     ) -> Result<Option<Bytes>, StoreError> {
-        self.filesystem().read_small(digest, limit).await
+        let Some(b) = &self.inner.bucket else {
+            return self.filesystem().read_small(digest, limit).await;
+        };
+        let Some(size) = b.s3.stat(digest).await? else {
+            return Ok(None);
+        };
+        if size > limit as u64 {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: limit as u64,
+            });
+        }
+        remote::learn(&self.inner, &b.s3, digest, size).await;
+        let Some(opened) = b.s3.read(digest, None).await? else {
+            return Ok(None);
+        };
+        // The body delivers exactly the object's length or fails; bounded by `limit` too.
+        let mut body = opened.body;
+        let mut bytes = Vec::with_capacity(opened.size.min(limit as u64) as usize);
+        while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+            let chunk = chunk?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(StoreError::TooLarge {
+                    size: (bytes.len() + chunk.len()) as u64,
+                    limit: limit as u64,
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some(Bytes::from(bytes)))
     }
 
     /// Commit content already held whole in memory (manifests), with its media type when it
@@ -328,10 +416,42 @@ impl Store {
         media_type: Option<&str>,
         origin: Option<Origin>,
     ) -> Result<(), StoreError> {
-        self.inner
-            .put_bytes(digest, bytes, media_type, origin)
+        let Some(b) = &self.inner.bucket else {
+            return self
+                .inner
+                .put_bytes(digest, bytes, media_type, origin)
+                .await
+                .map(|_| ());
+        };
+        let size = bytes.len() as u64;
+        // Hashed first: bytes that do not match are refused before anything is sent.
+        b.s3.put(digest, bytes).await?;
+        remote::record(&self.inner, &b.s3, digest, size, media_type, origin).await
+    }
+
+    /// Start filling a blob from an upstream, into the directory ([`Store::begin_ingest`])
+    /// or the bucket (a [`BucketFill`], which first waits for one of the store's upload
+    /// slots).
+    pub async fn begin_fill(
+        &self,
+        digest: Digest,
+        expected_size: Option<u64>,
+    ) -> Result<Fill, StoreError> {
+        match &self.inner.bucket {
+            None => self
+                .begin_ingest(digest, expected_size)
+                .await
+                .map(Fill::Local),
+            Some(b) => BucketFill::begin(
+                Arc::clone(&self.inner),
+                b.s3.clone(),
+                Arc::clone(&b.slots),
+                digest,
+                expected_size,
+            )
             .await
-            .map(|_| ())
+            .map(|b| Fill::Bucket(Box::new(b))),
+        }
     }
 
     fn note_write_error(&self, e: &StoreError) {
@@ -356,7 +476,13 @@ impl Store {
 
     /// Delete a committed blob and its record (the record first, as eviction does).
     pub async fn remove(&self, digest: &Digest) -> Result<bool, StoreError> {
-        self.filesystem().remove(digest).await
+        match &self.inner.bucket {
+            None => self.filesystem().remove(digest).await,
+            Some(b) => {
+                self.inner.index.remove_blob(digest)?;
+                b.s3.remove(digest).await
+            }
+        }
     }
 
     pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, StoreError> {

@@ -269,3 +269,139 @@ async fn s3_backend_suite_on_seaweedfs() {
         "{shown}"
     );
 }
+
+/// A [`Store`](pullgate_store::Store) with a bucket, as `[storage] backend = "s3"` makes it:
+/// fills go to the bucket and their followers read it once committed; bad or abandoned
+/// fills leave nothing readable; a second replica (its own directory, the same bucket)
+/// learns who served a blob from the bucket, but no repository link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_with_a_bucket_fills_there_and_replicas_learn_origins_not_links() {
+    use pullgate_oci::{RepoName, UpstreamId};
+    use pullgate_store::{BucketOptions, Origin, Store, StoreOptions, S3};
+
+    let f = support::S3Fixture::new("store/").await;
+    let open = |dir: &std::path::Path| {
+        Store::open_with(
+            dir,
+            StoreOptions {
+                limits: None,
+                inspect_only: false,
+                bucket: Some(BucketOptions {
+                    s3: S3::connect(&f.config).expect("connect"),
+                    max_uploads: 2,
+                }),
+            },
+        )
+        .expect("open store")
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let up = UpstreamId::parse("registry.example:5000").unwrap();
+    let repo = RepoName::parse("team/app").unwrap();
+    let origin = || Origin {
+        upstream: up.clone(),
+        repo: repo.clone(),
+    };
+    let collect = |s: pullgate_store::BlobStream| async move {
+        s.try_collect::<Vec<Bytes>>().await.map(|v| v.concat())
+    };
+
+    // Followers that joined before the commit get every byte (and a range across a part
+    // boundary) after it, and nothing is readable before.
+    let bytes = content(101, f.big_size());
+    let d = Digest::sha256_of(&bytes);
+    let len = bytes.len() as u64;
+    let mut fill = a.begin_fill(d.clone(), Some(len)).await.unwrap();
+    let follower = fill.follower();
+    assert_eq!(follower.size(), Some(len));
+    let part = pullgate_store::s3::MIN_PART_SIZE as u64;
+    let whole = tokio::spawn(collect(follower.stream(0, None)));
+    let range = tokio::spawn(collect(follower.stream(part - 10, Some(part + 9))));
+    for c in chunks(&bytes) {
+        fill.write_batch(vec![c]).await.unwrap();
+    }
+    assert_eq!(
+        a.stat(&d).await.unwrap(),
+        None,
+        "readable before its commit"
+    );
+    assert!(!whole.is_finished());
+    assert_eq!(fill.commit(Some(origin())).await.unwrap(), len);
+    assert_eq!(whole.await.unwrap().unwrap(), bytes.to_vec());
+    assert_eq!(
+        range.await.unwrap().unwrap(),
+        bytes[part as usize - 10..=part as usize + 9].to_vec()
+    );
+    assert_eq!(follower.finished().await.unwrap(), len);
+    assert!(a.is_linked(&up, &repo, &d).unwrap() && a.has_origin(&d, &up).unwrap());
+
+    // Replica B: the origin from the bucket once it has seen the blob; never a link, and
+    // never an upstream that did not serve it.
+    assert!(!b.has_origin(&d, &up).unwrap());
+    let reader = b.open_blob(&d).await.unwrap().expect("in the bucket");
+    assert_eq!(reader.size(), len);
+    assert!(b.has_origin(&d, &up).unwrap());
+    assert!(!b.is_linked(&up, &repo, &d).unwrap());
+    let other = UpstreamId::parse("other.example").unwrap();
+    assert!(!b.has_origin(&d, &other).unwrap());
+    let r = ByteRange { start: 5, end: 9 };
+    assert_eq!(
+        collect(reader.stream(Some(r))).await.unwrap(),
+        bytes[5..10].to_vec()
+    );
+
+    // Bytes that do not hash to the digest: refused, followers fail, nothing stored.
+    let good = content(102, 1000);
+    let d2 = Digest::sha256_of(&good);
+    let mut fill = a.begin_fill(d2.clone(), Some(1000)).await.unwrap();
+    let f2 = fill.follower();
+    fill.write_batch(vec![content(103, 1000)]).await.unwrap();
+    assert!(matches!(
+        fill.commit(Some(origin())).await,
+        Err(StoreError::DigestMismatch { .. })
+    ));
+    assert!(collect(f2.stream(0, None)).await.is_err());
+    assert_eq!(a.stat(&d2).await.unwrap(), None);
+    assert!(!a.is_linked(&up, &repo, &d2).unwrap());
+
+    // Dropped after its multipart upload began: followers fail, the upload is aborted.
+    let big = content(104, f.big_size());
+    let d3 = Digest::sha256_of(&big);
+    let mut fill = a
+        .begin_fill(d3.clone(), Some(big.len() as u64))
+        .await
+        .unwrap();
+    let f3 = fill.follower();
+    let first: Vec<Bytes> = chunks(&big).into_iter().take(6).collect();
+    fill.write_batch(first).await.unwrap();
+    drop(fill);
+    assert!(f3.finished().await.is_err());
+    eventually("the dropped fill's upload aborted", || async {
+        f.leftovers().await == 0
+    })
+    .await;
+    assert_eq!(a.stat(&d3).await.unwrap(), None);
+
+    // A manifest: put into the bucket, read whole by the other replica, bounded.
+    let m = Bytes::from_static(br#"{"schemaVersion":2}"#);
+    let dm = Digest::sha256_of(&m);
+    let media = "application/vnd.oci.image.manifest.v1+json";
+    a.put_verified(&dm, m.clone(), Some(media), Some(origin()))
+        .await
+        .unwrap();
+    assert_eq!(a.manifest_media_type(&dm).unwrap().as_deref(), Some(media));
+    assert_eq!(b.read_small(&dm, 1 << 20).await.unwrap(), Some(m));
+    assert!(matches!(
+        b.read_small(&dm, 4).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert!(b.has_origin(&dm, &up).unwrap());
+
+    // No blob file in either directory: the bytes are in the bucket only.
+    for dir in [dir_a.path(), dir_b.path()] {
+        let files = std::fs::read_dir(dir.join("blobs"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(files, 0, "{}", dir.display());
+    }
+}

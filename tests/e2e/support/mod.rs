@@ -9,6 +9,10 @@ pub mod http;
 pub mod images;
 pub mod netns;
 pub mod pullgate;
+/// `weed mini`, shared with the store's backend suite.
+#[allow(dead_code)]
+#[path = "../../../crates/store/tests/support/seaweed.rs"]
+pub mod seaweed;
 pub mod secret;
 pub mod sign;
 pub mod skopeo;

@@ -102,7 +102,8 @@ impl S3Config {
         }
     }
 
-    fn validate(&self) -> Result<(), StoreError> {
+    /// Whether this can work, before anything is sent: names, sizes, the endpoint's form.
+    pub fn validate(&self) -> Result<(), StoreError> {
         let bad = |why: String| Err(StoreError::Config(why));
         let b = &self.bucket;
         if b.len() < 3
@@ -195,6 +196,8 @@ struct Inner {
     store: AmazonS3,
     /// `<prefix>blobs`.
     blobs: Path,
+    /// `<prefix>origins`: who served each blob (see [`S3::mark_origin`]).
+    origins: Path,
     /// `<prefix>blobs/`, as keys start.
     key_prefix: String,
     /// Objects are under this URL (for the one request we sign ourselves).
@@ -309,6 +312,7 @@ impl S3 {
             inner: Arc::new(Inner {
                 store,
                 blobs: Path::from(format!("{prefix}blobs")),
+                origins: Path::from(format!("{prefix}origins")),
                 key_prefix,
                 bucket_url,
                 region: config.region.clone(),
@@ -337,6 +341,48 @@ impl S3 {
         Ok(s3)
     }
 
+    /// Record in the bucket that `upstream` served the bytes of the committed `digest`: an
+    /// empty object `<prefix>origins/<algorithm>/<hex>/<upstream, hex-encoded>`. Other
+    /// replicas read it ([`S3::origins`]) so that the access check may take that
+    /// upstream's `HEAD` for a repository's possession, as it does for a local fill, instead
+    /// of a `GET` proof. Call it only after the blob's commit: a marker never names an
+    /// upstream that did not serve bytes that hashed to the digest.
+    pub async fn mark_origin(&self, digest: &Digest, upstream: &str) -> Result<(), StoreError> {
+        let key = self.inner.origin_dir(digest).join(hex_name(upstream));
+        let options = PutOptions {
+            mode: PutMode::Overwrite,
+            ..PutOptions::default()
+        };
+        self.inner
+            .deadline(
+                "PUT origin",
+                self.inner.store.put_opts(&key, PutPayload::new(), options),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| backend("PUT origin", e))
+    }
+
+    /// The upstreams recorded by [`S3::mark_origin`] for `digest` (at most
+    /// [`MAX_ORIGINS`]; markers whose name does not decode are skipped).
+    pub async fn origins(&self, digest: &Digest) -> Result<Vec<String>, StoreError> {
+        let dir = self.inner.origin_dir(digest);
+        let listed = self
+            .inner
+            .deadline(
+                "LIST origins",
+                self.inner.store.list_with_delimiter(Some(&dir)),
+            )
+            .await
+            .map_err(|e| backend("LIST origins", e))?;
+        Ok(listed
+            .objects
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(unhex_name))
+            .take(MAX_ORIGINS)
+            .collect())
+    }
+
     /// Multipart uploads under our prefix not yet completed or aborted: fills under way
     /// (here or on other replicas) and what crashes left.
     pub async fn unfinished_uploads(&self) -> Result<usize, StoreError> {
@@ -344,7 +390,34 @@ impl S3 {
     }
 }
 
+/// Origins read back per blob, at most (the index keeps as many).
+pub const MAX_ORIGINS: usize = 16;
+
+/// An upstream's name as one key segment: lowercase hex of its bytes, so that no
+/// character of it (`:` of a port) is ever escaped or refused by a store.
+fn hex_name(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex_name(segment: &str) -> Option<String> {
+    if segment.len() & 1 == 1 || segment.len() > 512 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..segment.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(segment.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
 impl Inner {
+    fn origin_dir(&self, d: &Digest) -> Path {
+        self.origins
+            .clone()
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+
     fn key(&self, d: &Digest) -> Path {
         self.blobs
             .clone()
@@ -1254,6 +1327,17 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn upstream_names_round_trip_as_key_segments() {
+        for name in ["docker.io", "127.0.0.1:5000", "ghcr.io"] {
+            let h = hex_name(name);
+            assert!(h.bytes().all(|c| c.is_ascii_hexdigit()), "{h}");
+            assert_eq!(unhex_name(&h).as_deref(), Some(name));
+        }
+        assert_eq!(unhex_name("zz"), None);
+        assert_eq!(unhex_name("abc"), None);
     }
 
     #[test]

