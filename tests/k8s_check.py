@@ -8,20 +8,27 @@ tests/run-all.sh); it can be run by hand the same way:
 
 Each FILE is checked by its kind, and any other kind is an error (so no file goes unchecked):
 
-* config/kubernetes/*.yaml: every object against the Kubernetes schema (kubernetes-validate,
-  strict), then the set as a whole: the kustomization lists every file; the ConfigMap's
-  pullgate.toml names only paths that the Deployment mounts from the right volume (cache
-  dir: the PVC; credentials and client secrets: dockerconfigjson secrets; the signing key:
-  a key of its secret; TLS: a kubernetes.io/tls secret); the config file in the container
-  args is under the ConfigMap mount; probes hit /healthz and /readyz on the serving port,
-  over HTTPS when TLS is on; selectors match; the grace period outlasts the drain. With
-  kubectl installed, `kubectl kustomize` renders the directory and the result is checked too.
+* config/kubernetes/*.yaml (one replica) and config/kubernetes/ha/*.yaml (replicas on one
+  S3 bucket), each directory a set of its own: every object against the Kubernetes schema
+  (kubernetes-validate, strict), then the set as a whole: the kustomization lists every
+  file; the ConfigMap's pullgate.toml names only paths that the Deployment mounts from the
+  right volume (cache dir: the PVC, or an emptyDir when the blobs are in a bucket;
+  credentials and client secrets: dockerconfigjson secrets; the signing key: a key of its
+  secret; TLS: a kubernetes.io/tls secret; S3 credentials: a secret with access_key_id and
+  secret_access_key); the config file in the container args is under the ConfigMap mount;
+  probes hit /healthz and /readyz on the serving port, over HTTPS when TLS is on; selectors
+  match; the grace period outlasts the drain; more than one replica only on a bucket, spread
+  over nodes, with a budget that keeps one up. The ha/ set's Namespace and shared Secrets
+  equal the single-replica set's, and its Deployment has the same hardening, probes, args
+  and ports. With kubectl installed, `kubectl kustomize` renders each directory and the
+  result is checked too.
 * hosts.toml (containerd), *.conf (containers registries.conf), daemon.json (docker): parsed,
   and checked against the ConfigMap's pullgate.toml: every mirror host is one of its
   [auth] mirror_hosts, and every mirrored registry reaches the upstream of that name by the
   way pullgate routes (containerd's ?ns=, a path prefix, or the first upstream).
 
---configmap-toml OUT writes the ConfigMap's pullgate.toml to OUT, for `pullgate check-config`.
+--configmap-toml OUT writes the ConfigMap's pullgate.toml to OUT, for `pullgate check-config`;
+--ha-configmap-toml OUT does the same for config/kubernetes/ha/.
 Exit status 0 when every check passes; otherwise each problem is printed and the status is 1.
 """
 
@@ -42,18 +49,35 @@ import yaml
 # The oldest Kubernetes release still commonly run; kubernetes-validate ships its schemas.
 K8S_VERSION = "1.30.0"
 
-# Exactly these objects make up a deployment.
-EXPECTED_KINDS = Counter(
-    {
-        "Namespace": 1,
-        "ConfigMap": 1,
-        "Secret": 4,
-        "PersistentVolumeClaim": 1,
-        "Deployment": 1,
-        "Service": 1,
-        "PodDisruptionBudget": 1,
-    }
-)
+# Exactly these objects make up a deployment, by the directory that holds it: one replica
+# with its cache volume, or replicas on one bucket (the S3 secret and a headless Service in
+# place of the volume).
+EXPECTED_KINDS = {
+    "kubernetes": Counter(
+        {
+            "Namespace": 1,
+            "ConfigMap": 1,
+            "Secret": 4,
+            "PersistentVolumeClaim": 1,
+            "Deployment": 1,
+            "Service": 1,
+            "PodDisruptionBudget": 1,
+        }
+    ),
+    "ha": Counter(
+        {
+            "Namespace": 1,
+            "ConfigMap": 1,
+            "Secret": 5,
+            "Deployment": 1,
+            "Service": 2,
+            "PodDisruptionBudget": 1,
+        }
+    ),
+}
+
+# S3 credentials in a mounted directory (pullgate-store's S3 credentials reader).
+S3_KEYS = {"access_key_id", "secret_access_key"}
 
 # Docker Hub's names, as pullgate-oci folds them.
 DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
@@ -128,10 +152,14 @@ def validate_schema(objects, label):
             ok(f"{label}: {name} matches the Kubernetes {K8S_VERSION} schema (strict)")
 
 
-def check_kinds(objects, where):
+def check_kinds(objects, where, k8s_dir):
     kinds = Counter(obj.get("kind") for _, obj in objects)
-    if kinds != EXPECTED_KINDS:
-        fail(where, f"objects by kind are {dict(kinds)}, expected {dict(EXPECTED_KINDS)}")
+    expected = EXPECTED_KINDS.get(k8s_dir.name)
+    if expected is None:
+        fail(where, f"no set of objects is known for a directory {k8s_dir.name!r}: "
+                    f"add it to EXPECTED_KINDS")
+    elif kinds != expected:
+        fail(where, f"objects by kind are {dict(kinds)}, expected {dict(expected)}")
     else:
         ok(f"{where}: {sum(kinds.values())} objects, every kind pullgate needs")
 
@@ -179,11 +207,11 @@ def check_set(objects, kustomization, k8s_dir, label):
             if obj.get("kind") != "Namespace" and ns is not None and ns != k.get("namespace"):
                 fail(f, f"{obj['kind']}/{obj['metadata']['name']} is in namespace {ns!r}")
 
-    check_kinds(objects, where)
+    check_kinds(objects, where, k8s_dir)
 
     configmap = only(objects, "ConfigMap", where)
     deployment = only(objects, "Deployment", where)
-    service = only(objects, "Service", where)
+    services = by_kind.get("Service", [])
     pdb = only(objects, "PodDisruptionBudget", where)
     if configmap is None or deployment is None:
         return None
@@ -270,7 +298,11 @@ def check_set(objects, kustomization, k8s_dir, label):
         else:
             ok(f"{what} {path} is key {rel} of secret {name} ({secret_type})")
 
-    # The cache on the PVC, writable.
+    # The cache on the PVC, writable; or, with the blobs in a bucket, the replica's index
+    # on an emptyDir.
+    storage = config.get("storage", {})
+    bucket = storage.get("backend", "filesystem") == "s3"
+    replicas = spec.get("replicas", 1)
     cache_dir = config.get("cache", {}).get("dir")
     if cache_dir is None:
         fail(where, "pullgate.toml has no cache.dir")
@@ -279,7 +311,15 @@ def check_set(objects, kustomization, k8s_dir, label):
         if found:
             m, v = found
             claim = (v.get("persistentVolumeClaim") or {}).get("claimName")
-            if claim is None:
+            if "emptyDir" in v:
+                if not bucket:
+                    fail(where, f"cache.dir = {cache_dir!r} is on emptyDir {v['name']!r}, lost with the "
+                                "pod: with storage.backend \"filesystem\" the blobs are there, so it "
+                                "needs a PersistentVolumeClaim")
+                else:
+                    ok(f"cache.dir {cache_dir} is emptyDir {v['name']}: the index of each replica, "
+                       f"the blobs in bucket {storage.get('s3', {}).get('bucket')!r}")
+            elif claim is None:
                 fail(where, f"cache.dir = {cache_dir!r} is on volume {v['name']!r}, not a PersistentVolumeClaim")
             elif claim not in claims:
                 fail(where, f"cache.dir: claim {claim!r} is not defined")
@@ -292,6 +332,48 @@ def check_set(objects, kustomization, k8s_dir, label):
                                     "replicas: 1 and strategy Recreate (each replica needs its own cache)")
                     else:
                         ok(f"one replica, Recreate: {modes[0]} cache claim {claim} is never shared")
+
+    # Replicas share only a bucket.
+    if replicas > 1:
+        if not bucket:
+            fail(where, f"{replicas} replicas with storage.backend \"filesystem\": each would need "
+                        "a cache of its own; share blobs with storage.backend = \"s3\"")
+        spread = {t.get("topologyKey"): t for t in pod.get("topologySpreadConstraints") or []}
+        host = spread.get("kubernetes.io/hostname")
+        if host is None or not matches((host.get("labelSelector") or {}).get("matchLabels"), pod_labels):
+            fail(where, f"{replicas} replicas: no topologySpreadConstraint over kubernetes.io/hostname "
+                        "selecting the pods (they could all land on one node)")
+        else:
+            ok(f"{replicas} replicas spread over {sorted(spread)}")
+        if pdb is not None:
+            unavailable = pdb["spec"].get("maxUnavailable")
+            available = pdb["spec"].get("minAvailable")
+            if not ((isinstance(unavailable, int) and 0 < unavailable < replicas)
+                    or (isinstance(available, int) and 0 < available < replicas)):
+                fail(where, f"{replicas} replicas: the PodDisruptionBudget should keep at least one "
+                            f"up and let a drain evict one (maxUnavailable {unavailable!r}, "
+                            f"minAvailable {available!r})")
+            else:
+                ok(f"PodDisruptionBudget: maxUnavailable {unavailable!r} minAvailable {available!r} "
+                   f"of {replicas}")
+    if bucket:
+        s3 = storage.get("s3") or {}
+        if "credentials" in s3:
+            secret_file(s3["credentials"], "storage.s3.credentials", "Opaque")
+            m, v = mount_for(s3["credentials"], "storage.s3.credentials")
+            secret = secrets.get(((v or {}).get("secret") or {}).get("secretName"))
+            if m is not None and secret is not None and PurePosixPath(s3["credentials"]) == PurePosixPath(m["mountPath"]):
+                items = v["secret"].get("items")
+                files = {i["path"] for i in items} if items else secret_keys(secret)
+                if not S3_KEYS <= files:
+                    fail(where, f"storage.s3.credentials: secret {secret['metadata']['name']!r} mounted "
+                                f"there has {sorted(files)}, not {sorted(S3_KEYS)}")
+                else:
+                    ok(f"storage.s3.credentials: secret {secret['metadata']['name']} has {sorted(S3_KEYS)}")
+        if "ca" in s3:
+            m, v = mount_for(s3["ca"], "storage.s3.ca")
+            if v is not None and not ({"secret", "configMap"} & set(v)):
+                fail(where, f"storage.s3.ca = {s3['ca']!r} is not on a secret or ConfigMap volume")
 
     # Credentials and client secrets: dockerconfigjson secrets.
     for u in config.get("upstream", []):
@@ -410,13 +492,23 @@ def check_set(objects, kustomization, k8s_dir, label):
     # Selectors.
     if not matches(spec.get("selector", {}).get("matchLabels"), pod_labels):
         fail(where, "the Deployment's selector does not match its pod labels")
-    if service is not None:
+    for service in services:
+        name = service["metadata"]["name"]
         if not matches(service["spec"].get("selector"), pod_labels):
-            fail(where, "the Service's selector does not match the pod labels")
+            fail(where, f"Service {name!r}: its selector does not match the pod labels")
         for sp in service["spec"].get("ports", []):
             t = sp.get("targetPort")
             if (ports.get(t) if isinstance(t, str) else t) != port:
-                fail(where, f"Service port {sp.get('name')!r} targets {t!r}, not pullgate's port")
+                fail(where, f"Service {name!r} port {sp.get('name')!r} targets {t!r}, not pullgate's port")
+    headless = [s["metadata"]["name"] for s in services if s["spec"].get("clusterIP") == "None"]
+    clients_svc = [s["metadata"]["name"] for s in services if s["spec"].get("clusterIP") != "None"]
+    if len(clients_svc) != 1:
+        fail(where, f"expected one client Service (not headless), found {clients_svc}")
+    if replicas > 1:
+        if len(headless) != 1:
+            fail(where, f"{replicas} replicas: expected one headless Service for them, found {headless}")
+        else:
+            ok(f"headless Service {headless[0]} beside client Service {clients_svc}")
     if pdb is not None and not matches(pdb["spec"].get("selector", {}).get("matchLabels"), pod_labels):
         fail(where, "the PodDisruptionBudget's selector does not match the pod labels")
 
@@ -586,6 +678,43 @@ def check_daemon_json(f, config):
             ok(f"{f}: {url} mirrors Docker Hub (pullgate's first upstream {default})")
 
 
+def check_same_as_base(base, variant, where):
+    """A variant set (ha/) keeps what it shares with the single-replica set equal: the
+    Namespace and the Secrets of the same name, and the Deployment's hardening, probes,
+    args and ports."""
+    named = {(o.get("kind"), o["metadata"]["name"]): o for _, o in base}
+    for _, obj in variant:
+        key = (obj.get("kind"), obj["metadata"]["name"])
+        if obj.get("kind") in ("Namespace", "Secret") and key in named:
+            if obj != named[key]:
+                fail(where, f"{key[0]}/{key[1]} differs from the one in config/kubernetes")
+            else:
+                ok(f"{where}: {key[0]}/{key[1]} is the same as config/kubernetes's")
+    deployments = [o for _, o in base if o.get("kind") == "Deployment"], \
+                  [o for _, o in variant if o.get("kind") == "Deployment"]
+    if any(len(d) != 1 for d in deployments):
+        return
+    (b,), (v,) = deployments
+    bpod, vpod = b["spec"]["template"]["spec"], v["spec"]["template"]["spec"]
+    bc, vc = bpod["containers"][0], vpod["containers"][0]
+    for what, x, y in [
+        ("the pod's securityContext", bpod.get("securityContext"), vpod.get("securityContext")),
+        ("terminationGracePeriodSeconds", bpod.get("terminationGracePeriodSeconds"),
+         vpod.get("terminationGracePeriodSeconds")),
+        ("automountServiceAccountToken", bpod.get("automountServiceAccountToken"),
+         vpod.get("automountServiceAccountToken")),
+        ("the container's securityContext", bc.get("securityContext"), vc.get("securityContext")),
+        ("the container's args", bc.get("args"), vc.get("args")),
+        ("the container's ports", bc.get("ports"), vc.get("ports")),
+        ("the livenessProbe", bc.get("livenessProbe"), vc.get("livenessProbe")),
+        ("the readinessProbe", bc.get("readinessProbe"), vc.get("readinessProbe")),
+        ("the startupProbe", bc.get("startupProbe"), vc.get("startupProbe")),
+    ]:
+        if x != y:
+            fail(where, f"the Deployment's {what} differs from config/kubernetes's: {y!r}, not {x!r}")
+    ok(f"{where}: the Deployment's hardening, probes, args and ports are config/kubernetes's")
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -602,12 +731,15 @@ def main():
     ap.add_argument("files", nargs="+", type=Path)
     ap.add_argument("--configmap-toml", type=Path,
                     help="write the ConfigMap's pullgate.toml here")
+    ap.add_argument("--ha-configmap-toml", type=Path,
+                    help="write config/kubernetes/ha's ConfigMap's pullgate.toml here")
     args = ap.parse_args()
 
-    k8s, clients = [], []
+    # config/kubernetes/ and each directory below it: a set of its own.
+    k8s, clients = {}, []
     for f in args.files:
-        if f.suffix in (".yaml", ".yml") and f.parent.name == "kubernetes":
-            k8s.append(f)
+        if f.suffix in (".yaml", ".yml") and "kubernetes" in f.parent.parts:
+            k8s.setdefault(f.parent, []).append(f)
         elif f.name == "hosts.toml":
             clients.append((check_containerd, f))
         elif f.suffix == ".conf":
@@ -616,24 +748,29 @@ def main():
             clients.append((check_daemon_json, f))
         else:
             fail(f, "no check for this kind of file")
-    if not k8s:
+    base_dirs = [d for d in k8s if d.name == "kubernetes"]
+    if len(base_dirs) != 1:
         fail("arguments", "no config/kubernetes/*.yaml given: the client checks need its ConfigMap")
         return report()
-    k8s_dir = k8s[0].parent
-
-    objects, kustomization = load_objects(k8s)
-    validate_schema(objects, "file")
-    config = check_set(objects, kustomization, k8s_dir, "files")
+    base_dir = base_dirs[0]
 
     kubectl = shutil.which("kubectl")
-    if kubectl:
-        rendered = kustomize(kubectl, k8s_dir)
-        if rendered is not None:
-            validate_schema(rendered, "rendered")
-            check_set(rendered, kustomization, k8s_dir, "kubectl kustomize")
-    else:
+    if not kubectl:
         print("NOTE kubectl is not installed: `kubectl kustomize` was not run "
               "(the files and the kustomization's resource list were checked)")
+    sets = {}
+    for k8s_dir in sorted(k8s, key=lambda d: (d != base_dir, str(d))):
+        objects, kustomization = load_objects(k8s[k8s_dir])
+        validate_schema(objects, "file")
+        sets[k8s_dir] = (objects, check_set(objects, kustomization, k8s_dir, "files"))
+        if kubectl:
+            rendered = kustomize(kubectl, k8s_dir)
+            if rendered is not None:
+                validate_schema(rendered, "rendered")
+                check_set(rendered, kustomization, k8s_dir, "kubectl kustomize")
+        if k8s_dir != base_dir:
+            check_same_as_base(sets[base_dir][0], objects, k8s_dir)
+    objects, config = sets[base_dir]
 
     if config is not None:
         for check, f in clients:
@@ -641,9 +778,15 @@ def main():
                 check(f, config)
             except (ValueError, tomllib.TOMLDecodeError) as e:
                 fail(f, f"cannot be parsed: {e}")
-        if args.configmap_toml:
-            cm = next(o for _, o in objects if o.get("kind") == "ConfigMap")
-            args.configmap_toml.write_text(cm["data"]["pullgate.toml"], encoding="utf-8")
+        for out, k8s_dir in [(args.configmap_toml, base_dir),
+                             (args.ha_configmap_toml, base_dir / "ha")]:
+            if out is None:
+                continue
+            if k8s_dir not in sets:
+                fail(k8s_dir, "no files of this directory were given")
+                continue
+            cm = next(o for _, o in sets[k8s_dir][0] if o.get("kind") == "ConfigMap")
+            out.write_text(cm["data"]["pullgate.toml"], encoding="utf-8")
     return report()
 
 

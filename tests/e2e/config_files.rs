@@ -2,7 +2,8 @@
 //! fails the test, so nothing users copy from there goes unchecked:
 //!
 //! - pullgate configurations (`*.toml`): `pullgate check-config` must accept them, and so
-//!   must the `pullgate.toml` inside the Kubernetes ConfigMap;
+//!   must the `pullgate.toml` inside each Kubernetes ConfigMap (`config/kubernetes/` and the
+//!   replicas on one bucket of `config/kubernetes/ha/`);
 //! - Kubernetes manifests, containerd `hosts.toml`, `registries.conf`, docker's
 //!   `daemon.json`: `tests/k8s_check.py`, run with the Python that has kubernetes-validate
 //!   (schemas, the kustomization, every configured path against the Deployment's mounts,
@@ -344,11 +345,17 @@ fn every_file_under_config_is_checked_by_its_kind() {
 
     let dir = tempfile::tempdir().unwrap();
     let in_cluster = dir.path().join("pullgate.toml");
+    let replicas = dir.path().join("pullgate-ha.toml");
     let out = check_with_python(
         &python,
         &base,
         &p.python,
-        &[Path::new("--configmap-toml"), &in_cluster],
+        &[
+            Path::new("--configmap-toml"),
+            &in_cluster,
+            Path::new("--ha-configmap-toml"),
+            &replicas,
+        ],
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "tests/k8s_check.py:\n{}", text(&out));
@@ -356,6 +363,17 @@ fn every_file_under_config_is_checked_by_its_kind() {
     let settings = check_config(&in_cluster);
     assert!(settings.contains("[server.tls]"), "{settings}");
     println!("ok  config/kubernetes/configmap.yaml pullgate.toml: pullgate check-config");
+    // And the replicas' one: blobs in a bucket, TLS on, no bound on a cache directory.
+    let settings = check_config(&replicas);
+    for want in [
+        "[server.tls]",
+        "[storage]\nbackend = \"s3\"",
+        "[storage.s3]",
+    ] {
+        assert!(settings.contains(want), "{want:?} in:\n{settings}");
+    }
+    assert!(!settings.contains("max_size = \""), "{settings}");
+    println!("ok  config/kubernetes/ha/configmap.yaml pullgate.toml: pullgate check-config");
 
     // Nothing here checks nothing.
     let kinds = |suffix: &str| {
@@ -367,7 +385,7 @@ fn every_file_under_config_is_checked_by_its_kind() {
     assert!(p.pullgate.len() >= 2, "{:?}", p.pullgate);
     assert!(p.dockerconfig.len() >= 2 && p.dashboards.len() == 1);
     assert!(
-        kinds(".yaml") >= 8
+        kinds(".yaml") >= 16
             && kinds("hosts.toml") >= 1
             && kinds(".conf") >= 1
             && kinds("daemon.json") == 1
@@ -391,6 +409,7 @@ fn the_config_checker_fails_on_broken_files() {
 
     let deployment = "config/kubernetes/deployment.yaml";
     let configmap = "config/kubernetes/configmap.yaml";
+    let ha_deployment = "config/kubernetes/ha/deployment.yaml";
     let breakages: &[(&str, &str, &str, &str)] = &[
         // (file, text, replacement, expected in the failure)
         (
@@ -488,6 +507,55 @@ fn the_config_checker_fails_on_broken_files() {
             "\"ghcr.io/team-a\":",
             "\"quay.io/team-a\":",
             "grants nothing",
+        ),
+        // Replicas on one bucket.
+        (
+            "config/kubernetes/ha/configmap.yaml",
+            "backend = \"s3\"",
+            "backend = \"filesystem\"",
+            "lost with the pod",
+        ),
+        (
+            ha_deployment,
+            "secretName: pullgate-s3",
+            "secretName: pullgate-token-key",
+            "access_key_id",
+        ),
+        (
+            ha_deployment,
+            "mountPath: /var/run/secrets/pullgate/s3\n",
+            "mountPath: /var/run/secrets/pullgate/s3-creds\n",
+            "storage.s3.credentials",
+        ),
+        (
+            ha_deployment,
+            "topologyKey: kubernetes.io/hostname",
+            "topologyKey: kubernetes.io/os",
+            "kubernetes.io/hostname",
+        ),
+        (
+            ha_deployment,
+            "readOnlyRootFilesystem: true",
+            "readOnlyRootFilesystem: false",
+            "securityContext differs",
+        ),
+        (
+            "config/kubernetes/ha/pdb.yaml",
+            "maxUnavailable: 1",
+            "maxUnavailable: 3",
+            "PodDisruptionBudget",
+        ),
+        (
+            "config/kubernetes/ha/service-peers.yaml",
+            "  clusterIP: None\n",
+            "",
+            "headless",
+        ),
+        (
+            "config/kubernetes/ha/secrets.yaml",
+            "\"ghcr.io/team-a\":",
+            "\"ghcr.io/team-b\":",
+            "differs from the one in config/kubernetes",
         ),
         (
             "config/podman/registries.conf",
