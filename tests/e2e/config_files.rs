@@ -374,6 +374,41 @@ fn every_file_under_config_is_checked_by_its_kind() {
     }
     assert!(!settings.contains("max_size = \""), "{settings}");
     println!("ok  config/kubernetes/ha/configmap.yaml pullgate.toml: pullgate check-config");
+    // The guide's lifecycle rule aborts unfinished uploads under that ConfigMap's prefix.
+    let prefix = toml::from_str::<toml::Value>(&settings).unwrap()["storage"]["s3"]["prefix"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let guide = std::fs::read_to_string(base.join("docs/operations.md")).unwrap();
+    let section = guide
+        .split("### Replicas on one bucket")
+        .nth(1)
+        .expect("docs/operations.md: Replicas on one bucket");
+    let block = |lang: &str| {
+        section
+            .split(&format!("```{lang}\n"))
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap_or_else(|| panic!("no {lang} lifecycle rule"))
+            .to_owned()
+    };
+    let rule: Value = serde_json::from_str(&block("json")).unwrap();
+    let rule = &rule["Rules"][0];
+    assert_eq!(rule["Status"], "Enabled");
+    assert_eq!(rule["Filter"]["Prefix"], format!("{prefix}blobs/"));
+    assert_eq!(
+        rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"],
+        1
+    );
+    let xml = block("xml");
+    for want in [
+        format!("<Prefix>{prefix}blobs/</Prefix>"),
+        "<DaysAfterInitiation>1</DaysAfterInitiation>".to_owned(),
+        "<Status>Enabled</Status>".to_owned(),
+    ] {
+        assert!(xml.contains(&want), "{want} in:\n{xml}");
+    }
+    println!("ok  docs/operations.md: the lifecycle rule covers {prefix}blobs/");
 
     // Nothing here checks nothing.
     let kinds = |suffix: &str| {
