@@ -162,6 +162,15 @@ fn check_dns_name(host: &str) -> Result<(), &'static str> {
             return Err("the name has characters other than letters, digits, '-' and '.'");
         }
     }
+    // `10.0.0.01` is no IP (std refuses the leading zero), and as a name it would be a
+    // second spelling of a peer others write as an address.
+    if host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("the name ends in a number, like an address, but is no valid address");
+    }
     Ok(())
 }
 
@@ -199,6 +208,8 @@ mod tests {
             "a..b:5001",
             "a b:5001",
             "10.0.0.1:+1",
+            "10.0.0.01:5001",
+            "256.0.0.1:5001",
         ] {
             assert!(Peer::parse(bad).is_err(), "accepted {bad:?}");
         }
