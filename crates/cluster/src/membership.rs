@@ -121,6 +121,7 @@ impl Cluster {
             Members::Dns { name, refresh } => {
                 let (tx, rx) = watch::channel(Arc::from([]));
                 let refresher = Refresher {
+                    timeout: refresh.min(LOOKUP_TIMEOUT),
                     name,
                     resolver,
                     tx,
@@ -133,10 +134,15 @@ impl Cluster {
                     let mut every = tokio::time::interval(refresh);
                     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     every.tick().await;
+                    // A lookup under way is dropped at shutdown too: the view changes only
+                    // after an answer is in, so nothing is left half done.
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => break,
-                            _ = every.tick() => refresher.once().await,
+                            _ = async {
+                                every.tick().await;
+                                refresher.once().await;
+                            } => {}
                         }
                     }
                 });
@@ -224,7 +230,14 @@ impl Drop for Cluster {
     }
 }
 
+/// The longest one lookup may take; more counts as a failure. getaddrinfo's own retries
+/// can take far longer, and start-up waits for the first answer.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct Refresher {
+    /// [`LOOKUP_TIMEOUT`], or `refresh` if shorter: an answer later than the next lookup
+    /// is not worth waiting for.
+    timeout: Duration,
     name: ServiceName,
     resolver: Arc<dyn Resolve>,
     tx: watch::Sender<Arc<[Peer]>>,
@@ -234,7 +247,10 @@ struct Refresher {
 
 impl Refresher {
     async fn once(&self) {
-        let peers = match self.resolver.resolve(&self.name).await {
+        let answer = tokio::time::timeout(self.timeout, self.resolver.resolve(&self.name))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time")));
+        let peers = match answer {
             Ok(addrs) if !addrs.is_empty() => sorted(addrs.into_iter().map(Peer::from)),
             Ok(_) => {
                 tracing::warn!(name = %self.name, "cluster DNS answered no address: keeping the last view");
@@ -455,6 +471,32 @@ mod tests {
         .await;
         assert!((0..100u32).all(|i| !c.is_mine(&Digest::sha256_of(&i.to_be_bytes()))));
         drop(c);
+    }
+
+    struct Silent;
+
+    impl Resolve for Silent {
+        fn resolve<'a>(&'a self, _: &'a ServiceName) -> ResolveFuture<'a> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lookup_that_never_answers_does_not_hold_up_the_start() {
+        let c = Cluster::start(
+            Peer::from(addr(1)),
+            dns(Duration::from_millis(50)),
+            Arc::new(Silent),
+            Arc::new(SystemClock),
+        )
+        .await;
+        assert!(c.peers().is_empty());
+        // Nor the refresher's shutdown, whose lookups hang too (each given up after the
+        // refresh interval, or dropped by the shutdown itself).
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::timeout(Duration::from_secs(30), c.shutdown())
+            .await
+            .expect("shut down");
     }
 
     #[test]
