@@ -250,8 +250,18 @@ impl Refresher {
         let answer = tokio::time::timeout(self.timeout, self.resolver.resolve(&self.name))
             .await
             .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time")));
+        // A dual-stack Service answers each pod's IPv4 and IPv6 address: one replica would
+        // be two peers, with two shares. Only the family this replica advertises counts.
+        let family = self.me.socket_addr().map(|a| a.is_ipv4());
+        let answer = answer.map(|addrs| {
+            addrs
+                .into_iter()
+                .map(Peer::from)
+                .filter(|p| p.socket_addr().map(|a| a.is_ipv4()) == family)
+                .collect::<Vec<_>>()
+        });
         let peers = match answer {
-            Ok(addrs) if !addrs.is_empty() => sorted(addrs.into_iter().map(Peer::from)),
+            Ok(addrs) if !addrs.is_empty() => sorted(addrs.into_iter()),
             Ok(_) => {
                 tracing::warn!(name = %self.name, "cluster DNS answered no address: keeping the last view");
                 return;
@@ -423,9 +433,16 @@ mod tests {
     async fn dns_members_are_resolved_refreshed_and_kept_over_a_failure() {
         let me = Peer::from(addr(1));
         let script = Script::new(vec![
-            Ok(vec![addr(2), addr(1), addr(2)]),
+            // Dual stack: the IPv6 addresses are the same pods again.
+            Ok(vec![
+                addr(2),
+                addr(1),
+                addr(2),
+                "[fd00::2]:5001".parse().unwrap(),
+            ]),
             Err(io::Error::other("SERVFAIL")),
             Ok(vec![]),
+            Ok(vec!["[fd00::3]:5001".parse().unwrap()]),
             Ok(vec![addr(3), addr(1)]),
         ]);
         let c = Cluster::start(
@@ -437,7 +454,8 @@ mod tests {
         .await;
         // The first answer, awaited by start: sorted, deduplicated.
         assert_eq!(&*c.peers(), [Peer::from(addr(1)), Peer::from(addr(2))]);
-        // A failure and an empty answer keep it; the next answer replaces it.
+        // A failure and an empty answer (or one of the other family only) keep it; the
+        // next answer replaces it.
         let mut w = c.watch();
         tokio::time::timeout(Duration::from_secs(30), w.changed())
             .await
