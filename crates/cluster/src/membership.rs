@@ -83,6 +83,8 @@ pub enum Owner {
 pub struct Cluster {
     me: Peer,
     view: watch::Receiver<Arc<[Peer]>>,
+    /// The sender of a static view, which nothing sends on.
+    _fixed: Option<watch::Sender<Arc<[Peer]>>>,
     liveness: Arc<Mutex<Liveness>>,
     clock: Arc<dyn Clock>,
     /// Owns the DNS refresher; [`Cluster::shutdown`] stops and waits for it.
@@ -113,9 +115,12 @@ impl Cluster {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let liveness = Arc::new(Mutex::new(Liveness::default()));
+        let mut fixed = None;
         let view = match members {
             Members::Static(peers) => {
-                let (_, rx) = watch::channel(sorted(peers.iter().cloned()));
+                let (tx, rx) = watch::channel(sorted(peers.iter().cloned()));
+                // Kept, so that a watcher's `changed` waits (for ever) rather than failing.
+                fixed = Some(tx);
                 rx
             }
             Members::Dns { name, refresh } => {
@@ -153,6 +158,7 @@ impl Cluster {
         Cluster {
             me,
             view,
+            _fixed: fixed,
             liveness,
             clock,
             tasks,
@@ -398,6 +404,11 @@ mod tests {
             }
         }
         assert!(mine.iter().all(|&n| n > 50), "{mine:?}");
+        // A static view never changes, and says so by never reporting a change.
+        let mut w = views[0].watch();
+        assert!(tokio::time::timeout(Duration::from_millis(20), w.changed())
+            .await
+            .is_err());
 
         // Replica 0 finds replica 2 down: 2's digests go to their runner-up, for 0 only.
         let (c0, p2) = (&views[0], &peers[2]);
