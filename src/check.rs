@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use pullgate_auth::Scheme;
+use pullgate_cluster::Members;
 use pullgate_credentials::SecretSource;
 use pullgate_mirror::TagTtl;
 use pullgate_oci::{RepoName, Tag};
@@ -116,6 +117,25 @@ pub fn render(s: &Settings) -> String {
         }
     }
     doc.insert("storage".into(), Value::Table(storage));
+
+    // The peers or the name they come from, this replica and its port; the key's path only.
+    if let Some(c) = &s.cluster {
+        let mut t = Table::new();
+        match &c.members {
+            Members::Static(peers) => {
+                let list = peers.iter().map(|p| Value::from(p.as_str()));
+                t.insert("peers".into(), Value::Array(list.collect()));
+            }
+            Members::Dns { name, refresh } => {
+                t.insert("dns".into(), name.to_string().into());
+                t.insert("refresh".into(), dur(*refresh).into());
+            }
+        }
+        t.insert("listen".into(), c.listen.to_string().into());
+        t.insert("advertise".into(), c.me.as_str().into());
+        t.insert("key".into(), path(&c.key));
+        doc.insert("cluster".into(), Value::Table(t));
+    }
 
     let upstreams = s
         .upstreams
@@ -310,6 +330,13 @@ pub fn files(s: &Settings) -> Vec<String> {
                     .map_or("the standard AWS chain".into(), |p| p.display().to_string())
             ),
             Err(e) => format!("warning  storage.s3: {e}"),
+        });
+    }
+    if let Some(c) = &s.cluster {
+        // Read as the internal port will read it; its errors name the file, never a byte.
+        out.push(match pullgate_cluster::SharedKey::load(&c.key) {
+            Ok(_) => format!("ok       cluster key {}", c.key.display()),
+            Err(e) => format!("warning  cluster key: {e}"),
         });
     }
     if let Some(tls) = &s.tls {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use pullgate_auth::{Rule, Scheme, ThrottleConfig};
+use pullgate_cluster::{Members, Peer, ServiceName};
 use pullgate_mirror::{Platforms, PrefetchRule, TagPolicy, TagRule, TagTtl};
 use pullgate_oci::{ImagePattern, UpstreamId};
 use pullgate_server::{IpNet, RealmUrl, TlsFiles};
@@ -45,7 +46,41 @@ pub struct FileConfig {
     /// `[storage]`: where blob bytes live (the cache directory by default).
     #[serde(default)]
     pub storage: StorageSection,
+    /// `[cluster]`: the replicas of one mirror; absent, this process is the only one.
+    pub cluster: Option<ClusterSection>,
 }
+
+/// `[cluster]` (issue 18): who the other replicas are and how this one is reached. Validated
+/// and shown by check-config; serving does not use it yet (docs/ARCHITECTURE.md, "Cluster
+/// ownership").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Every replica's internal `host:port`, this one's included. Exactly one of this and
+    /// `dns`.
+    pub peers: Option<Vec<String>>,
+    /// A headless Service's `name:port`: its addresses are the replicas.
+    pub dns: Option<String>,
+    /// The internal port, for owner-to-owner traffic (default `"0.0.0.0:5001"`).
+    #[serde(default = "default_cluster_listen", deserialize_with = "listen_addr")]
+    pub listen: SocketAddr,
+    /// This replica's address as its peers reach it; unset: `listen`, unless that is an
+    /// unspecified address (`0.0.0.0`, `::`).
+    pub advertise: Option<String>,
+    /// A file (mounted secret) with the key replicas share to authenticate to each other.
+    pub key: PathBuf,
+    /// How often `dns` is resolved again (default `"10s"`).
+    #[serde(default, with = "units::duration::option")]
+    pub refresh: Option<Duration>,
+}
+
+fn default_cluster_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 5001))
+}
+
+/// `cluster.refresh` when unset: well under CoreDNS's 30 s cache, so a replica added or
+/// gone is seen about as soon as DNS says so, for one small lookup per replica each time.
+pub const DEFAULT_CLUSTER_REFRESH: Duration = Duration::from_secs(10);
 
 /// `[storage]`.
 #[derive(Debug, Default, Deserialize)]
@@ -368,6 +403,97 @@ pub struct Settings {
     pub trust: TrustSettings,
     /// `None`: blobs in `cache_dir` (the filesystem backend).
     pub storage: Option<S3Storage>,
+    /// `None`: one replica.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `[cluster]`, validated into the cluster crate's types.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub members: Members,
+    /// This replica, as its peers (and the owner hash) know it.
+    pub me: Peer,
+    pub listen: SocketAddr,
+    /// The shared key's file: its path only, read where it is used.
+    pub key: PathBuf,
+}
+
+fn cluster_settings(c: ClusterSection, server: SocketAddr) -> Result<ClusterSettings> {
+    if c.listen.port() == 0 {
+        bail!("cluster.listen: {} has no port", c.listen);
+    }
+    // The same port on an address the server's listener also covers would fail to bind.
+    let overlaps = c.listen.ip() == server.ip()
+        || c.listen.ip().is_unspecified()
+        || server.ip().is_unspecified();
+    if c.listen.port() == server.port() && overlaps {
+        bail!(
+            "cluster.listen {} and server.listen {server} would share a port: give the cluster's internal port its own",
+            c.listen
+        );
+    }
+    let me = match &c.advertise {
+        Some(text) => Peer::parse(text).context("cluster.advertise")?,
+        None if c.listen.ip().is_unspecified() => bail!(
+            "cluster.advertise is required when cluster.listen is {} (every address): set it to \
+             this replica's address as its peers reach it (the pod's IP and the port)",
+            c.listen
+        ),
+        None => Peer::from(c.listen),
+    };
+    let members = match (c.peers, c.dns, c.refresh) {
+        (Some(_), Some(_), _) => bail!("[cluster]: set cluster.peers or cluster.dns, not both"),
+        (None, None, _) => {
+            bail!("[cluster] needs cluster.peers = [\"host:port\", ...] or cluster.dns = \"name:port\"")
+        }
+        (Some(_), None, Some(_)) => {
+            bail!("cluster.refresh is how often cluster.dns is resolved: it has no meaning with cluster.peers")
+        }
+        (Some(list), None, None) => {
+            if list.is_empty() {
+                bail!("cluster.peers is empty: list every replica, this one included");
+            }
+            let mut peers: Vec<Peer> = Vec::with_capacity(list.len());
+            for text in &list {
+                let p = Peer::parse(text).context("cluster.peers")?;
+                if peers.contains(&p) {
+                    bail!("cluster.peers: {p} is listed twice");
+                }
+                peers.push(p);
+            }
+            // Otherwise this replica would own nothing while others send it requests for
+            // digests they think it owns, or the reverse: every replica's list must be
+            // the same, and each must find itself in it.
+            if !peers.contains(&me) {
+                bail!(
+                    "cluster.advertise {me} is not one of cluster.peers ({}): list this replica, written the same way",
+                    peers.iter().map(Peer::as_str).collect::<Vec<_>>().join(", ")
+                );
+            }
+            Members::Static(peers.into())
+        }
+        (None, Some(dns), refresh) => {
+            let name = ServiceName::parse(&dns).context("cluster.dns")?;
+            let refresh = refresh.unwrap_or(DEFAULT_CLUSTER_REFRESH);
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&refresh) {
+                bail!("cluster.refresh: {refresh:?} is not from 1s to 1h");
+            }
+            // The peers are the name's addresses with its port: this replica is among
+            // them only as an IP with that port.
+            if me.socket_addr().is_none_or(|a| a.port() != name.port()) {
+                bail!(
+                    "cluster.advertise {me}: with cluster.dns it must be this replica's IP address and the port of {name}, as the name resolves to it"
+                );
+            }
+            Members::Dns { name, refresh }
+        }
+    };
+    Ok(ClusterSettings {
+        members,
+        me,
+        listen: c.listen,
+        key: c.key,
+    })
 }
 
 /// `[storage] backend = "s3"`, validated.
@@ -553,6 +679,10 @@ impl FileConfig {
             .collect::<Result<Vec<_>>>()?;
         let cache_limits = cache_limits(&self.cache)?;
         let storage = storage_settings(self.storage, &self.cache)?;
+        let cluster = self
+            .cluster
+            .map(|c| cluster_settings(c, listen))
+            .transpose()?;
         let tag_policy = tag_policy(self.cache.tag_ttl, self.cache.tag_rule, &upstreams)?;
         let policy = pullgate_trust::Policy::from_config(&self.trust).context("[trust]")?;
         for rule in policy.rules() {
@@ -589,6 +719,7 @@ impl FileConfig {
             },
             cache_limits,
             storage,
+            cluster,
             auth,
             audit: AuditSettings {
                 enabled: self.audit.enabled.unwrap_or(true),
@@ -1063,6 +1194,142 @@ mod tests {
         }
     }
 
+    /// `[cluster]`: absent by default; a static list or a DNS name, this replica among the
+    /// peers, checked into the cluster crate's types and printed back by check-config with
+    /// the key's path (its state on stderr), never the key.
+    #[test]
+    fn cluster_is_off_by_default_and_checked() {
+        let s = settings("", Overrides::default()).unwrap();
+        assert!(s.cluster.is_none());
+        assert!(!crate::check::render(&s).contains("[cluster]"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        let secret = "cluster-secret-".repeat(3);
+        std::fs::write(&key, &secret).unwrap();
+        let stat = format!(
+            "[cluster]\npeers = [\"10.0.0.2:5001\", \"10.0.0.1:5001\", \"Pullgate-2.Peers:5001\"]\n\
+             listen = \"10.0.0.1:5001\"\nkey = \"{}\"\n",
+            key.display()
+        );
+        let s = settings(&stat, Overrides::default()).unwrap_or_else(|e| panic!("{e:#}"));
+        let c = s.cluster.clone().unwrap();
+        let peer = |t: &str| Peer::parse(t).unwrap();
+        assert_eq!(c.me, peer("10.0.0.1:5001"), "advertise from listen");
+        assert_eq!(c.listen, "10.0.0.1:5001".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.key, key);
+        assert_eq!(
+            c.members,
+            Members::Static(
+                [
+                    peer("10.0.0.2:5001"),
+                    peer("10.0.0.1:5001"),
+                    peer("pullgate-2.peers:5001")
+                ]
+                .into()
+            )
+        );
+        let shown = crate::check::render(&s);
+        for want in [
+            "[cluster]",
+            "peers = [\"10.0.0.2:5001\", \"10.0.0.1:5001\", \"pullgate-2.peers:5001\"]",
+            "advertise = \"10.0.0.1:5001\"",
+            "listen = \"10.0.0.1:5001\"",
+            &format!("key = \"{}\"", key.display()),
+        ] {
+            assert!(shown.contains(want), "{want} in\n{shown}");
+        }
+        let again = settings(&shown, Overrides::default()).unwrap();
+        assert_eq!(format!("{:?}", again.cluster), format!("{:?}", s.cluster));
+        // The key is looked at, never shown.
+        let files = crate::check::files(&s).join("\n");
+        assert!(
+            files.contains(&format!("ok       cluster key {}", key.display())),
+            "{files}"
+        );
+        std::fs::write(&key, "short").unwrap();
+        let files = crate::check::files(&s).join("\n");
+        assert!(
+            files.contains("warning  cluster key") && files.contains("shorter"),
+            "{files}"
+        );
+        std::fs::remove_file(&key).unwrap();
+        let files = crate::check::files(&s).join("\n");
+        assert!(files.contains("warning  cluster key"), "{files}");
+        assert!(!shown.contains("cluster-secret") && !files.contains("short\n"));
+
+        // DNS: refresh defaults, advertise required with an unspecified listen.
+        let s = settings(
+            "[cluster]\ndns = \"pullgate-peers.pullgate.svc.cluster.local:5001\"\n\
+             advertise = \"10.1.2.3:5001\"\nkey = \"/k\"\n",
+            Overrides::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let c = s.cluster.clone().unwrap();
+        assert_eq!(
+            c.members,
+            Members::Dns {
+                name: ServiceName::parse("pullgate-peers.pullgate.svc.cluster.local:5001").unwrap(),
+                refresh: Duration::from_secs(10),
+            }
+        );
+        assert_eq!(
+            (c.me, c.listen),
+            (peer("10.1.2.3:5001"), default_cluster_listen())
+        );
+        let shown = crate::check::render(&s);
+        assert!(shown.contains("dns = \"pullgate-peers.pullgate.svc.cluster.local:5001\""));
+        assert!(shown.contains("refresh = \"10s\""), "{shown}");
+        let again = settings(&shown, Overrides::default()).unwrap();
+        assert_eq!(format!("{:?}", again.cluster), format!("{:?}", s.cluster));
+
+        let dns = "dns = \"peers.ns.svc:5001\"\nkey = \"/k\"";
+        for (bad, why) in [
+            ("key = \"/k\"\nadvertise = \"10.0.0.1:5001\"", "needs cluster.peers"),
+            (
+                "peers = [\"10.0.0.1:5001\"]\ndns = \"p.svc:5001\"\nkey = \"/k\"\nadvertise = \"10.0.0.1:5001\"",
+                "not both",
+            ),
+            (dns, "cluster.advertise is required"),
+            ("peers = [\"10.0.0.1:5001\"]\nadvertise = \"10.0.0.1:5001\"", "missing field `key`"),
+            ("peers = []\nkey = \"/k\"\nadvertise = \"10.0.0.1:5001\"", "empty"),
+            (
+                "peers = [\"10.0.0.1:5001\", \"10.0.0.01:5001\"]\nkey = \"/k\"\nadvertise = \"10.0.0.1:5001\"",
+                "cluster.peers",
+            ),
+            (
+                "peers = [\"10.0.0.1:5001\", \"[::ffff:10.0.0.1]:5001\"]\nkey = \"/k\"\nadvertise = \"10.0.0.1:5001\"",
+                "listed twice",
+            ),
+            (
+                "peers = [\"10.0.0.2:5001\"]\nkey = \"/k\"\nadvertise = \"10.0.0.1:5001\"",
+                "not one of cluster.peers",
+            ),
+            (
+                "peers = [\"10.0.0.1:5001\"]\nkey = \"/k\"\nadvertise = \"10.0.0.1:5001\"\nrefresh = \"5s\"",
+                "no meaning with cluster.peers",
+            ),
+            (&format!("{dns}\nadvertise = \"10.0.0.1:5002\""), "port of peers.ns.svc:5001"),
+            (&format!("{dns}\nadvertise = \"pullgate-0:5001\""), "IP address"),
+            (&format!("{dns}\nadvertise = \"10.0.0.1:5001\"\nrefresh = \"0s\""), "cluster.refresh"),
+            (&format!("{dns}\nadvertise = \"10.0.0.1:5001\"\nrefresh = \"2h\""), "1s to 1h"),
+            ("dns = \"10.0.0.1:5001\"\nkey = \"/k\"\nadvertise = \"10.0.0.1:5001\"", "list it in peers"),
+            ("dns = \"peers.svc\"\nkey = \"/k\"\nadvertise = \"10.0.0.1:5001\"", "no port"),
+            (
+                "peers = [\"127.0.0.1:5000\"]\nlisten = \"0.0.0.0:5000\"\nkey = \"/k\"\nadvertise = \"127.0.0.1:5000\"",
+                "share a port",
+            ),
+            ("peers = [\"10.0.0.1:5001\"]\nkey = \"/k\"\nadvertise = \"10.0.0.1\"", "cluster.advertise"),
+            ("peers = [\"10.0.0.1:5001\"]\nkey = \"/k\"\nadvertise = \"10.0.0.1:5001\"\nsecret = \"x\"", "unknown field"),
+        ] {
+            let e = format!(
+                "{:#}",
+                settings(&format!("[cluster]\n{bad}\n"), Overrides::default()).unwrap_err()
+            );
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn prefetch_rules_with_defaults_checked_and_shown() {
         let up = "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n";
@@ -1512,6 +1779,7 @@ mod tests {
             ),
             ("storage", serde_introspect::<StorageSection>()),
             ("storage.s3", serde_introspect::<S3Section>()),
+            ("cluster", serde_introspect::<ClusterSection>()),
         ]
         .iter()
         .flat_map(|(section, fields)| fields.iter().map(move |f| format!("{section}.{f}")))
@@ -1532,7 +1800,10 @@ mod tests {
         let top: Vec<&str> = serde_introspect::<FileConfig>().to_vec();
         assert_eq!(
             top,
-            ["server", "cache", "upstream", "auth", "audit", "trust", "prefetch", "storage"]
+            [
+                "server", "cache", "upstream", "auth", "audit", "trust", "prefetch", "storage",
+                "cluster"
+            ]
         );
 
         let documented: Vec<String> = doc
@@ -1592,8 +1863,13 @@ mod tests {
             }
         }
         // `[storage.s3]` cannot share the complete example (a bucket is not bounded by
-        // `cache.max_size` yet): the S3 example after it sets every storage key.
-        for key in accepted.iter().filter(|k| !k.starts_with("storage.")) {
+        // `cache.max_size` yet): the S3 example after it sets every storage key; a cluster
+        // shares the bucket, so `[cluster]` is there too (with `dns`), and `peers`, which
+        // excludes `dns`, in a third example.
+        for key in accepted
+            .iter()
+            .filter(|k| !k.starts_with("storage.") && !k.starts_with("cluster."))
+        {
             assert!(set.contains(key), "the complete example lacks {key}");
         }
         let example = doc
@@ -1622,6 +1898,36 @@ mod tests {
         for key in accepted.iter().filter(|k| k.starts_with("storage.")) {
             assert!(set.contains(key), "the S3 example lacks {key}");
         }
+        assert!(s.cluster.is_some());
+        let mut cluster: Vec<String> = file["cluster"]
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(|k| format!("cluster.{k}"))
+            .collect();
+        let example = doc
+            .split("```toml\n")
+            .nth(3)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the static peers example");
+        let s = FileConfig::parse(example)
+            .and_then(|c| c.into_settings(Overrides::default()))
+            .unwrap();
+        assert!(matches!(
+            s.cluster.map(|c| c.members),
+            Some(Members::Static(_))
+        ));
+        let file: toml::Table = toml::from_str(example).unwrap();
+        cluster.extend(
+            file["cluster"]
+                .as_table()
+                .unwrap()
+                .keys()
+                .map(|k| format!("cluster.{k}")),
+        );
+        for key in accepted.iter().filter(|k| k.starts_with("cluster.")) {
+            assert!(cluster.contains(key), "no cluster example sets {key}");
+        }
     }
 
     /// Every default docs/configuration.md writes as a value (`"30s"`, `4096`, `[]`) is the
@@ -1640,6 +1946,13 @@ mod tests {
         )
         .unwrap();
         let shown_s3: Table = crate::check::render(&s3).parse().unwrap();
+        // `[cluster]` shows only when configured: with DNS, so that `refresh` shows too.
+        let cluster = settings(
+            "[cluster]\ndns = \"peers.svc:5001\"\nadvertise = \"10.0.0.1:5001\"\nkey = \"/k\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        let shown_cluster: Table = crate::check::render(&cluster).parse().unwrap();
         // Durations are compared as durations: the doc says "60s", check-config "1m".
         let same = |a: &Value, b: &Value| match (a.as_str(), b.as_str()) {
             (Some(x), Some(y)) => {
@@ -1668,6 +1981,8 @@ mod tests {
             let mut parts = key.split('.');
             let table = if key.starts_with("storage.s3.") {
                 &shown_s3
+            } else if key.starts_with("cluster.") {
+                &shown_cluster
             } else {
                 &shown
             };

@@ -252,6 +252,16 @@ async fn serve(s: Settings) -> Result<()> {
         mirror.tasks().spawn(store.evictor(evictor_stop.clone()));
     }
     warn_about_the_realm(&s, tls.is_some());
+    if let Some(c) = &s.cluster {
+        // Accepted so that a deployment can be written and checked ahead of the proxying
+        // step, but said out loud: nothing routes by owner yet.
+        tracing::warn!(
+            me = %c.me,
+            members = ?c.members,
+            "[cluster] is validated but not used yet: every replica still fills for itself \
+             (the internal port is not opened)"
+        );
+    }
     let mirror = Arc::new(mirror);
     // [[prefetch]]: a task per rule, owned by the mirror's tracker, stopped before its drain.
     for rule in s.prefetch.iter().cloned() {

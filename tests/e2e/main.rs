@@ -8,6 +8,7 @@ mod cli;
 mod client_auth;
 mod client_faults;
 mod clients;
+mod cluster;
 mod config_files;
 mod disk;
 mod errors;
