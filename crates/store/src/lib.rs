@@ -375,19 +375,17 @@ impl Store {
         let Some(b) = &self.inner.bucket else {
             return self.filesystem().read_small(digest, limit).await;
         };
-        let Some(size) = b.s3.stat(digest).await? else {
-            return Ok(None);
-        };
-        if size > limit as u64 {
-            return Err(StoreError::TooLarge {
-                size,
-                limit: limit as u64,
-            });
-        }
-        remote::learn(&self.inner, &b.s3, digest, size).await;
+        // One GET: its answer carries the size, checked before any of the body is read.
         let Some(opened) = b.s3.read(digest, None).await? else {
             return Ok(None);
         };
+        if opened.size > limit as u64 {
+            return Err(StoreError::TooLarge {
+                size: opened.size,
+                limit: limit as u64,
+            });
+        }
+        remote::learn(&self.inner, &b.s3, digest, opened.size).await;
         // The body delivers exactly the object's length or fails; bounded by `limit` too.
         let mut body = opened.body;
         let mut bytes = Vec::with_capacity(opened.size.min(limit as u64) as usize);
