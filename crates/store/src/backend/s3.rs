@@ -1064,8 +1064,15 @@ impl Upload for S3Upload {
         if self.failed {
             return Err(StoreError::IngestFailed("upload already failed".into()));
         }
+        // A write cancelled at an await (its future dropped) has hashed bytes whose part
+        // may be lost; a later commit would then pass the digest check and complete the
+        // upload without them. So the upload counts as failed until this write returns.
+        self.failed = true;
         match self.write_inner(chunks).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.failed = false;
+                Ok(())
+            }
             Err(e) => Err(self.give_up(e).await),
         }
     }
